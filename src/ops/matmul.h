@@ -1,0 +1,32 @@
+// Linear layers: the one matrix-multiply used by inference and training.
+#pragma once
+#include <cstdint>
+
+#include "base/dtype.h"
+
+namespace hymba {
+
+// A weight matrix W[rows, cols] in PyTorch nn.Linear layout (out_features x in_features),
+// row-major, in F32, BF16 or F16. Not owned.
+struct MatView {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  int64_t rows = 0, cols = 0;
+};
+
+// out[M, N] = in[M, K] · Wᵀ (+ bias[N] if bias) ; N = W.rows, K = W.cols.
+// With accumulate, out += instead of =. BF16/F16 weights are widened on the fly (activations stay
+// F32); M == 1 (decode) runs a bandwidth-bound GEMV, larger M goes through BLAS sgemm.
+// Threaded internally; must not be called from inside an OpenMP parallel region.
+void matmul_forward(float* out, const float* in, const MatView& W, const float* bias, int64_t M,
+                    bool accumulate = false);
+
+// Backward of matmul_forward with F32 weights (training). Each gradient pointer may be null.
+// dinp[M, K] += dout[M, N] · W ;  dW[N, K] += doutᵀ · inp ;  dbias[N] += Σ_m dout[m, :]
+void matmul_backward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
+                     const float* W, int64_t M, int64_t N, int64_t K);
+
+// Row `row` of W widened to F32 (embedding lookup from a possibly bf16 table).
+void matrow_to_f32(float* dst, const MatView& W, int64_t row);
+
+}  // namespace hymba

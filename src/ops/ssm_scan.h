@@ -1,0 +1,27 @@
+// The Mamba-1 selective scan: where the SSM heads' recurrent state is advanced.
+#pragma once
+#include <cstdint>
+
+namespace hymba {
+
+// Per channel c (D of them) and state index n (N of them), over t = 0..L-1:
+//   h[c,n] = exp(delta[t,c] · A[c,n]) · h[c,n] + delta[t,c] · B[t,n] · x[t,c]
+//   y      = Σ_n C[t,n] · h[c,n] + Dskip[c] · x[t,c]
+//   out[t,c] = y · silu(z[t,c])           (z == null: out = y, no gate)
+// x, delta, z, out: [L, D]; A: [D, N] (the negative -exp(A_log)); B, C: [L, N]; Dskip: [D].
+// h: [D, N] state, read as the initial state and left as the final one (the SSM state of a
+// sequence lives in runtime/sequence_state.h and is passed here).
+void selective_scan_forward(float* out, float* h, const float* x, const float* delta,
+                            const float* A, const float* B, const float* C, const float* Dskip,
+                            const float* z, int64_t L, int64_t D, int64_t N);
+
+// Backward from the initial state h0 (null = zeros); recomputes the states internally.
+// Accumulates (+=) into every non-null gradient: dx, ddelta, dz: [L, D]; dA: [D, N];
+// dB, dC: [L, N]; dDskip: [D].
+void selective_scan_backward(float* dx, float* ddelta, float* dA, float* dB, float* dC,
+                             float* dDskip, float* dz, const float* dout, const float* h0,
+                             const float* x, const float* delta, const float* A, const float* B,
+                             const float* C, const float* Dskip, const float* z, int64_t L,
+                             int64_t D, int64_t N);
+
+}  // namespace hymba
