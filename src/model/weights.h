@@ -68,7 +68,8 @@ Weights bind_weights(const Config& c, const std::vector<ParamRef>& data);
 struct Checkpoint {
   Config config;
   std::unique_ptr<SafetensorsFile> file;
-  std::vector<std::vector<float>> f32_store;  // owned widened copies
+  std::vector<std::vector<float>> f32_store;     // owned widened copies
+  std::vector<std::vector<uint16_t>> bf16_store;  // owned bf16 matrices (random models for bench)
   Weights weights;
   ~Checkpoint();
 };

@@ -1,0 +1,328 @@
+// The hybrid-head block (paper §2.1, spec §3.3–3.8): attention heads and SSM heads read the same
+// in_proj output in parallel; their outputs are normalised, averaged and projected back:
+//   y = out_proj((RMSNorm1(attn) + RMSNorm2(ssm)) / 2), then the SwiGLU MLP.
+#include <cmath>
+#include <cstring>
+
+#include "model/hymba.h"
+#include "ops/activation.h"
+#include "ops/attention.h"
+#include "ops/conv.h"
+#include "ops/matmul.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
+#include "ops/ssm_scan.h"
+
+namespace hymba {
+
+namespace {
+
+void resize(std::vector<float>& v, int64_t n) { v.resize(size_t(n)); }
+
+// Copies columns [c0, c0+w) of src[T, stride] into dst[T, w].
+void take_cols(std::vector<float>& dst, const float* src, int64_t T, int64_t stride, int64_t c0,
+               int64_t w) {
+  resize(dst, T * w);
+  for (int64_t t = 0; t < T; ++t)
+    std::memcpy(dst.data() + t * w, src + t * stride + c0, size_t(w) * sizeof(float));
+}
+
+}  // namespace
+
+void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> items,
+                               const int32_t* pos, LayerActs& a,
+                               std::vector<std::vector<float>>& chunk_kv) {
+  const Config& c = cfg_;
+  const LayerPlan& p = plan_[size_t(l)];
+  const LayerWeights& w = w_.layers[size_t(l)];
+  int64_t T = 0;
+  for (auto& it : items) T += it.n;
+  const int64_t H = c.hidden_size, D = c.d_inner, N = c.mamba_d_state, R = c.dt_rank;
+  const int64_t K = c.mamba_d_conv, F = c.intermediate_size;
+  const int64_t nq = c.num_attention_heads, nkv = c.num_key_value_heads;
+  const int64_t qw = nq * c.d_qk, kw = nkv * c.d_qk, vw = nkv * c.d_v, aw = nq * c.d_v;
+  const float eps = float(c.rms_norm_eps);
+
+  // Input norm and the single input projection shared by both kinds of heads.
+  resize(a.xn, T * H), resize(a.rstd_in, T);
+  rmsnorm_forward(a.xn.data(), a.rstd_in.data(), x, w.input_norm, T, H, eps);
+  const int64_t P = p.in_proj_rows;
+  resize(a.proj, T * P);
+  matmul_forward(a.proj.data(), a.xn.data(), w.in_proj, w.in_proj_bias, T);
+
+  int64_t col = 0;
+  if (p.has_attn) {
+    take_cols(a.q, a.proj.data(), T, P, col, qw), col += qw;
+    if (p.producer()) {
+      take_cols(a.k, a.proj.data(), T, P, col, kw), col += kw;
+      take_cols(a.v, a.proj.data(), T, P, col, vw), col += vw;
+    }
+  }
+  if (p.has_ssm) {
+    take_cols(a.xs, a.proj.data(), T, P, col, D), col += D;
+    take_cols(a.z, a.proj.data(), T, P, col, D), col += D;
+  }
+
+  // Attention heads. K is shared across layers after RoPE (spec §3.6).
+  if (p.has_attn) {
+    if (c.rope) rope_forward(a.q.data(), pos, T, nq, c.d_qk, inv_freq_.data());
+    if (p.producer()) {
+      if (c.rope) rope_forward(a.k.data(), pos, T, nkv, c.d_qk, inv_freq_.data());
+      chunk_kv[size_t(2 * l)] = a.k;
+      chunk_kv[size_t(2 * l + 1)] = a.v;
+    }
+    const int src = p.kv_source;
+    const float* Kc = chunk_kv[size_t(2 * src)].data();
+    const float* Vc = chunk_kv[size_t(2 * src + 1)].data();
+    AttnShape shape{nq, nkv, c.d_qk, c.d_v, float(1.0 / std::sqrt(double(c.d_qk)))};
+    AttnRule rule{p.global ? -1 : c.sliding_window, c.num_memory_tokens};
+    resize(a.attn, T * aw), resize(a.lse, T * nq);
+    int64_t r0 = 0;
+    for (const auto& it : items) {
+      KVSegment segs[3];
+      int ns = 0;
+      if (it.state) {
+        if (it.state->prefix && !it.state->prefix->kv[size_t(src)].empty())
+          segs[ns++] = it.state->prefix->kv[size_t(src)].segment();
+        if (!it.state->kv[size_t(src)].empty()) segs[ns++] = it.state->kv[size_t(src)].segment();
+      }
+      segs[ns++] = KVSegment{Kc + r0 * kw, Vc + r0 * vw, DType::F32, pos + r0, it.n};
+      attention_forward(a.attn.data() + r0 * aw, a.lse.data() + r0 * nq, a.q.data() + r0 * qw,
+                        pos + r0, it.n, std::span<const KVSegment>(segs, size_t(ns)), shape, rule);
+      r0 += it.n;
+    }
+  }
+
+  // SSM heads: causal conv + SiLU, input-dependent dt/B/C, selective scan gated by SiLU(z).
+  if (p.has_ssm) {
+    resize(a.xc_pre, T * D), resize(a.xc, T * D);
+    int64_t r0 = 0;
+    for (const auto& it : items) {
+      float* conv_state = it.state ? it.state->conv[size_t(l)].data() : nullptr;
+      causal_conv1d_forward(a.xc_pre.data() + r0 * D, a.xs.data() + r0 * D, w.conv_w, w.conv_b,
+                            conv_state, it.n, D, K);
+      r0 += it.n;
+    }
+    silu_forward(a.xc.data(), a.xc_pre.data(), T * D);
+
+    const int64_t XW = R + 2 * N;
+    resize(a.xdbl, T * XW);
+    matmul_forward(a.xdbl.data(), a.xc.data(), w.x_proj, nullptr, T);
+    take_cols(a.dtn, a.xdbl.data(), T, XW, 0, R);
+    take_cols(a.Bn, a.xdbl.data(), T, XW, R, N);
+    take_cols(a.Cn, a.xdbl.data(), T, XW, R + N, N);
+    if (c.mamba_inner_layernorms) {
+      resize(a.dt_rstd, T), resize(a.B_rstd, T), resize(a.C_rstd, T);
+      rmsnorm_forward(a.dtn.data(), a.dt_rstd.data(), a.dtn.data(), w.dt_norm, T, R, eps);
+      rmsnorm_forward(a.Bn.data(), a.B_rstd.data(), a.Bn.data(), w.B_norm, T, N, eps);
+      rmsnorm_forward(a.Cn.data(), a.C_rstd.data(), a.Cn.data(), w.C_norm, T, N, eps);
+    }
+    resize(a.delta_pre, T * D), resize(a.delta, T * D);
+    matmul_forward(a.delta_pre.data(), a.dtn.data(), w.dt_proj, w.dt_bias, T);
+    softplus_forward(a.delta.data(), a.delta_pre.data(), T * D);
+
+    resize(a.A, D * N);
+    for (int64_t i = 0; i < D * N; ++i) a.A[size_t(i)] = -std::exp(w.A_log[i]);
+    resize(a.ssm, T * D);
+    std::vector<float> h0;
+    r0 = 0;
+    for (const auto& it : items) {
+      float* h;
+      if (it.state) {
+        h = it.state->ssm[size_t(l)].data();
+      } else {
+        h0.assign(size_t(D * N), 0.0f);
+        h = h0.data();
+      }
+      selective_scan_forward(a.ssm.data() + r0 * D, h, a.xc.data() + r0 * D,
+                             a.delta.data() + r0 * D, a.A.data(), a.Bn.data() + r0 * N,
+                             a.Cn.data() + r0 * N, w.D, a.z.data() + r0 * D, it.n, D, N);
+      r0 += it.n;
+    }
+  }
+
+  // Fusion: mean of the normalised head outputs (the norms' weights are the paper's β1, β2).
+  resize(a.fused, T * D);
+  if (p.has_attn) {
+    resize(a.n1, T * D), resize(a.rstd1, T);
+    rmsnorm_forward(a.n1.data(), a.rstd1.data(), a.attn.data(), w.pre_avg_norm1, T, D, eps);
+  }
+  if (p.has_ssm) {
+    resize(a.n2, T * D), resize(a.rstd2, T);
+    rmsnorm_forward(a.n2.data(), a.rstd2.data(), a.ssm.data(), w.pre_avg_norm2, T, D, eps);
+  }
+  if (p.has_attn && p.has_ssm) {
+    for (int64_t i = 0; i < T * D; ++i) a.fused[size_t(i)] = (a.n1[size_t(i)] + a.n2[size_t(i)]) * 0.5f;
+  } else {
+    a.fused = p.has_attn ? a.n1 : a.n2;
+  }
+  matmul_forward(x, a.fused.data(), w.out_proj, w.out_proj_bias, T, /*accumulate=*/true);
+
+  // SwiGLU MLP with its residual.
+  if (!a.x_in.empty()) a.h_mid.assign(x, x + T * H);  // training keeps it
+  resize(a.xm, T * H), resize(a.rstd_m, T);
+  rmsnorm_forward(a.xm.data(), a.rstd_m.data(), x, w.pre_mlp_norm, T, H, eps);
+  resize(a.gate, T * F), resize(a.up, T * F), resize(a.act, T * F);
+  matmul_forward(a.gate.data(), a.xm.data(), w.gate, nullptr, T);
+  matmul_forward(a.up.data(), a.xm.data(), w.up, nullptr, T);
+  swiglu_forward(a.act.data(), a.gate.data(), a.up.data(), T * F);
+  matmul_forward(x, a.act.data(), w.down, nullptr, T, /*accumulate=*/true);
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Backward of one layer (training). dx[T, H] holds dLoss/d(layer output) on entry and
+// dLoss/d(layer input) on return. dkv[2s], dkv[2s+1] collect dK, dV of producer s from its
+// consumers (later layers, visited first) and from itself.
+namespace {
+float* mut(const float* p) { return const_cast<float*>(p); }
+float* mut(const MatView& m) { return static_cast<float*>(const_cast<void*>(m.data)); }
+const float* f32(const MatView& m) { return static_cast<const float*>(m.data); }
+void zeros(std::vector<float>& v, int64_t n) { v.assign(size_t(n), 0.0f); }
+}  // namespace
+
+void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> items,
+                                const int32_t* pos, const ModelActs& acts, const LayerWeights& g,
+                                std::vector<std::vector<float>>& dkv) {
+  const Config& c = cfg_;
+  const LayerPlan& p = plan_[size_t(l)];
+  const LayerWeights& w = w_.layers[size_t(l)];
+  const LayerActs& a = acts.layers[size_t(l)];
+  int64_t T = 0;
+  for (auto& it : items) T += it.n;
+  const int64_t H = c.hidden_size, D = c.d_inner, N = c.mamba_d_state, R = c.dt_rank;
+  const int64_t K = c.mamba_d_conv, F = c.intermediate_size;
+  const int64_t nq = c.num_attention_heads, nkv = c.num_key_value_heads;
+  const int64_t qw = nq * c.d_qk, kw = nkv * c.d_qk, vw = nkv * c.d_v, aw = nq * c.d_v;
+
+  // MLP: x_out = h_mid + down(swiglu(gate(xm), up(xm))), xm = norm(h_mid).
+  std::vector<float> dact, dgate, dup, dxm;
+  zeros(dact, T * F), zeros(dgate, T * F), zeros(dup, T * F), zeros(dxm, T * H);
+  matmul_backward(dact.data(), mut(g.down), nullptr, dx, a.act.data(), f32(w.down), T, H, F);
+  swiglu_backward(dgate.data(), dup.data(), dact.data(), a.gate.data(), a.up.data(), T * F);
+  matmul_backward(dxm.data(), mut(g.gate), nullptr, dgate.data(), a.xm.data(), f32(w.gate), T, F, H);
+  matmul_backward(dxm.data(), mut(g.up), nullptr, dup.data(), a.xm.data(), f32(w.up), T, F, H);
+  rmsnorm_backward(dx, mut(g.pre_mlp_norm), dxm.data(), a.h_mid.data(), w.pre_mlp_norm,
+                   a.rstd_m.data(), T, H);  // dx is now dLoss/d h_mid
+
+  // Fusion: h_mid = x_in + out_proj(fused).
+  std::vector<float> dfused;
+  zeros(dfused, T * D);
+  matmul_backward(dfused.data(), mut(g.out_proj), mut(g.out_proj_bias), dx, a.fused.data(),
+                  f32(w.out_proj), T, H, D);
+  if (p.has_attn && p.has_ssm)
+    for (auto& v : dfused) v *= 0.5f;
+
+  const int64_t P = p.in_proj_rows;
+  std::vector<float> dproj;
+  zeros(dproj, T * P);
+  auto put_cols = [&](const std::vector<float>& src, int64_t c0, int64_t width) {
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < width; ++j) dproj[size_t(t * P + c0 + j)] += src[size_t(t * width + j)];
+  };
+  int64_t col = 0;
+  const int64_t q_col = col;
+  if (p.has_attn) col += qw;
+  const int64_t kv_col = col;
+  if (p.has_attn && p.producer()) col += kw + vw;
+  const int64_t x_col = col, z_col = col + D;
+
+  if (p.has_ssm) {
+    std::vector<float> dssm, dxc, ddelta, dA, dB, dC, dz;
+    zeros(dssm, T * D), zeros(dxc, T * D), zeros(ddelta, T * D), zeros(dA, D * N);
+    zeros(dB, T * N), zeros(dC, T * N), zeros(dz, T * D);
+    rmsnorm_backward(dssm.data(), mut(g.pre_avg_norm2), dfused.data(), a.ssm.data(),
+                     w.pre_avg_norm2, a.rstd2.data(), T, D);
+    int64_t r0 = 0;
+    for (const auto& it : items) {
+      selective_scan_backward(dxc.data() + r0 * D, ddelta.data() + r0 * D, dA.data(),
+                              dB.data() + r0 * N, dC.data() + r0 * N, mut(g.D), dz.data() + r0 * D,
+                              dssm.data() + r0 * D, nullptr, a.xc.data() + r0 * D,
+                              a.delta.data() + r0 * D, a.A.data(), a.Bn.data() + r0 * N,
+                              a.Cn.data() + r0 * N, w.D, a.z.data() + r0 * D, it.n, D, N);
+      r0 += it.n;
+    }
+    for (int64_t i = 0; i < D * N; ++i) mut(g.A_log)[i] += dA[size_t(i)] * a.A[size_t(i)];
+    std::vector<float> ddelta_pre, ddtn;
+    zeros(ddelta_pre, T * D), zeros(ddtn, T * R);
+    softplus_backward(ddelta_pre.data(), ddelta.data(), a.delta_pre.data(), T * D);
+    matmul_backward(ddtn.data(), mut(g.dt_proj), mut(g.dt_bias), ddelta_pre.data(), a.dtn.data(),
+                    f32(w.dt_proj), T, D, R);
+    // x_proj output pieces: dt (R), B (N), C (N), each through its RMSNorm.
+    const int64_t XW = R + 2 * N;
+    std::vector<float> dxdbl;
+    zeros(dxdbl, T * XW);
+    if (c.mamba_inner_layernorms) {
+      std::vector<float> raw, draw;
+      auto norm_back = [&](int64_t c0, int64_t width, const std::vector<float>& dy, const float* wn,
+                           float* gw, const std::vector<float>& rstd) {
+        take_cols(raw, a.xdbl.data(), T, XW, c0, width);
+        zeros(draw, T * width);
+        rmsnorm_backward(draw.data(), gw, dy.data(), raw.data(), wn, rstd.data(), T, width);
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t j = 0; j < width; ++j) dxdbl[size_t(t * XW + c0 + j)] += draw[size_t(t * width + j)];
+      };
+      norm_back(0, R, ddtn, w.dt_norm, mut(g.dt_norm), a.dt_rstd);
+      norm_back(R, N, dB, w.B_norm, mut(g.B_norm), a.B_rstd);
+      norm_back(R + N, N, dC, w.C_norm, mut(g.C_norm), a.C_rstd);
+    } else {
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t j = 0; j < R; ++j) dxdbl[size_t(t * XW + j)] = ddtn[size_t(t * R + j)];
+        for (int64_t j = 0; j < N; ++j) dxdbl[size_t(t * XW + R + j)] = dB[size_t(t * N + j)];
+        for (int64_t j = 0; j < N; ++j) dxdbl[size_t(t * XW + R + N + j)] = dC[size_t(t * N + j)];
+      }
+    }
+    matmul_backward(dxc.data(), mut(g.x_proj), nullptr, dxdbl.data(), a.xc.data(), f32(w.x_proj),
+                    T, XW, D);
+    std::vector<float> dxc_pre, dxs;
+    zeros(dxc_pre, T * D), zeros(dxs, T * D);
+    silu_backward(dxc_pre.data(), dxc.data(), a.xc_pre.data(), T * D);
+    r0 = 0;
+    for (const auto& it : items) {
+      causal_conv1d_backward(dxs.data() + r0 * D, mut(g.conv_w), mut(g.conv_b),
+                             dxc_pre.data() + r0 * D, a.xs.data() + r0 * D, w.conv_w, it.n, D, K);
+      r0 += it.n;
+    }
+    put_cols(dxs, x_col, D);
+    put_cols(dz, z_col, D);
+  }
+
+  if (p.has_attn) {
+    std::vector<float> dattn, dq;
+    zeros(dattn, T * aw), zeros(dq, T * qw);
+    rmsnorm_backward(dattn.data(), mut(g.pre_avg_norm1), dfused.data(), a.attn.data(),
+                     w.pre_avg_norm1, a.rstd1.data(), T, D);
+    const int src = p.kv_source;
+    const LayerActs& s = acts.layers[size_t(src)];
+    auto& dK = dkv[size_t(2 * src)];
+    auto& dV = dkv[size_t(2 * src + 1)];
+    if (dK.empty()) zeros(dK, T * kw), zeros(dV, T * vw);
+    AttnShape shape{nq, nkv, c.d_qk, c.d_v, float(1.0 / std::sqrt(double(c.d_qk)))};
+    AttnRule rule{p.global ? -1 : c.sliding_window, c.num_memory_tokens};
+    int64_t r0 = 0;
+    for (const auto& it : items) {
+      attention_backward(dq.data() + r0 * qw, dK.data() + r0 * kw, dV.data() + r0 * vw,
+                         dattn.data() + r0 * aw, a.q.data() + r0 * qw, s.k.data() + r0 * kw,
+                         s.v.data() + r0 * vw, a.attn.data() + r0 * aw, a.lse.data() + r0 * nq,
+                         pos + r0, pos + r0, it.n, it.n, shape, rule);
+      r0 += it.n;
+    }
+    if (c.rope) rope_backward(dq.data(), pos, T, nq, c.d_qk, inv_freq_.data());
+    put_cols(dq, q_col, qw);
+    if (p.producer()) {  // every consumer (a later layer) has added its share by now
+      if (c.rope) rope_backward(dK.data(), pos, T, nkv, c.d_qk, inv_freq_.data());
+      put_cols(dK, kv_col, kw);
+      put_cols(dV, kv_col + kw, vw);
+    }
+  }
+
+  // Input projection and norm; the residual passes dx through unchanged.
+  std::vector<float> dxn;
+  zeros(dxn, T * H);
+  matmul_backward(dxn.data(), mut(g.in_proj), mut(g.in_proj_bias), dproj.data(), a.xn.data(),
+                  f32(w.in_proj), T, P, H);
+  rmsnorm_backward(dx, mut(g.input_norm), dxn.data(), a.x_in.data(), w.input_norm,
+                   a.rstd_in.data(), T, H);
+}
+
+}  // namespace hymba

@@ -1,0 +1,93 @@
+#include "model/hymba.h"
+
+#include <cstring>
+
+#include "base/error.h"
+#include "ops/matmul.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
+
+namespace hymba {
+
+HymbaModel::HymbaModel(const Config& c, const Weights& w)
+    : cfg_(c), plan_(make_layer_plan(c)), w_(w) {
+  if (c.rope) inv_freq_ = rope_inv_freq(c.rope_base, c.d_qk);
+}
+
+void HymbaModel::embed(float* x, const int32_t* ids, int64_t n) const {
+  for (int64_t i = 0; i < n; ++i) {
+    HYMBA_CHECK(ids[i] >= 0 && ids[i] < cfg_.vocab_size,
+                "token id " + std::to_string(ids[i]) + " out of range [0, " +
+                    std::to_string(cfg_.vocab_size) + ")");
+    matrow_to_f32(x + i * cfg_.hidden_size, w_.embed, ids[i]);
+  }
+}
+
+void HymbaModel::forward(float* x, std::span<const ForwardItem> items, ModelActs* acts) {
+  int64_t T = 0;
+  for (auto& it : items) T += it.n;
+  if (T == 0) return;
+  const int64_t H = cfg_.hidden_size;
+
+  // Absolute positions: meta tokens occupy 0..M-1, so a sequence's first real token is at M.
+  std::vector<int32_t> pos_local;
+  std::vector<int32_t>& pos = acts ? acts->pos : pos_local;
+  pos.resize(size_t(T));
+  int64_t r0 = 0;
+  for (auto& it : items) {
+    const int64_t p0 = it.state ? it.state->n_pos : 0;
+    for (int64_t i = 0; i < it.n; ++i) pos[size_t(r0 + i)] = int32_t(p0 + i);
+    r0 += it.n;
+  }
+
+  // Producer K/V of this chunk ([2l] = K, [2l+1] = V), read by consumer layers and appended to
+  // the caches only after every layer ran (a consumer must not see the chunk twice).
+  std::vector<std::vector<float>> chunk_kv(2 * plan_.size());
+  if (acts) acts->layers.resize(plan_.size());
+  for (size_t l = 0; l < plan_.size(); ++l) {
+    LayerActs& a = acts ? acts->layers[l] : scratch_;
+    if (acts) a.x_in.assign(x, x + T * H);
+    layer_forward(int(l), x, items, pos.data(), a, chunk_kv);
+  }
+  if (acts) acts->x_final.assign(x, x + T * H);
+
+  r0 = 0;
+  const int64_t kw = cfg_.num_key_value_heads * cfg_.d_qk, vw = cfg_.num_key_value_heads * cfg_.d_v;
+  for (auto& it : items) {
+    if (it.state) {
+      for (size_t l = 0; l < plan_.size(); ++l) {
+        if (!plan_[l].producer()) continue;
+        it.state->kv[l].append(chunk_kv[2 * l].data() + r0 * kw, chunk_kv[2 * l + 1].data() + r0 * vw,
+                               pos.data() + r0, it.n);
+      }
+      it.state->n_pos += it.n;
+    }
+    r0 += it.n;
+  }
+}
+
+void HymbaModel::logits(float* out, const float* x, int64_t n, float* x_normed, float* rstd) const {
+  std::vector<float> tmp;
+  if (!x_normed) {
+    tmp.resize(size_t(n * cfg_.hidden_size));
+    x_normed = tmp.data();
+  }
+  rmsnorm_forward(x_normed, rstd, x, w_.final_norm, n, cfg_.hidden_size, float(cfg_.rms_norm_eps));
+  matmul_forward(out, x_normed, w_.lm_head, nullptr, n);
+}
+
+}  // namespace hymba
+
+namespace hymba {
+
+void HymbaModel::backward(float* dx, std::span<const ForwardItem> items, const ModelActs& acts,
+                          const Weights& grads) {
+  for (const auto& it : items)
+    HYMBA_CHECK(it.state == nullptr, "backward needs a stateless (training) forward");
+  HYMBA_CHECK(acts.layers.size() == plan_.size(), "backward: activations were not kept");
+  std::vector<std::vector<float>> dkv(2 * plan_.size());
+  for (int l = int(plan_.size()) - 1; l >= 0; --l)
+    layer_backward(l, dx, items, acts.pos.data(), acts, grads.layers[size_t(l)], dkv);
+}
+
+}  // namespace hymba

@@ -1,0 +1,97 @@
+// Hymba's forward pass over a batch of sequence chunks. One code path serves the meta-prefix
+// computation, prefill (whole or chunked), batched decode and training (which also keeps every
+// intermediate in LayerActs for the backward, llm.c style).
+#pragma once
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "model/config.h"
+#include "model/state.h"
+#include "model/weights.h"
+
+namespace hymba {
+
+// One sequence's rows in a batch. state == null: a stateless pass (training, the meta prefix
+// itself): the rows are a whole sequence starting at position 0, from zero conv/SSM states.
+struct ForwardItem {
+  SequenceState* state = nullptr;
+  int64_t n = 0;  // rows of this item, consecutive in the batch
+};
+
+// Intermediates of one layer for T rows (training keeps one per layer; inference reuses one).
+// Shapes: H hidden, D d_inner, R dt_rank, N d_state, F intermediate; P in_proj rows.
+struct LayerActs {
+  std::vector<float> x_in;                    // [T, H] residual stream entering the layer
+  std::vector<float> xn, rstd_in;             // [T, H], [T] input RMSNorm
+  std::vector<float> proj;                    // [T, P] in_proj output
+  std::vector<float> q, k, v;                 // [T, nq·dqk], [T, nkv·dqk], [T, nkv·dv] post-RoPE
+  std::vector<float> attn, lse;               // [T, nq·dv], [T, nq]
+  std::vector<float> xs, z;                   // [T, D] SSM input (pre-conv) and gate
+  std::vector<float> xc_pre, xc;              // [T, D] conv output, after SiLU
+  std::vector<float> xdbl;                    // [T, R+2N] x_proj output
+  std::vector<float> dtn, dt_rstd;            // [T, R], [T]
+  std::vector<float> Bn, B_rstd, Cn, C_rstd;  // [T, N], [T]
+  std::vector<float> delta_pre, delta;        // [T, D] dt_proj output, softplus of it
+  std::vector<float> A;                       // [D, N] = -exp(A_log)
+  std::vector<float> ssm;                     // [T, D] gated scan output
+  std::vector<float> n1, rstd1, n2, rstd2;    // [T, D] fusion norms (+ rstd [T])
+  std::vector<float> fused;                   // [T, D] (n1 + n2) / 2, out_proj input
+  std::vector<float> h_mid;                   // [T, H] after the block's residual add
+  std::vector<float> xm, rstd_m;              // [T, H], [T] pre-MLP RMSNorm
+  std::vector<float> gate, up, act;           // [T, F]
+};
+
+struct ModelActs {
+  std::vector<LayerActs> layers;
+  std::vector<int32_t> pos;  // [T] absolute position of each row
+  std::vector<float> x_final, rstd_final;  // [T, H] residual stream after the last layer, [T]
+};
+
+class HymbaModel {
+ public:
+  HymbaModel(const Config& c, const Weights& w);
+
+  const Config& config() const { return cfg_; }
+  const std::vector<LayerPlan>& plan() const { return plan_; }
+  const Weights& weights() const { return w_; }
+  const std::vector<float>& inv_freq() const { return inv_freq_; }
+
+  // Embeds token ids into rows x[n, H] (ids must be in [0, vocab)).
+  void embed(float* x, const int32_t* ids, int64_t n) const;
+
+  // Runs every layer on x[T, H] in place (T = Σ items.n); on return x is the residual stream
+  // after the last layer (before the final norm). Each item's state (if any) is advanced:
+  // caches appended, conv/SSM states updated, n_pos += n. With acts, every intermediate is kept.
+  void forward(float* x, std::span<const ForwardItem> items, ModelActs* acts = nullptr);
+
+  // logits[n, V] = lm_head(final_norm(x[n, H])). rstd[n] is written when non-null.
+  void logits(float* out, const float* x, int64_t n, float* x_normed = nullptr,
+              float* rstd = nullptr) const;
+
+  // The shared meta-token prefix: the state after the M meta tokens (keep_all caches).
+  std::shared_ptr<const SequenceState> compute_prefix(DType cache_dtype);
+
+  // Training. `grads` is bind_weights() over the gradient arena (same layout as the parameters;
+  // its views are written through). Given the activations of a stateless forward(x, items,
+  // &acts) and dx[T, H] = dLoss/d(residual stream after the last layer), accumulates every
+  // parameter's gradient and leaves in dx the gradient w.r.t. the input rows (embeddings, meta
+  // tokens). Weights must be F32.
+  void backward(float* dx, std::span<const ForwardItem> items, const ModelActs& acts,
+                const Weights& grads);
+
+ private:
+  void layer_forward(int l, float* x, std::span<const ForwardItem> items, const int32_t* pos,
+                     LayerActs& a, std::vector<std::vector<float>>& chunk_kv);
+  void layer_backward(int l, float* dx, std::span<const ForwardItem> items, const int32_t* pos,
+                      const ModelActs& acts, const LayerWeights& g,
+                      std::vector<std::vector<float>>& dkv);
+
+  Config cfg_;
+  std::vector<LayerPlan> plan_;
+  Weights w_;
+  std::vector<float> inv_freq_;
+  LayerActs scratch_;  // reused across layers at inference
+};
+
+}  // namespace hymba

@@ -1,0 +1,124 @@
+#include "model/state.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/error.h"
+
+namespace hymba {
+
+void KVCache::init(int64_t n_kv, int64_t d_qk, int64_t d_v, DType dtype, int64_t ring_capacity) {
+  HYMBA_CHECK(dtype == DType::F32 || dtype == DType::BF16 || dtype == DType::F16,
+              "cache type must be f32, bf16 or f16");
+  n_kv_ = n_kv, d_qk_ = d_qk, d_v_ = d_v, dtype_ = dtype, cap_ = ring_capacity, stored_ = 0;
+  k_.clear(), v_.clear(), pos_.clear();
+  if (cap_ >= 0) {
+    const size_t es = dtype_size(dtype);
+    k_.assign(size_t(cap_ * n_kv * d_qk) * es, 0);
+    v_.assign(size_t(cap_ * n_kv * d_v) * es, 0);
+    pos_.assign(size_t(cap_), -1);  // -1: empty slot, never visible
+  }
+}
+
+void KVCache::append(const float* k, const float* v, const int32_t* pos, int64_t n) {
+  const int64_t kw = n_kv_ * d_qk_, vw = n_kv_ * d_v_;
+  const size_t es = dtype_size(dtype_);
+  if (cap_ < 0) {
+    const size_t rows = size_t(stored_ + n);
+    if (pos_.capacity() < rows) {  // grow geometrically: decode appends one row at a time
+      const size_t c = std::max(rows, pos_.capacity() * 2);
+      k_.reserve(c * kw * es), v_.reserve(c * vw * es), pos_.reserve(c);
+    }
+    k_.resize(rows * kw * es), v_.resize(rows * vw * es), pos_.resize(rows);
+    from_f32(k_.data() + size_t(stored_ * kw) * es, dtype_, k, size_t(n * kw));
+    from_f32(v_.data() + size_t(stored_ * vw) * es, dtype_, v, size_t(n * vw));
+    std::memcpy(pos_.data() + stored_, pos, size_t(n) * 4);
+    stored_ += n;
+    return;
+  }
+  if (cap_ == 0) { stored_ += n; return; }
+  const int64_t skip = std::max<int64_t>(0, n - cap_);  // only the last cap rows survive
+  for (int64_t i = skip; i < n; ++i) {
+    const int64_t slot = (stored_ + i) % cap_;
+    from_f32(k_.data() + size_t(slot * kw) * es, dtype_, k + i * kw, size_t(kw));
+    from_f32(v_.data() + size_t(slot * vw) * es, dtype_, v + i * vw, size_t(vw));
+    pos_[size_t(slot)] = pos[i];
+  }
+  stored_ += n;
+}
+
+KVSegment KVCache::segment() const {
+  KVSegment s;
+  s.k = k_.data(), s.v = v_.data(), s.dtype = dtype_, s.pos = pos_.data();
+  s.n = cap_ < 0 ? stored_ : std::min(stored_, cap_);
+  return s;
+}
+
+int64_t KVCache::rows_held() const { return cap_ < 0 ? stored_ : std::min(stored_, cap_); }
+
+size_t KVCache::bytes_used() const {
+  const int64_t rows = cap_ < 0 ? stored_ : cap_;
+  return size_t(rows) * (size_t(n_kv_ * (d_qk_ + d_v_)) * dtype_size(dtype_) + 4);
+}
+
+size_t SequenceState::bytes() const {
+  size_t b = 0;
+  for (auto& c : kv) b += c.bytes_used();
+  for (auto& c : conv) b += c.size() * 4;
+  for (auto& s : ssm) b += s.size() * 4;
+  return b;
+}
+
+SequenceState make_empty_state(const Config& c, const std::vector<LayerPlan>& plan,
+                               const CacheOptions& opts) {
+  SequenceState s;
+  s.opts = opts;
+  const size_t L = plan.size();
+  s.kv.resize(L), s.conv.resize(L), s.ssm.resize(L);
+  for (size_t l = 0; l < L; ++l) {
+    const auto& p = plan[l];
+    if (p.producer()) {
+      const int64_t ring = (p.global || opts.keep_all) ? -1 : c.sliding_window + 1;
+      s.kv[l].init(c.num_key_value_heads, c.d_qk, c.d_v, opts.dtype, ring);
+    }
+    if (p.has_ssm) {
+      s.conv[l].assign(size_t((c.mamba_d_conv - 1) * c.d_inner), 0.0f);
+      s.ssm[l].assign(size_t(c.d_inner * c.mamba_d_state), 0.0f);
+    }
+  }
+  return s;
+}
+
+SequenceState make_sequence_state(const Config& c, const std::vector<LayerPlan>& plan,
+                                  std::shared_ptr<const SequenceState> prefix,
+                                  const CacheOptions& opts) {
+  SequenceState s = make_empty_state(c, plan, opts);
+  if (prefix) {
+    s.n_pos = prefix->n_pos;
+    s.conv = prefix->conv;
+    s.ssm = prefix->ssm;
+    s.prefix = std::move(prefix);
+  }
+  return s;
+}
+
+StateBytes state_bytes(const Config& c, const std::vector<LayerPlan>& plan, int64_t n_ctx,
+                       DType cache_dtype) {
+  StateBytes b;
+  const int64_t row = c.num_key_value_heads * (c.d_qk + c.d_v) * int64_t(dtype_size(cache_dtype)) + 4;
+  const int64_t M = c.num_memory_tokens;
+  for (const auto& p : plan) {
+    if (p.producer()) {
+      if (p.global) b.kv_global += n_ctx * row;
+      else b.kv_swa += std::min<int64_t>(n_ctx, c.sliding_window + 1) * row;
+      b.prefix_shared += M * row;
+    }
+    if (p.has_ssm) {
+      b.conv += (c.mamba_d_conv - 1) * c.d_inner * 4;
+      b.ssm += c.d_inner * c.mamba_d_state * 4;
+    }
+  }
+  return b;
+}
+
+}  // namespace hymba

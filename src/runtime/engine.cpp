@@ -1,0 +1,105 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+
+#include "base/error.h"
+
+namespace hymba {
+
+std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions& opts) {
+  auto e = std::make_unique<Engine>(load_checkpoint(dir), opts);
+  e->dir_ = dir;
+  return e;
+}
+
+Engine::Engine(std::unique_ptr<Checkpoint> ckpt, const EngineOptions& opts)
+    : ckpt_(std::move(ckpt)), model_(ckpt_->config, ckpt_->weights), opts_(opts) {
+  HYMBA_CHECK(opts_.max_chunk > 0, "max_chunk must be positive");
+  if (opts_.use_prefix) prefix_ = model_.compute_prefix(opts_.cache_dtype);
+}
+
+SequenceState Engine::new_sequence() {
+  const auto& c = model_.config();
+  CacheOptions co{opts_.cache_dtype, false};
+  if (prefix_) return make_sequence_state(c, model_.plan(), prefix_, co);
+  // No shared prefix: run the meta tokens through this sequence's own state. Its caches must
+  // keep the meta K/V beyond the window, so it gets a private prefix.
+  auto own = model_.compute_prefix(opts_.cache_dtype);
+  return make_sequence_state(c, model_.plan(), std::move(own), co);
+}
+
+void Engine::eval(std::span<SequenceState* const> seqs, std::span<const std::vector<int32_t>> tokens,
+                  std::vector<float>* last_logits, std::vector<std::vector<float>>* all_logits) {
+  HYMBA_CHECK(seqs.size() == tokens.size(), "eval: one token list per sequence");
+  const auto& c = model_.config();
+  const int64_t H = c.hidden_size, V = c.vocab_size;
+  const size_t B = seqs.size();
+  for (auto& t : tokens)
+    for (int32_t id : t)
+      HYMBA_CHECK(id >= 0 && id < V, "token id " + std::to_string(id) + " out of range [0, " +
+                                         std::to_string(V) + ")");
+  if (last_logits) last_logits->assign(B * size_t(V), 0.0f);
+  if (all_logits) {
+    all_logits->assign(B, {});
+    for (size_t i = 0; i < B; ++i) (*all_logits)[i].resize(tokens[i].size() * size_t(V));
+  }
+  std::vector<size_t> done(B, 0);
+  std::vector<float> x, xl, lg;
+  for (;;) {
+    // Next chunk: take rows from each sequence in turn until max_chunk rows.
+    std::vector<ForwardItem> items;
+    std::vector<size_t> who, from;
+    int64_t budget = opts_.max_chunk;
+    for (size_t i = 0; i < B && budget > 0; ++i) {
+      const int64_t left = int64_t(tokens[i].size() - done[i]);
+      if (left == 0) continue;
+      const int64_t n = std::min(left, budget);
+      items.push_back({seqs[i], n});
+      who.push_back(i), from.push_back(done[i]);
+      budget -= n;
+    }
+    if (items.empty()) break;
+    int64_t T = 0;
+    for (auto& it : items) T += it.n;
+    x.resize(size_t(T * H));
+    int64_t r = 0;
+    for (size_t k = 0; k < items.size(); ++k) {
+      model_.embed(x.data() + r * H, tokens[who[k]].data() + from[k], items[k].n);
+      r += items[k].n;
+    }
+    model_.forward(x.data(), items);
+    // Logits only where someone wants them: all rows, or the last fed row of each finished
+    // sequence (gathered into one matrix so the head's weights are read once per step).
+    std::vector<size_t> fin;
+    std::vector<int64_t> fin_row;
+    r = 0;
+    for (size_t k = 0; k < items.size(); ++k) {
+      const size_t i = who[k];
+      const int64_t n = items[k].n;
+      if (all_logits)
+        model_.logits((*all_logits)[i].data() + from[k] * size_t(V), x.data() + r * H, n);
+      done[i] += size_t(n);
+      if (last_logits && done[i] == tokens[i].size()) fin.push_back(i), fin_row.push_back(r + n - 1);
+      r += n;
+    }
+    if (!fin.empty()) {
+      xl.resize(fin.size() * size_t(H));
+      for (size_t f = 0; f < fin.size(); ++f)
+        std::copy_n(x.data() + fin_row[f] * H, H, xl.data() + f * size_t(H));
+      lg.resize(fin.size() * size_t(V));
+      model_.logits(lg.data(), xl.data(), int64_t(fin.size()));
+      for (size_t f = 0; f < fin.size(); ++f)
+        std::copy_n(lg.data() + f * size_t(V), V, last_logits->data() + fin[f] * size_t(V));
+    }
+  }
+}
+
+std::vector<float> Engine::eval_one(SequenceState& s, const std::vector<int32_t>& tokens) {
+  SequenceState* seqs[1] = {&s};
+  std::vector<float> out;
+  eval(std::span<SequenceState* const>(seqs, 1), std::span<const std::vector<int32_t>>(&tokens, 1),
+       &out);
+  return out;
+}
+
+}  // namespace hymba

@@ -1,0 +1,20 @@
+// One training step's numerics: forward over [meta tokens; inputs] for each sequence, the
+// next-token cross-entropy over real tokens only, and the backward into the gradient arena.
+#pragma once
+#include <cstdint>
+
+#include "model/hymba.h"
+#include "train/params.h"
+
+namespace hymba {
+
+// inputs, targets: [B, L]; targets < 0 are ignored. Returns the mean loss over counted targets
+// and accumulates (+=) its gradient, times grad_scale, into arena.grad. The model must have been
+// built over arena.w.
+double loss_and_grads(HymbaModel& m, ParamArena& arena, const int32_t* inputs,
+                      const int32_t* targets, int64_t B, int64_t L, float grad_scale = 1.0f);
+// Forward only (validation): mean loss and the number of counted targets.
+double loss_only(HymbaModel& m, const int32_t* inputs, const int32_t* targets, int64_t B,
+                 int64_t L, int64_t* counted = nullptr);
+
+}  // namespace hymba
