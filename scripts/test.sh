@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh checkout: packages, build, tokenizer fixture, ctest
+# (GoogleTest + the float64 Python reference tests), then the bad-input tests again under
+# AddressSanitizer + UBSan.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+JOBS=${JOBS:-$(nproc)}
+
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j"$JOBS"
+tests/fetch_tokenizer.sh build/tokenizer
+export HYMBA_TOKENIZER_DIR="$PWD/build/tokenizer"
+ctest --test-dir build --output-on-failure -j"$JOBS"
+
+# Bad input must give a clear error, never a crash: the same tests under the sanitizers.
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHYMBA_ASAN=ON >/dev/null
+cmake --build build-asan -j"$JOBS" --target hymba_cli hymba_tests
+ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
+  ctest --test-dir build-asan --output-on-failure -j"$JOBS" -R 'Bad|Reject|Invalid|bad_input'
