@@ -121,8 +121,11 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
     matmul_forward(a.delta_pre.data(), a.dtn.data(), w.dt_proj, w.dt_bias, T);
     softplus_forward(a.delta.data(), a.delta_pre.data(), T * D);
 
-    resize(a.A, D * N);
-    for (int64_t i = 0; i < D * N; ++i) a.A[size_t(i)] = -std::exp(w.A_log[i]);
+    if (frozen_A_.empty()) {
+      resize(a.A, D * N);
+      for (int64_t i = 0; i < D * N; ++i) a.A[size_t(i)] = -std::exp(w.A_log[i]);
+    }
+    const float* A = frozen_A_.empty() ? a.A.data() : frozen_A_[size_t(l)].data();
     resize(a.ssm, T * D);
     std::vector<float> h0;
     r0 = 0;
@@ -135,7 +138,7 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
         h = h0.data();
       }
       selective_scan_forward(a.ssm.data() + r0 * D, h, a.xc.data() + r0 * D,
-                             a.delta.data() + r0 * D, a.A.data(), a.Bn.data() + r0 * N,
+                             a.delta.data() + r0 * D, A, a.Bn.data() + r0 * N,
                              a.Cn.data() + r0 * N, w.D, a.z.data() + r0 * D, it.n, D, N);
       r0 += it.n;
     }

@@ -1,5 +1,6 @@
 #include "model/hymba.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "base/error.h"
@@ -12,6 +13,16 @@ namespace hymba {
 HymbaModel::HymbaModel(const Config& c, const Weights& w)
     : cfg_(c), plan_(make_layer_plan(c)), w_(w) {
   if (c.rope) inv_freq_ = rope_inv_freq(c.rope_base, c.d_qk);
+}
+
+void HymbaModel::freeze_weights() {
+  const int64_t n = cfg_.d_inner * cfg_.mamba_d_state;
+  frozen_A_.assign(plan_.size(), {});
+  for (size_t l = 0; l < plan_.size(); ++l) {
+    if (!plan_[l].has_ssm) continue;
+    frozen_A_[l].resize(size_t(n));
+    for (int64_t i = 0; i < n; ++i) frozen_A_[l][size_t(i)] = -std::exp(w_.layers[l].A_log[i]);
+  }
 }
 
 void HymbaModel::embed(float* x, const int32_t* ids, int64_t n) const {

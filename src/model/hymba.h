@@ -69,6 +69,10 @@ class HymbaModel {
   void logits(float* out, const float* x, int64_t n, float* x_normed = nullptr,
               float* rstd = nullptr) const;
 
+  // Inference only: precomputes A = -exp(A_log) of every layer once (weights must not change
+  // afterwards; training leaves this off and recomputes A each forward).
+  void freeze_weights();
+
   // The shared meta-token prefix: the state after the M meta tokens (keep_all caches).
   std::shared_ptr<const SequenceState> compute_prefix(DType cache_dtype);
 
@@ -92,6 +96,7 @@ class HymbaModel {
   Weights w_;
   std::vector<float> inv_freq_;
   LayerActs scratch_;  // reused across layers at inference
+  std::vector<std::vector<float>> frozen_A_;  // [layer] -> [D, N] after freeze_weights()
 };
 
 }  // namespace hymba

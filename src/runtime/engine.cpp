@@ -15,6 +15,7 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
 Engine::Engine(std::unique_ptr<Checkpoint> ckpt, const EngineOptions& opts)
     : ckpt_(std::move(ckpt)), model_(ckpt_->config, ckpt_->weights), opts_(opts) {
   HYMBA_CHECK(opts_.max_chunk > 0, "max_chunk must be positive");
+  model_.freeze_weights();
   if (opts_.use_prefix) prefix_ = model_.compute_prefix(opts_.cache_dtype);
 }
 

@@ -1,0 +1,177 @@
+#include "model/weights.h"
+
+#include <unordered_map>
+
+#include "base/error.h"
+#include "io/files.h"
+#include "io/safetensors.h"
+
+namespace hymba {
+
+namespace {
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+}  // namespace
+
+std::vector<ParamSpec> param_specs(const Config& c) {
+  const int64_t H = c.hidden_size, D = c.d_inner, N = c.mamba_d_state, R = c.dt_rank,
+                K = c.mamba_d_conv, I = c.intermediate_size;
+  std::vector<ParamSpec> s;
+  auto mat = [&](std::string n, int64_t r, int64_t cols) { s.push_back({std::move(n), {r, cols}, true, false}); };
+  auto vec = [&](std::string n, std::vector<int64_t> shape, bool no_decay) {
+    s.push_back({std::move(n), std::move(shape), false, no_decay});
+  };
+  mat("model.embed_tokens.weight", c.vocab_size, H);
+  if (c.num_memory_tokens > 0) vec("model.memory_tokens", {c.num_memory_tokens, H}, true);
+  const auto plan = make_layer_plan(c);
+  for (const LayerPlan& p : plan) {
+    const std::string pre = "model.layers." + std::to_string(p.index) + ".";
+    vec(pre + "input_layernorm.weight", {H}, true);
+    mat(pre + "mamba.in_proj.weight", p.in_proj_rows, H);
+    if (c.mamba_proj_bias) vec(pre + "mamba.in_proj.bias", {p.in_proj_rows}, true);
+    if (p.has_ssm) {
+      vec(pre + "mamba.conv1d.weight", {D, 1, K}, false);
+      if (c.mamba_conv_bias) vec(pre + "mamba.conv1d.bias", {D}, true);
+      mat(pre + "mamba.x_proj.0.weight", R + 2 * N, D);
+      mat(pre + "mamba.dt_proj.0.weight", D, R);
+      vec(pre + "mamba.dt_proj.0.bias", {D}, true);
+      vec(pre + "mamba.A_log.0", {D, N}, true);
+      vec(pre + "mamba.D.0", {D}, true);
+      vec(pre + "mamba.dt_layernorm.weight", {R}, true);
+      vec(pre + "mamba.B_layernorm.weight", {N}, true);
+      vec(pre + "mamba.C_layernorm.weight", {N}, true);
+    }
+    if (p.has_attn) vec(pre + "mamba.pre_avg_layernorm1.weight", {D}, true);
+    if (p.has_ssm) vec(pre + "mamba.pre_avg_layernorm2.weight", {D}, true);
+    mat(pre + "mamba.out_proj.weight", H, D);
+    if (c.mamba_proj_bias) vec(pre + "mamba.out_proj.bias", {H}, true);
+    vec(pre + "pre_moe_layernorm.weight", {H}, true);
+    mat(pre + "moe.experts.0.gate_proj.weight", I, H);
+    mat(pre + "moe.experts.0.up_proj.weight", I, H);
+    mat(pre + "moe.experts.0.down_proj.weight", H, I);
+  }
+  vec("model.final_layernorm.weight", {H}, true);
+  if (!c.tie_word_embeddings) mat("lm_head.weight", c.vocab_size, H);
+  return s;
+}
+
+Weights bind_weights(const Config& c, const std::vector<ParamRef>& data) {
+  const auto specs = param_specs(c);
+  if (data.size() != specs.size())
+    fail("bind_weights: got " + std::to_string(data.size()) + " tensors, the config implies " +
+         std::to_string(specs.size()));
+  std::unordered_map<std::string, size_t> idx;
+  for (size_t i = 0; i < specs.size(); ++i) idx[specs[i].name] = i;
+  auto find = [&](const std::string& n) -> const size_t* {
+    auto it = idx.find(n);
+    return it == idx.end() ? nullptr : &it->second;
+  };
+  auto vec = [&](const std::string& n) -> const float* {
+    const size_t* i = find(n);
+    if (!i) return nullptr;
+    if (data[*i].dtype != DType::F32) fail("bind_weights: tensor '" + n + "' must be F32");
+    return static_cast<const float*>(data[*i].data);
+  };
+  auto mat = [&](const std::string& n) -> MatView {
+    const size_t* i = find(n);
+    if (!i) return {};
+    const DType t = data[*i].dtype;
+    if (t != DType::F32 && t != DType::BF16 && t != DType::F16)
+      fail("bind_weights: tensor '" + n + "' has dtype " + dtype_name(t) + " (need F32, BF16 or F16)");
+    return MatView{data[*i].data, t, specs[*i].shape[0], specs[*i].shape[1]};
+  };
+  Weights w;
+  w.embed = mat("model.embed_tokens.weight");
+  w.meta = vec("model.memory_tokens");
+  w.final_norm = vec("model.final_layernorm.weight");
+  w.lm_head = c.tie_word_embeddings ? w.embed : mat("lm_head.weight");
+  w.layers.resize(size_t(c.num_hidden_layers));
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    LayerWeights& L = w.layers[l];
+    const std::string pre = "model.layers." + std::to_string(l) + ".";
+    L.input_norm = vec(pre + "input_layernorm.weight");
+    L.in_proj = mat(pre + "mamba.in_proj.weight");
+    L.in_proj_bias = vec(pre + "mamba.in_proj.bias");
+    L.conv_w = vec(pre + "mamba.conv1d.weight");
+    L.conv_b = vec(pre + "mamba.conv1d.bias");
+    L.x_proj = mat(pre + "mamba.x_proj.0.weight");
+    L.dt_proj = mat(pre + "mamba.dt_proj.0.weight");
+    L.dt_bias = vec(pre + "mamba.dt_proj.0.bias");
+    L.A_log = vec(pre + "mamba.A_log.0");
+    L.D = vec(pre + "mamba.D.0");
+    L.dt_norm = vec(pre + "mamba.dt_layernorm.weight");
+    L.B_norm = vec(pre + "mamba.B_layernorm.weight");
+    L.C_norm = vec(pre + "mamba.C_layernorm.weight");
+    L.pre_avg_norm1 = vec(pre + "mamba.pre_avg_layernorm1.weight");
+    L.pre_avg_norm2 = vec(pre + "mamba.pre_avg_layernorm2.weight");
+    L.out_proj = mat(pre + "mamba.out_proj.weight");
+    L.out_proj_bias = vec(pre + "mamba.out_proj.bias");
+    L.pre_mlp_norm = vec(pre + "pre_moe_layernorm.weight");
+    L.gate = mat(pre + "moe.experts.0.gate_proj.weight");
+    L.up = mat(pre + "moe.experts.0.up_proj.weight");
+    L.down = mat(pre + "moe.experts.0.down_proj.weight");
+  }
+  return w;
+}
+
+Checkpoint::~Checkpoint() = default;
+
+std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir) {
+  auto ck = std::make_unique<Checkpoint>();
+  ck->config = load_config(dir + "/config.json");
+  ck->file = SafetensorsFile::open(dir);
+  const Config& c = ck->config;
+  const auto specs = param_specs(c);
+  std::vector<ParamRef> refs;
+  refs.reserve(specs.size());
+  ck->f32_store.reserve(specs.size());  // inner buffers never move, but keep it tidy
+  std::unordered_map<std::string, bool> expected;
+  for (auto& s : specs) expected[s.name] = true;
+  for (auto& [name, t] : ck->file->tensors()) {
+    if (expected.count(name)) continue;
+    if (name == "lm_head.weight" && c.tie_word_embeddings) continue;  // tied: HF may still save it
+    fail("checkpoint " + dir + ": unexpected tensor '" + name + "' " + shape_str(t.shape) +
+         " (not implied by config.json)");
+  }
+  for (const ParamSpec& s : specs) {
+    const TensorInfo* t = ck->file->find(s.name);
+    if (!t)
+      fail("checkpoint " + dir + ": missing tensor '" + s.name + "' (expected shape " +
+           shape_str(s.shape) + ")");
+    if (t->shape != s.shape)
+      fail("checkpoint " + dir + ": tensor '" + s.name + "' has shape " + shape_str(t->shape) +
+           ", expected " + shape_str(s.shape));
+    const DType dt = t->dtype;
+    if (dt != DType::F32 && dt != DType::BF16 && dt != DType::F16 && dt != DType::F64)
+      fail("checkpoint " + dir + ": tensor '" + s.name + "' has dtype " + dtype_name(dt) +
+           ", expected a float dtype");
+    const size_t n = size_t(t->numel());
+    const bool aligned = reinterpret_cast<uintptr_t>(t->data) % dtype_size(dt) == 0;
+    if (s.matrix && aligned && dt != DType::F64) {
+      refs.push_back({t->data, dt});  // zero-copy view into the mmap
+    } else if (s.matrix && dt == DType::BF16) {
+      auto& v = ck->bf16_store.emplace_back(n);  // unaligned bf16: copy, keep bf16
+      std::memcpy(v.data(), t->data, n * 2);
+      refs.push_back({v.data(), DType::BF16});
+    } else {
+      // Small vectors (and odd layouts) become owned F32; memcpy-based widening tolerates
+      // unaligned sources for F32, the 16-bit paths read bytes via uint16_t.
+      auto& v = ck->f32_store.emplace_back(n);
+      if (aligned) {
+        to_f32(v.data(), t->data, dt, n);
+      } else {
+        std::vector<uint8_t> tmp(t->nbytes);
+        std::memcpy(tmp.data(), t->data, t->nbytes);
+        to_f32(v.data(), tmp.data(), dt, n);
+      }
+      refs.push_back({v.data(), DType::F32});
+    }
+  }
+  ck->weights = bind_weights(c, refs);
+  return ck;
+}
+
+}  // namespace hymba
