@@ -79,6 +79,8 @@ double loss_and_grads(HymbaModel& m, ParamArena& arena, const int32_t* inputs,
     const float* d = dx.data() + b * S * H;
     for (int64_t i = 0; i < M * H; ++i) gmeta[i] += d[i];
     for (int64_t t = 0; t < L; ++t) {
+      // nn.Embedding(padding_idx = pad_token_id): the pad row gets no gradient from lookups.
+      if (inputs[b * L + t] == m.config().pad_token_id) continue;
       float* row = gemb + int64_t(inputs[b * L + t]) * H;
       const float* src = d + (M + t) * H;
       for (int64_t h = 0; h < H; ++h) row[h] += src[h];
