@@ -1,0 +1,67 @@
+// hymba grad: loss and gradient of every parameter for one batch, written as safetensors under
+// the official tensor names (for checking the backward against the float64 reference).
+#include <cstdio>
+#include <memory>
+
+#include "base/error.h"
+#include "command.h"
+#include "common.h"
+#include "io/safetensors.h"
+#include "model/hymba.h"
+#include "train/params.h"
+#include "train/step.h"
+
+namespace hymba::cli {
+namespace {
+
+struct Opts {
+  std::string model, batch, out;
+  int threads = 0;
+};
+
+void run(const Opts& o) {
+  apply_threads(o.threads);
+  // "1,2,3;4,5,6": B sequences of L+1 ids; inputs = [:, :-1], targets = [:, 1:].
+  std::vector<std::vector<int32_t>> seqs;
+  size_t i = 0;
+  while (i <= o.batch.size()) {
+    size_t j = o.batch.find(';', i);
+    if (j == std::string::npos) j = o.batch.size();
+    seqs.push_back(parse_ids(o.batch.substr(i, j - i)));
+    i = j + 1;
+  }
+  const int64_t B = int64_t(seqs.size()), L = int64_t(seqs[0].size()) - 1;
+  HYMBA_CHECK(L >= 1, "--batch: each sequence needs at least 2 ids");
+  std::vector<int32_t> in, tg;
+  for (auto& s : seqs) {
+    HYMBA_CHECK(int64_t(s.size()) == L + 1, "--batch: all sequences must have the same length");
+    in.insert(in.end(), s.begin(), s.end() - 1);
+    tg.insert(tg.end(), s.begin() + 1, s.end());
+  }
+  ParamArena a = arena_from_checkpoint(o.model);
+  for (int32_t id : in)
+    HYMBA_CHECK(id >= 0 && id < a.config.vocab_size, "token id " + std::to_string(id) + " out of range");
+  for (int32_t id : tg)
+    HYMBA_CHECK(id < a.config.vocab_size, "target id " + std::to_string(id) + " out of range");
+  HymbaModel m(a.config, a.w);
+  const double loss = loss_and_grads(m, a, in.data(), tg.data(), B, L);
+  std::vector<TensorOut> out;
+  for (size_t k = 0; k < a.specs.size(); ++k)
+    out.push_back({a.specs[k].name, DType::F32, a.specs[k].shape, a.grad.data() + a.offset[k]});
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", loss);
+  write_safetensors(o.out, out, {{"format", "pt"}, {"loss", buf}});
+  std::printf("loss %.9g\n", loss);
+}
+
+Register reg("grad", "Loss and parameter gradients of one batch (debugging, tests)", [](CLI::App& sub) {
+  auto o = std::make_shared<Opts>();
+  sub.add_option("-m,--model", o->model, "model folder")->required();
+  sub.add_option("--batch", o->batch, "sequences of ids: '1,2,3;4,5,6' (inputs [:-1], targets [1:])")->required();
+  sub.add_option("-o,--out", o->out, "output .safetensors")->required();
+  sub.add_option("-t,--threads", o->threads, "threads");
+  sub.callback([o] { run(*o); });
+});
+
+}  // namespace
+}  // namespace hymba::cli

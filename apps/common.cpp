@@ -1,0 +1,56 @@
+#include "common.h"
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "base/error.h"
+#include "ops/threads.h"
+
+#ifndef HYMBA_DEFAULT_MODEL_DIR
+#define HYMBA_DEFAULT_MODEL_DIR "models/hymba-kjv"
+#endif
+
+namespace hymba::cli {
+
+std::vector<int32_t> parse_ids(const std::string& s) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i < s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    std::string tok = s.substr(i, j - i);
+    while (!tok.empty() && tok.front() == ' ') tok.erase(tok.begin());
+    while (!tok.empty() && tok.back() == ' ') tok.pop_back();
+    HYMBA_CHECK(!tok.empty(), "--ids: empty entry in '" + s + "'");
+    char* end = nullptr;
+    long long v = std::strtoll(tok.c_str(), &end, 10);
+    HYMBA_CHECK(end && *end == 0 && v >= INT32_MIN && v <= INT32_MAX,
+                "--ids: '" + tok + "' is not an integer token id");
+    ids.push_back(int32_t(v));
+    i = j + 1;
+  }
+  HYMBA_CHECK(!ids.empty(), "--ids: no token ids given");
+  return ids;
+}
+
+DType parse_cache_type(const std::string& s) {
+  if (s == "bf16") return DType::BF16;
+  if (s == "f16") return DType::F16;
+  if (s == "f32") return DType::F32;
+  fail("--cache-type must be bf16, f16 or f32 (got '" + s + "')");
+}
+
+std::string default_model_dir() {
+  if (const char* e = std::getenv("HYMBA_MODEL"); e && *e) return e;
+  // The bundled model, found next to the source tree the binary was built from, or relative to
+  // the working directory.
+  for (std::string d : {std::string(HYMBA_DEFAULT_MODEL_DIR), std::string("models/hymba-kjv")})
+    if (std::filesystem::exists(d + "/config.json")) return d;
+  fail("no model given: pass -m DIR (a Hugging Face Hymba folder) or set HYMBA_MODEL");
+}
+
+void apply_threads(int n) {
+  if (n > 0) set_num_threads(n);
+}
+
+}  // namespace hymba::cli

@@ -1,0 +1,19 @@
+// Helpers shared by the CLI subcommands.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "base/dtype.h"
+
+namespace hymba::cli {
+
+// "1,2,3" -> ids; throws hymba::Error on anything else (also on an empty list).
+std::vector<int32_t> parse_ids(const std::string& s);
+// "bf16" | "f16" | "f32" -> DType; throws otherwise.
+DType parse_cache_type(const std::string& s);
+// The model folder to use when -m is not given: $HYMBA_MODEL, else the bundled default model.
+std::string default_model_dir();
+// Sets the thread count (0 = all cores).
+void apply_threads(int n);
+
+}  // namespace hymba::cli

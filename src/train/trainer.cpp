@@ -1,0 +1,225 @@
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "io/files.h"
+#include "model/hymba.h"
+#include "train/data.h"
+#include "train/params.h"
+#include "train/step.h"
+#include "train/train_state.h"
+
+namespace hymba {
+
+std::atomic<bool> g_train_stop{false};
+
+namespace fs = std::filesystem;
+
+namespace {
+
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<ParamGroup> groups_of(const ParamArena& a) {
+  std::vector<ParamGroup> g;
+  for (size_t i = 0; i < a.specs.size(); ++i)
+    g.push_back({a.specs[i].name, a.offset[i], a.size[i], !a.specs[i].no_decay});
+  return g;
+}
+
+// FNV-1a of a file: ties train_state.json to the model file it was written with.
+std::string file_hash(const std::string& path) {
+  const std::string s = read_file(path);
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)h);
+  return buf;
+}
+
+std::string fmt_eta(double s) {
+  char b[32];
+  if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
+  else std::snprintf(b, sizeof b, "%dm%02ds", int(s / 60), int(std::fmod(s, 60)));
+  return b;
+}
+
+void plot_loss(const std::string& out) {
+  // gnuplot is optional at run time: no plot is not an error, the CSV is the record.
+  const std::string png = out + "/loss.png", tmp = out + "/.loss.png.tmp";
+  const std::string script = out + "/.loss.gp";
+  std::ofstream gp(script);
+  gp << "set terminal pngcairo size 900,500 noenhanced\nset output '" << tmp << "'\n"
+     << "set datafile separator ','\nset key autotitle columnhead\nset xlabel 'step'\n"
+     << "set ylabel 'loss'\nset grid\n"
+     << "plot '" << out << "/metrics.csv' using 1:2 with lines title 'train loss', "
+     << "'' using 1:($6 > 0 ? $6 : 1/0) with linespoints title 'val loss'\n";
+  gp.close();
+  const std::string cmd = "gnuplot '" + script + "' >/dev/null 2>&1";
+  if (std::system(cmd.c_str()) == 0) fs::rename(tmp, png);
+  fs::remove(script);
+}
+
+}  // namespace
+
+TrainResult train(const TrainOptions& o) {
+  HYMBA_CHECK(!o.out.empty(), "--out is required");
+  HYMBA_CHECK(o.batch >= 1 && o.seq_len >= 1 && o.grad_accum >= 1 && o.steps >= 1,
+              "--batch, --seq-len, --grad-accum and --steps must be >= 1");
+  // Everything that can be refused is checked before any work.
+  std::error_code ec;
+  fs::create_directories(o.out, ec);
+  HYMBA_CHECK(!ec, "cannot create output folder " + o.out + ": " + ec.message());
+  write_file_atomic(o.out + "/.write-test", std::string("ok"));
+  fs::remove(o.out + "/.write-test");
+  TokenWindows train_data(o.data + "/train.tok");
+  std::unique_ptr<TokenWindows> val_data;
+  if (fs::exists(o.data + "/val.tok")) val_data = std::make_unique<TokenWindows>(o.data + "/val.tok");
+  HYMBA_CHECK(train_data.num_tokens() > o.seq_len + 1,
+              "training data " + o.data + "/train.tok has fewer tokens than --seq-len + 2");
+
+  ParamArena arena;
+  if (o.resume) {
+    HYMBA_CHECK(fs::exists(o.out + "/train_state.json"), "--resume: no train_state.json in " + o.out);
+    arena = arena_from_checkpoint(o.out);
+    if (!o.config.empty()) {
+      Config want = load_config(o.config);
+      HYMBA_CHECK(config_to_json(want).dump() == config_to_json(arena.config).dump(),
+                  "--resume: the checkpoint in " + o.out + " was trained with another config than " + o.config);
+    }
+  } else if (!o.init_from.empty()) {
+    arena = arena_from_checkpoint(o.init_from);
+  } else {
+    HYMBA_CHECK(!o.config.empty(), "--config is required for a new model");
+    arena = arena_from_init(load_config(o.config), o.seed);
+  }
+  const Config& c = arena.config;
+  HYMBA_CHECK(train_data.vocab_size() <= c.vocab_size,
+              "data vocabulary (" + std::to_string(train_data.vocab_size()) +
+                  ") is larger than the model's vocab_size (" + std::to_string(c.vocab_size) + ")");
+
+  AdamW opt(groups_of(arena), arena.numel(), o.adamw);
+  TrainState ts;
+  ts.schedule = o.schedule;
+  ts.schedule.total_steps = o.steps;
+  ts.data_rng = o.seed * 0x9E3779B97F4A7C15ull + 1;
+  if (o.resume) {
+    ts = load_train_state(o.out, opt);
+    HYMBA_CHECK(ts.run.value("model_hash", "") == file_hash(o.out + "/model.safetensors"),
+                "--resume: " + o.out + "/model.safetensors does not belong to train_state.json "
+                "(an interrupted save?)");
+    HYMBA_CHECK(ts.schedule.total_steps == o.steps,
+                "--resume: --steps differs from the run being resumed (" +
+                    std::to_string(ts.schedule.total_steps) + ")");
+  }
+  const LrSchedule& sched = ts.schedule;
+  int64_t& step = ts.step;
+  uint64_t& data_rng = ts.data_rng;
+  HymbaModel model(c, arena.w);
+
+  const std::string csv = o.out + "/metrics.csv";
+  std::string csv_text = o.resume && fs::exists(csv) ? read_file(csv)
+                                                      : "step,loss,lr,grad_norm,tokens_per_s,val_loss\n";
+  if (o.resume) {  // keep only rows up to the checkpoint, so a resumed run's CSV has no duplicates
+    std::istringstream in(csv_text);
+    std::string line, kept;
+    std::getline(in, line), kept = line + "\n";
+    while (std::getline(in, line))
+      if (!line.empty() && std::stoll(line) <= step) kept += line + "\n";
+    csv_text = kept;
+  }
+
+  auto eval_val = [&]() -> double {
+    if (!val_data || val_data->num_sequential(o.seq_len) == 0) return -1;
+    SequentialWindows it(*val_data, o.batch, o.seq_len, o.eval_batches * o.batch);
+    std::vector<int32_t> in(size_t(o.batch * o.seq_len)), tg(in.size());
+    double sum = 0;
+    int64_t cnt = 0;
+    int rows = 0;
+    while (it.next(in.data(), tg.data(), rows)) {
+      int64_t k = 0;
+      const double l = loss_only(model, in.data(), tg.data(), rows, o.seq_len, &k);
+      sum += l * double(k), cnt += k;
+    }
+    return cnt ? sum / double(cnt) : -1;
+  };
+
+  auto save = [&]() {
+    save_arena_checkpoint(arena, o.out, DType::F32);
+    opt.save(o.out + "/optimizer.bin");
+    if (!o.tokenizer.empty()) {
+      for (const char* f : {"tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"}) {
+        const std::string src = o.tokenizer + "/" + f;
+        if (fs::exists(src)) write_file_atomic(o.out + "/" + f, read_file(src));
+      }
+    }
+    write_file_atomic(csv, csv_text);
+    ts.run = {{"model_hash", file_hash(o.out + "/model.safetensors")}, {"data", o.data},
+              {"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"seed", o.seed}};
+    save_train_state(o.out, ts, opt);  // optimizer, then the state json: marks the save complete
+    plot_loss(o.out);
+  };
+
+  TrainResult r;
+  const int64_t tokens_per_step = int64_t(o.batch) * o.seq_len * o.grad_accum;
+  std::vector<int32_t> in(size_t(o.batch * o.seq_len)), tg(in.size());
+  const double t_start = now_s();
+  const int64_t first_step = step;
+  double t_log = now_s();
+  int64_t tokens_since_log = 0;
+  while (step < o.steps) {
+    arena.zero_grad();
+    double loss = 0;
+    for (int k = 0; k < o.grad_accum; ++k) {
+      train_data.sample(o.batch, o.seq_len, data_rng, in.data(), tg.data());
+      loss += loss_and_grads(model, arena, in.data(), tg.data(), o.batch, o.seq_len) / o.grad_accum;
+    }
+    HYMBA_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
+                                         std::to_string(step) + " (try a lower --lr)");
+    const float lr = sched.lr(step);
+    const double gnorm = opt.step(arena.data.data(), arena.grad.data(), lr, 1.0f / float(o.grad_accum));
+    ++step;
+    ts.tokens_seen += tokens_per_step;
+    tokens_since_log += tokens_per_step;
+    r.last_loss = loss;
+    double val = -1;
+    if (o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps)) val = eval_val(), r.last_val_loss = val;
+    const double now = now_s();
+    const double tps = double(tokens_since_log) / std::max(now - t_log, 1e-9);
+    char row[160];
+    std::snprintf(row, sizeof row, "%lld,%.6f,%.6g,%.4f,%.1f,%.6f\n", (long long)step, loss, lr, gnorm, tps, val);
+    csv_text += row;
+    if (!o.quiet && (step % o.log_every == 0 || step == o.steps || val >= 0)) {
+      const double rate = double(step - first_step) / std::max(now - t_start, 1e-9);
+      std::fprintf(stderr, "step %lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %s",
+                   (long long)step, (long long)o.steps, loss, lr, gnorm, tps,
+                   fmt_eta(double(o.steps - step) / std::max(rate, 1e-9)).c_str());
+      if (val >= 0) std::fprintf(stderr, " | val %.4f (ppl %.2f)", val, std::exp(val));
+      std::fprintf(stderr, "\n");
+      t_log = now, tokens_since_log = 0;
+    }
+    if (g_train_stop.load()) {
+      r.interrupted = true;
+      break;
+    }
+    if (o.save_every > 0 && step % o.save_every == 0 && step < o.steps) save();
+  }
+  save();
+  r.steps_done = step;
+  if (!o.quiet)
+    std::fprintf(stderr, "%s at step %lld; checkpoint in %s\n",
+                 r.interrupted ? "interrupted, saved" : "done", (long long)step, o.out.c_str());
+  return r;
+}
+
+}  // namespace hymba
