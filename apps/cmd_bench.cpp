@@ -1,0 +1,176 @@
+// hymba bench: prefill and decode speed, like llama-bench, with the machine's limits measured in
+// the same run (these machines are shared and noisy, so only ratios within one run mean much).
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "command.h"
+#include "common.h"
+#include "io/safetensors.h"
+#include "model/init.h"
+#include "ops/peak.h"
+#include "ops/threads.h"
+#include "runtime/engine.h"
+
+namespace hymba::cli {
+namespace {
+
+struct Opts {
+  std::string model, random_config, cache_type = "bf16", weight_type = "bf16";
+  int64_t n_prompt = 512, n_gen = 64, depth = 0, batch = 1;
+  int threads = 0;
+  bool json = false, no_peaks = false;
+};
+
+double now_s() {
+  using namespace std::chrono;
+  return duration<double>(steady_clock::now().time_since_epoch()).count();
+}
+
+// A randomly initialised model (official init) with its matrices in `wt`, kept in memory.
+std::unique_ptr<Checkpoint> random_checkpoint(const std::string& config_path, DType wt) {
+  auto ck = std::make_unique<Checkpoint>();
+  ck->config = load_config(config_path);
+  const auto specs = param_specs(ck->config);
+  auto params = init_params(ck->config, 42);
+  std::vector<ParamRef> refs;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (specs[i].matrix && wt != DType::F32) {
+      std::vector<uint16_t> h(params[i].size());
+      from_f32(h.data(), wt, params[i].data(), h.size());
+      std::vector<float>().swap(params[i]);
+      ck->bf16_store.push_back(std::move(h));
+      refs.push_back({ck->bf16_store.back().data(), wt});
+    } else {
+      ck->f32_store.push_back(std::move(params[i]));
+      refs.push_back({ck->f32_store.back().data(), DType::F32});
+    }
+  }
+  ck->bf16_store.shrink_to_fit();
+  ck->weights = bind_weights(ck->config, refs);
+  return ck;
+}
+
+int64_t weight_bytes_per_token(const Weights& w) {
+  auto mb = [](const MatView& m) { return m.rows * m.cols * int64_t(dtype_size(m.dtype)); };
+  int64_t b = mb(w.lm_head);
+  for (const auto& l : w.layers) {
+    b += mb(l.in_proj) + mb(l.out_proj) + mb(l.gate) + mb(l.up) + mb(l.down);
+    if (l.x_proj.data) b += mb(l.x_proj) + mb(l.dt_proj);
+  }
+  return b;
+}
+
+void run(const Opts& o) {
+  apply_threads(o.threads);
+  HYMBA_CHECK(o.n_prompt >= 1 && o.n_gen >= 1 && o.batch >= 1 && o.depth >= 0,
+              "-p, -n and --batch must be >= 1, --depth >= 0");
+  EngineOptions eo;
+  eo.cache_dtype = parse_cache_type(o.cache_type);
+  std::unique_ptr<Engine> eng;
+  std::string what;
+  if (!o.random_config.empty()) {
+    const DType wt = parse_cache_type(o.weight_type);
+    eng = std::make_unique<Engine>(random_checkpoint(o.random_config, wt), eo);
+    what = "random " + o.random_config + " (" + o.weight_type + " weights)";
+  } else {
+    const std::string dir = o.model.empty() ? default_model_dir() : o.model;
+    eng = Engine::load(dir, eo);
+    what = dir;
+  }
+  const auto& c = eng->config();
+  std::mt19937 g(7);
+  auto ids = [&](int64_t n) {
+    std::vector<int32_t> v(static_cast<size_t>(n));
+    for (auto& x : v) x = int32_t(3 + g() % uint32_t(c.vocab_size - 3));
+    return v;
+  };
+
+  // Prefill: one sequence, n_prompt tokens.
+  auto s = eng->new_sequence();
+  auto p = ids(o.n_prompt);
+  double t0 = now_s();
+  eng->eval_one(s, p);
+  const double prefill_s = now_s() - t0;
+
+  // Decode: batch sequences, each first filled to `depth` tokens, then n_gen steps together.
+  std::vector<SequenceState> seqs;
+  for (int64_t b = 0; b < o.batch; ++b) {
+    seqs.push_back(eng->new_sequence());
+    if (o.depth > 0) eng->eval_one(seqs.back(), ids(o.depth));
+  }
+  std::vector<SequenceState*> sp;
+  for (auto& x : seqs) sp.push_back(&x);
+  std::vector<std::vector<int32_t>> feed(size_t(o.batch), std::vector<int32_t>{5});
+  std::vector<float> last;
+  t0 = now_s();
+  for (int64_t i = 0; i < o.n_gen; ++i) {
+    eng->eval(sp, feed, &last);
+    for (int64_t b = 0; b < o.batch; ++b) {
+      const float* l = last.data() + b * c.vocab_size;
+      feed[size_t(b)][0] = int32_t(std::max_element(l, l + c.vocab_size) - l);
+    }
+  }
+  const double decode_s = now_s() - t0;
+
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  const double peak_mib = double(ru.ru_maxrss) / 1024.0;
+  const double pp = double(o.n_prompt) / prefill_s;
+  const double tg = double(o.n_gen * o.batch) / decode_s;
+  const int64_t wbytes = weight_bytes_per_token(eng->model().weights());
+  const double decode_gbs = double(wbytes) * double(o.n_gen) / decode_s / 1e9;  // weights read per step
+  int64_t params = 0;
+  for (const auto& sp2 : param_specs(c)) {
+    int64_t n = 1;
+    for (auto d : sp2.shape) n *= d;
+    params += n;
+  }
+  const double prefill_gflops = 2.0 * double(params) * pp / 1e9;  // matmul FLOPs, attention excluded
+  double peak_bw = 0, peak_gemm = 0;
+  if (!o.no_peaks) peak_bw = measure_read_bandwidth_gbs(), peak_gemm = measure_sgemm_gflops(700);
+
+  if (o.json) {
+    nlohmann::json j = {{"model", what}, {"threads", num_threads()}, {"n_prompt", o.n_prompt},
+                        {"n_gen", o.n_gen}, {"depth", o.depth}, {"batch", o.batch},
+                        {"cache_type", o.cache_type}, {"prefill_tok_s", pp}, {"decode_tok_s", tg},
+                        {"decode_weight_gb_s", decode_gbs}, {"prefill_gflop_s", prefill_gflops},
+                        {"peak_rss_mib", peak_mib}, {"machine_read_gb_s", peak_bw},
+                        {"machine_sgemm_gflop_s", peak_gemm}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("model: %s, %lld params, %d threads, cache %s\n", what.c_str(), (long long)params,
+              num_threads(), o.cache_type.c_str());
+  std::printf("prefill  pp%-6lld %9.2f tok/s  %7.1f GFLOP/s", (long long)o.n_prompt, pp, prefill_gflops);
+  if (peak_gemm > 0) std::printf("  = %.2f of sgemm peak (%.1f GFLOP/s)", prefill_gflops / peak_gemm, peak_gemm);
+  std::printf("\ndecode   tg%-6lld %9.2f tok/s  (batch %lld, depth %lld)  weights %.2f GB/s",
+              (long long)o.n_gen, tg, (long long)o.batch, (long long)o.depth, decode_gbs);
+  if (peak_bw > 0) std::printf("  = %.2f of read bandwidth (%.1f GB/s)", decode_gbs / peak_bw, peak_bw);
+  std::printf("\npeak memory %.1f MiB\n", peak_mib);
+}
+
+Register reg("bench", "Measure prefill/decode speed against the machine's limits", [](CLI::App& sub) {
+  auto o = std::make_shared<Opts>();
+  sub.add_option("-m,--model", o->model, "model folder");
+  sub.add_option("--random", o->random_config, "benchmark a randomly initialised model of this config.json");
+  sub.add_option("--weight-type", o->weight_type, "with --random: bf16 (default), f16, f32");
+  sub.add_option("-p,--n-prompt", o->n_prompt, "prompt tokens (default 512)");
+  sub.add_option("-n,--n-gen", o->n_gen, "generated tokens (default 64)");
+  sub.add_option("-d,--depth", o->depth, "context already in each decoding sequence (default 0)");
+  sub.add_option("-b,--batch", o->batch, "sequences decoded together (default 1)");
+  sub.add_option("--cache-type", o->cache_type, "K/V cache: bf16 (default), f16, f32");
+  sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  sub.add_flag("--no-peaks", o->no_peaks, "skip measuring the machine's GEMM and bandwidth peaks");
+  sub.add_flag("--json", o->json, "print JSON");
+  sub.callback([o] { run(*o); });
+});
+
+}  // namespace
+}  // namespace hymba::cli

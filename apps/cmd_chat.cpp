@@ -1,0 +1,112 @@
+// hymba chat: interactive multi-turn chat in the Instruct format (spec §5). Earlier turns are
+// never reprocessed: each turn feeds only its own tokens to the sequence.
+#include <cstdio>
+#include <iostream>
+#include <memory>
+
+#include "base/error.h"
+#include "command.h"
+#include "common.h"
+#include "runtime/chat_template.h"
+#include "runtime/engine.h"
+#include "runtime/generate.h"
+#include "runtime/tokenizer.h"
+
+namespace hymba::cli {
+
+void add_sampling_options(CLI::App& sub, GenerateParams& g, int64_t& seed);
+void finish_sampling_options(GenerateParams& g, int64_t seed);
+
+namespace {
+
+struct Opts {
+  std::string model, system = "You are a helpful assistant.", cache_type = "bf16";
+  GenerateParams gen;
+  int64_t seed = -1;
+  int threads = 0;
+};
+
+// Tokens of `text` as they appear inside a longer conversation that ends with "\n" before it:
+// encode "\n" + text and drop the leading tokens that spell the newline (SentencePiece would
+// otherwise add its dummy-prefix space, which the whole-conversation encoding does not have).
+std::vector<int32_t> encode_after_newline(const Tokenizer& tok, const std::string& text) {
+  auto ids = tok.encode("\n" + text, false);
+  size_t k = 0;
+  while (k < ids.size()) {
+    std::string head = tok.decode(std::vector<int32_t>(ids.begin(), ids.begin() + long(k + 1)));
+    if (head.find('\n') != std::string::npos) { ++k; break; }
+    ++k;
+  }
+  return std::vector<int32_t>(ids.begin() + long(k), ids.end());
+}
+
+void run(Opts& o) {
+  apply_threads(o.threads);
+  finish_sampling_options(o.gen, o.seed);
+  const std::string dir = o.model.empty() ? default_model_dir() : o.model;
+  auto tok = Tokenizer::load(dir);
+  EngineOptions eo;
+  eo.cache_dtype = parse_cache_type(o.cache_type);
+  auto eng = Engine::load(dir, eo);
+  auto stops = chat_stop_strings();
+  o.gen.stop.insert(o.gen.stop.end(), stops.begin(), stops.end());
+
+  auto seq = eng->new_sequence();
+  std::vector<ChatMessage> history;
+  if (!o.system.empty()) history.push_back({"system", o.system});
+  std::string rendered;  // the conversation fed so far
+  std::vector<int32_t> tok_hist;
+  std::fprintf(stderr, "hymba chat: type a message, /reset to start over, /exit or Ctrl-D to quit\n");
+  std::string line;
+  while (true) {
+    std::fputs("> ", stdout);
+    std::fflush(stdout);
+    if (!std::getline(std::cin, line)) break;
+    if (line == "/exit") break;
+    if (line == "/reset") {
+      seq = eng->new_sequence(), rendered.clear(), tok_hist.clear();
+      history.resize(o.system.empty() ? 0 : 1);
+      continue;
+    }
+    if (line.empty()) continue;
+    history.push_back({"user", line});
+    const std::string full = render_chat(history, /*add_generation_prompt=*/true);
+    HYMBA_CHECK(full.compare(0, rendered.size(), rendered) == 0, "chat template is not incremental");
+    const std::string delta = full.substr(rendered.size());
+    auto ids = rendered.empty() ? tok->encode(delta, false) : encode_after_newline(*tok, delta);
+    // The reply is re-fed from this snapshot as the template renders it (stripped + "\n"), so
+    // the sequence matches what a full re-render of the conversation would contain.
+    SequenceState snapshot = seq;
+    auto r = generate(*eng, seq, *tok, ids, o.gen, [](const std::string& s) {
+      std::fputs(s.c_str(), stdout);
+      std::fflush(stdout);
+    }, &tok_hist);
+    std::fputs("\n", stdout);
+    std::fprintf(stderr, "[%lld prompt tokens %.1f tok/s, %zu generated %.1f tok/s, %s]\n",
+                 (long long)r.n_prompt, double(r.n_prompt) / std::max(r.prompt_seconds, 1e-9),
+                 r.tokens.size(), double(r.tokens.size()) / std::max(r.gen_seconds, 1e-9),
+                 r.stop_reason.c_str());
+    seq = std::move(snapshot);
+    std::vector<int32_t> turn = ids;
+    history.push_back({"assistant", r.text});
+    const std::string after = render_chat(history, false);
+    const std::string reply = after.substr(full.size());
+    auto reply_ids = encode_after_newline(*tok, reply);  // the reply follows "Assistant\n"
+    turn.insert(turn.end(), reply_ids.begin(), reply_ids.end());
+    eng->eval_one(seq, turn);
+    rendered = after;
+  }
+}
+
+Register reg("chat", "Interactive chat in the Hymba Instruct format", [](CLI::App& sub) {
+  auto o = std::make_shared<Opts>();
+  sub.add_option("-m,--model", o->model, "Hugging Face model folder (default: the bundled model)");
+  sub.add_option("--system", o->system, "system prompt (default: 'You are a helpful assistant.')");
+  sub.add_option("--cache-type", o->cache_type, "K/V cache: bf16 (default), f16, f32");
+  sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  add_sampling_options(sub, o->gen, o->seed);
+  sub.callback([o] { run(*o); });
+});
+
+}  // namespace
+}  // namespace hymba::cli

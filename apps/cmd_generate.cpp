@@ -1,0 +1,79 @@
+// hymba generate: complete a prompt, streaming tokens to stdout (llama-cli style).
+#include <cstdio>
+#include <ctime>
+#include <memory>
+
+#include "base/error.h"
+#include "command.h"
+#include "common.h"
+#include "runtime/engine.h"
+#include "runtime/generate.h"
+#include "runtime/tokenizer.h"
+
+namespace hymba::cli {
+
+void add_sampling_options(CLI::App& sub, GenerateParams& g, int64_t& seed) {
+  sub.add_option("-n,--n-predict", g.max_new_tokens, "max new tokens (default 256)");
+  sub.add_option("--temp", g.sampling.temperature, "temperature; 0 = greedy (default 0.8)");
+  sub.add_option("--top-k", g.sampling.top_k, "top-k, 0 = off (default 40)");
+  sub.add_option("--top-p", g.sampling.top_p, "top-p, 1 = off (default 0.95)");
+  sub.add_option("--min-p", g.sampling.min_p, "min-p, 0 = off (default 0.05)");
+  sub.add_option("--repeat-penalty", g.sampling.repeat_penalty, "repetition penalty, 1 = off (default 1.0)");
+  sub.add_option("--repeat-last-n", g.sampling.repeat_last_n, "tokens the penalty looks back (default 64)");
+  sub.add_option("-s,--seed", seed, "RNG seed (default: random)");
+  sub.add_option("--stop", g.stop, "stop string (repeatable)");
+  sub.add_flag("--ignore-eos", g.ignore_eos, "keep generating after EOS");
+}
+
+void finish_sampling_options(GenerateParams& g, int64_t seed) {
+  g.sampling.seed = seed >= 0 ? uint64_t(seed) : uint64_t(std::time(nullptr));
+}
+
+namespace {
+
+struct Opts {
+  std::string model, prompt, cache_type = "bf16";
+  GenerateParams gen;
+  int64_t seed = -1;
+  int threads = 0;
+  bool no_display_prompt = false, no_bos = false;
+};
+
+void run(Opts& o) {
+  apply_threads(o.threads);
+  finish_sampling_options(o.gen, o.seed);
+  const std::string dir = o.model.empty() ? default_model_dir() : o.model;
+  auto tok = Tokenizer::load(dir);
+  auto ids = tok->encode(o.prompt, !o.no_bos);
+  HYMBA_CHECK(!ids.empty(), "empty prompt: give some text with -p");
+  EngineOptions eo;
+  eo.cache_dtype = parse_cache_type(o.cache_type);
+  auto eng = Engine::load(dir, eo);
+  auto seq = eng->new_sequence();
+  if (!o.no_display_prompt) std::fputs(o.prompt.c_str(), stdout), std::fflush(stdout);
+  auto r = generate(*eng, seq, *tok, ids, o.gen, [](const std::string& s) {
+    std::fputs(s.c_str(), stdout);
+    std::fflush(stdout);
+  });
+  std::fputs("\n", stdout);
+  std::fflush(stdout);
+  std::fprintf(stderr, "prompt: %lld tokens, %.2f tok/s | generated: %zu tokens, %.2f tok/s | stop: %s\n",
+               (long long)r.n_prompt, double(r.n_prompt) / std::max(r.prompt_seconds, 1e-9),
+               r.tokens.size(), double(r.tokens.size()) / std::max(r.gen_seconds, 1e-9),
+               r.stop_reason.c_str());
+}
+
+Register reg("generate", "Complete a prompt (streams to stdout)", [](CLI::App& sub) {
+  auto o = std::make_shared<Opts>();
+  sub.add_option("-m,--model", o->model, "Hugging Face model folder (default: the bundled model)");
+  sub.add_option("-p,--prompt", o->prompt, "prompt text")->required();
+  sub.add_option("--cache-type", o->cache_type, "K/V cache: bf16 (default), f16, f32");
+  sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
+  sub.add_flag("--no-display-prompt", o->no_display_prompt, "do not echo the prompt");
+  sub.add_flag("--no-bos", o->no_bos, "do not prepend BOS");
+  add_sampling_options(sub, o->gen, o->seed);
+  sub.callback([o] { run(*o); });
+});
+
+}  // namespace
+}  // namespace hymba::cli
