@@ -1,0 +1,309 @@
+#include "ops/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "base/error.h"
+#include "ops/simd.h"
+
+namespace hymba {
+namespace {
+
+constexpr int64_t kBk = 64;  // keys per block: scores of a block stay in L1
+constexpr float kNegInf = -INFINITY;
+
+bool visible(int64_t i, int64_t j, const AttnRule& r) {
+  return j >= 0 && j <= i && (r.window < 0 || i - j <= r.window || j < r.n_always);
+}
+
+// A block of keys of one segment with the range of its valid positions, so whole blocks can be
+// skipped or left unmasked without looking at each key (positions may come in any order).
+struct KeyBlock {
+  int64_t seg, j0, n;
+  int64_t pmin, pmax;  // over valid (pos >= 0) keys
+  bool any_valid, all_valid;
+};
+
+KeyBlock make_block(int64_t seg, const int32_t* pos, int64_t j0, int64_t n) {
+  KeyBlock b{seg, j0, n, INT64_MAX, INT64_MIN, false, true};
+  for (int64_t j = j0; j < j0 + n; ++j) {
+    if (pos[j] < 0) {
+      b.all_valid = false;
+      continue;
+    }
+    b.any_valid = true;
+    b.pmin = std::min<int64_t>(b.pmin, pos[j]);
+    b.pmax = std::max<int64_t>(b.pmax, pos[j]);
+  }
+  return b;
+}
+
+enum class Cover { None, Full, Partial };
+
+// How the keys of b are visible to queries with positions in [qmin, qmax].
+Cover classify(const KeyBlock& b, int64_t qmin, int64_t qmax, const AttnRule& r) {
+  if (!b.any_valid || b.pmin > qmax) return Cover::None;
+  if (r.window >= 0 && b.pmin >= r.n_always && qmin - b.pmax > r.window) return Cover::None;
+  if (b.all_valid && b.pmax <= qmin &&
+      (r.window < 0 || qmax - b.pmin <= r.window || b.pmax < r.n_always))
+    return Cover::Full;
+  return Cover::Partial;
+}
+
+void check_shape(const AttnShape& s) {
+  HYMBA_CHECK(s.n_kv > 0 && s.n_head > 0 && s.n_head % s.n_kv == 0,
+              "attention: n_head must be a positive multiple of n_kv");
+  HYMBA_CHECK(s.d_qk > 0 && s.d_v > 0, "attention: head dims must be positive");
+}
+
+const void* row_ptr(const void* base, DType t, int64_t elem) {
+  return static_cast<const char*>(base) + elem * int64_t(dtype_size(t));
+}
+
+// Query rows handled together: the GQA group's heads of up to Tq consecutive queries, so every
+// key row is read once for Tq·G query rows.
+int64_t query_tile(int64_t G) { return std::max<int64_t>(1, 24 / G); }
+
+}  // namespace
+
+void attention_forward(float* out, float* lse, const float* q, const int32_t* qpos, int64_t Lq,
+                       std::span<const KVSegment> segs, const AttnShape& shape,
+                       const AttnRule& rule) {
+  check_shape(shape);
+  if (Lq <= 0) return;
+  const int64_t H = shape.n_head, KV = shape.n_kv, G = H / KV, dq = shape.d_qk, dv = shape.d_v;
+
+  std::vector<KeyBlock> blocks;
+  int64_t nkeys = 0;
+  for (size_t s = 0; s < segs.size(); ++s) {
+    const KVSegment& sg = segs[s];
+    HYMBA_CHECK(sg.dtype == DType::F32 || sg.dtype == DType::BF16 || sg.dtype == DType::F16,
+                "attention: KV segment dtype must be F32, BF16 or F16");
+    if (sg.n > 0) HYMBA_CHECK(sg.k && sg.v && sg.pos, "attention: KV segment without data");
+    for (int64_t j0 = 0; j0 < sg.n; j0 += kBk)
+      blocks.push_back(make_block(int64_t(s), sg.pos, j0, std::min(kBk, sg.n - j0)));
+    nkeys += sg.n;
+  }
+  const int64_t U = int64_t(blocks.size());
+
+  const int64_t Tq = std::min(query_tile(G), Lq), R = Tq * G;
+  const int64_t ntile = (Lq + Tq - 1) / Tq, base = ntile * KV;
+  // Few (query tile, kv head) tasks (decode): also split the keys so every core has work. The
+  // split depends only on the shapes, and partial results merge in a fixed order, so the result
+  // does not depend on the thread count.
+  int64_t nsplit = 1;
+  if (base < 16 && U > 1) nsplit = std::min<int64_t>(U, (16 + base - 1) / base);
+  std::vector<float> pm, pl, pacc;
+  if (nsplit > 1) {
+    pm.assign(size_t(base * nsplit * R), kNegInf);
+    pl.assign(size_t(base * nsplit * R), 0.0f);
+    pacc.assign(size_t(base * nsplit * R * dv), 0.0f);
+  }
+  const double work = double(Lq) * double(H) * double(nkeys) * double(dq + dv);
+
+  auto finalize = [&](int64_t t0, int64_t g, int64_t Rt, const float* m, const float* l,
+                      const float* acc) {
+    for (int64_t r = 0; r < Rt; ++r) {
+      const int64_t t = t0 + r / G, h = g * G + r % G;
+      float* o = out + (t * H + h) * dv;
+      if (l[r] > 0) {
+        const float inv = 1.0f / l[r];
+        for (int64_t i = 0; i < dv; ++i) o[i] = acc[r * dv + i] * inv;
+        if (lse) lse[t * H + h] = m[r] + std::log(l[r]);
+      } else {
+        std::fill(o, o + dv, 0.0f);
+        if (lse) lse[t * H + h] = kNegInf;
+      }
+    }
+  };
+
+#pragma omp parallel for schedule(dynamic, 1) if (work > 2e5)
+  for (int64_t task = 0; task < base * nsplit; ++task) {
+    const int64_t tile = task / (KV * nsplit), g = (task / nsplit) % KV, s = task % nsplit;
+    const int64_t t0 = tile * Tq, nt = std::min(Tq, Lq - t0), Rt = nt * G;
+    std::vector<float> Qs(size_t(R * dq)), S(size_t(R * kBk)), acc_v(size_t(R * dv), 0.0f);
+    std::vector<float> m_v(static_cast<size_t>(R), kNegInf), l_v(static_cast<size_t>(R), 0.0f);
+    std::vector<int64_t> rpos(static_cast<size_t>(R));
+    float *acc = acc_v.data(), *m = m_v.data(), *l = l_v.data();
+    if (nsplit > 1) {
+      const size_t off = size_t((tile * KV + g) * nsplit + s) * size_t(R);
+      acc = pacc.data() + off * size_t(dv), m = pm.data() + off, l = pl.data() + off;
+    }
+    int64_t qmin = INT64_MAX, qmax = INT64_MIN;
+    for (int64_t tq = 0; tq < nt; ++tq) {
+      const int64_t t = t0 + tq;
+      qmin = std::min<int64_t>(qmin, qpos[t]), qmax = std::max<int64_t>(qmax, qpos[t]);
+      std::memcpy(&Qs[size_t(tq * G * dq)], q + (t * H + g * G) * dq, size_t(G * dq) * 4);
+      for (int64_t gi = 0; gi < G; ++gi) rpos[size_t(tq * G + gi)] = qpos[t];
+    }
+    simd::scale(Qs.data(), shape.scale, Rt * dq);  // scores come out scaled
+
+    for (int64_t u = s * U / nsplit; u < (s + 1) * U / nsplit; ++u) {
+      const KeyBlock& b = blocks[size_t(u)];
+      const Cover cover = classify(b, qmin, qmax, rule);
+      if (cover == Cover::None) continue;
+      const KVSegment& sg = segs[size_t(b.seg)];
+      simd::rows_dot(S.data(), kBk, Qs.data(), dq, Rt,
+                     row_ptr(sg.k, sg.dtype, (b.j0 * KV + g) * dq), KV * dq, sg.dtype, b.n, dq,
+                     1.0f);
+      if (cover == Cover::Partial)
+        for (int64_t r = 0; r < Rt; ++r)
+          for (int64_t j = 0; j < b.n; ++j)
+            if (!visible(rpos[size_t(r)], sg.pos[b.j0 + j], rule)) S[size_t(r * kBk + j)] = kNegInf;
+      // Online softmax: rescale the running sum and accumulator when the max grows.
+      for (int64_t r = 0; r < Rt; ++r) {
+        float* Sr = &S[size_t(r * kBk)];
+        const float mnew = std::max(m[r], simd::max(Sr, b.n));
+        if (mnew == kNegInf) {
+          std::fill(Sr, Sr + b.n, 0.0f);
+          continue;
+        }
+        if (mnew > m[r]) {
+          const float corr = std::exp(m[r] - mnew);
+          l[r] *= corr;
+          simd::scale(acc + r * dv, corr, dv);
+          m[r] = mnew;
+        }
+        l[r] += simd::exp_sub_sum(Sr, b.n, mnew);
+      }
+      simd::rows_accum(acc, dv, S.data(), kBk, Rt, row_ptr(sg.v, sg.dtype, (b.j0 * KV + g) * dv),
+                       KV * dv, sg.dtype, b.n, dv);
+    }
+    if (nsplit == 1) finalize(t0, g, Rt, m, l, acc);
+  }
+
+  if (nsplit > 1) {
+#pragma omp parallel for schedule(static) if (work > 2e5)
+    for (int64_t bt = 0; bt < base; ++bt) {
+      const int64_t tile = bt / KV, g = bt % KV, t0 = tile * Tq, Rt = std::min(Tq, Lq - t0) * G;
+      std::vector<float> m(static_cast<size_t>(R), kNegInf), l(static_cast<size_t>(R), 0.0f), acc(size_t(R * dv), 0.0f);
+      const size_t off0 = size_t(bt * nsplit) * size_t(R);
+      for (int64_t r = 0; r < Rt; ++r) {
+        for (int64_t s = 0; s < nsplit; ++s) m[size_t(r)] = std::max(m[size_t(r)], pm[off0 + size_t(s * R + r)]);
+        if (m[size_t(r)] == kNegInf) continue;
+        for (int64_t s = 0; s < nsplit; ++s) {
+          const size_t o = off0 + size_t(s * R + r);
+          if (pm[o] == kNegInf) continue;
+          const float c = std::exp(pm[o] - m[size_t(r)]);
+          l[size_t(r)] += pl[o] * c;
+          simd::axpy(&acc[size_t(r * dv)], c, &pacc[o * size_t(dv)], dv);
+        }
+      }
+      finalize(t0, g, Rt, m.data(), l.data(), acc.data());
+    }
+  }
+}
+
+void attention_backward(float* dq, float* dk, float* dv_out, const float* dout, const float* q,
+                        const float* k, const float* v, const float* out, const float* lse,
+                        const int32_t* qpos, const int32_t* kpos, int64_t Lq, int64_t Lk,
+                        const AttnShape& shape, const AttnRule& rule) {
+  check_shape(shape);
+  if (Lq <= 0 || Lk <= 0) return;
+  const int64_t H = shape.n_head, KV = shape.n_kv, G = H / KV, dqk = shape.d_qk, dv = shape.d_v;
+  const float sc = shape.scale;
+  const double work = double(Lq) * double(H) * double(Lk) * double(dqk + dv);
+
+  // Dm[t,h] = dout·out: the softmax backward's row term.
+  std::vector<float> Dm(size_t(Lq * H));
+#pragma omp parallel for schedule(static) if (work > 2e5)
+  for (int64_t th = 0; th < Lq * H; ++th) Dm[size_t(th)] = simd::dot(dout + th * dv, out + th * dv, dv);
+
+  // Pass A: dq, one task per (query tile, kv head), keys in blocks as in the forward.
+  std::vector<KeyBlock> kblocks;
+  for (int64_t j0 = 0; j0 < Lk; j0 += kBk) kblocks.push_back(make_block(0, kpos, j0, std::min(kBk, Lk - j0)));
+  const int64_t Tq = std::min(query_tile(G), Lq), R = Tq * G, ntile = (Lq + Tq - 1) / Tq;
+#pragma omp parallel for schedule(dynamic, 1) if (work > 2e5)
+  for (int64_t task = 0; task < ntile * KV; ++task) {
+    const int64_t tile = task / KV, g = task % KV;
+    const int64_t t0 = tile * Tq, nt = std::min(Tq, Lq - t0), Rt = nt * G;
+    std::vector<float> Qs(size_t(R * dqk)), Os(size_t(R * dv)), S(size_t(R * kBk)),
+        dP(size_t(R * kBk)), dqacc(size_t(R * dqk), 0.0f), rl(static_cast<size_t>(R)), rD(static_cast<size_t>(R));
+    std::vector<int64_t> rpos(static_cast<size_t>(R));
+    int64_t qmin = INT64_MAX, qmax = INT64_MIN;
+    for (int64_t tq = 0; tq < nt; ++tq) {
+      const int64_t t = t0 + tq;
+      qmin = std::min<int64_t>(qmin, qpos[t]), qmax = std::max<int64_t>(qmax, qpos[t]);
+      std::memcpy(&Qs[size_t(tq * G * dqk)], q + (t * H + g * G) * dqk, size_t(G * dqk) * 4);
+      std::memcpy(&Os[size_t(tq * G * dv)], dout + (t * H + g * G) * dv, size_t(G * dv) * 4);
+      for (int64_t gi = 0; gi < G; ++gi) {
+        const size_t r = size_t(tq * G + gi);
+        rpos[r] = qpos[t], rl[r] = lse[t * H + g * G + gi], rD[r] = Dm[size_t(t * H + g * G + gi)];
+      }
+    }
+    simd::scale(Qs.data(), sc, Rt * dqk);
+    for (const KeyBlock& b : kblocks) {
+      const Cover cover = classify(b, qmin, qmax, rule);
+      if (cover == Cover::None) continue;
+      const float* kb = k + (b.j0 * KV + g) * dqk;
+      simd::rows_dot(S.data(), kBk, Qs.data(), dqk, Rt, kb, KV * dqk, DType::F32, b.n, dqk, 1.0f);
+      simd::rows_dot(dP.data(), kBk, Os.data(), dv, Rt, v + (b.j0 * KV + g) * dv, KV * dv,
+                     DType::F32, b.n, dv, 1.0f);
+      for (int64_t r = 0; r < Rt; ++r) {
+        float* Sr = &S[size_t(r * kBk)];
+        if (cover == Cover::Partial)
+          for (int64_t j = 0; j < b.n; ++j)
+            if (!visible(rpos[size_t(r)], kpos[b.j0 + j], rule)) Sr[j] = kNegInf;
+        if (rl[size_t(r)] == kNegInf) std::fill(Sr, Sr + b.n, kNegInf);
+        simd::exp_sub_sum(Sr, b.n, rl[size_t(r)] == kNegInf ? 0.0f : rl[size_t(r)]);  // P
+        const float* dPr = &dP[size_t(r * kBk)];
+        for (int64_t j = 0; j < b.n; ++j) Sr[j] *= dPr[j] - rD[size_t(r)];  // dS
+      }
+      simd::rows_accum(dqacc.data(), dqk, S.data(), kBk, Rt, kb, KV * dqk, DType::F32, b.n, dqk);
+    }
+    for (int64_t r = 0; r < Rt; ++r)
+      simd::axpy(dq + ((t0 + r / G) * H + g * G + r % G) * dqk, sc, &dqacc[size_t(r * dqk)], dqk);
+  }
+
+  // Pass B: dk and dv, one task per (key tile, kv head); each query head of the group in turn.
+  constexpr int64_t kTk = 32, kBq = 64;
+  std::vector<KeyBlock> qblocks;  // query blocks by position range, to skip invisible ones
+  for (int64_t t0 = 0; t0 < Lq; t0 += kBq) qblocks.push_back(make_block(0, qpos, t0, std::min(kBq, Lq - t0)));
+  const int64_t nktile = (Lk + kTk - 1) / kTk;
+#pragma omp parallel for schedule(dynamic, 1) if (work > 2e5)
+  for (int64_t task = 0; task < nktile * KV; ++task) {
+    const int64_t kt = task / KV, g = task % KV;
+    const int64_t j0 = kt * kTk, nk = std::min(kTk, Lk - j0);
+    const KeyBlock kb = make_block(0, kpos, j0, nk);
+    if (!kb.any_valid) continue;
+    std::vector<float> ST(size_t(kTk * kBq)), dPT(size_t(kTk * kBq));
+    std::vector<float> dkacc(size_t(kTk * dqk), 0.0f), dvacc(size_t(kTk * dv), 0.0f);
+    const float* Kr = k + (j0 * KV + g) * dqk;
+    const float* Vr = v + (j0 * KV + g) * dv;
+    for (const KeyBlock& qb : qblocks) {
+      if (!qb.any_valid) continue;
+      const Cover cover = classify(kb, qb.pmin, qb.pmax, rule);
+      if (cover == Cover::None) continue;
+      const int64_t tq0 = qb.j0, nq = qb.n;
+      for (int64_t gi = 0; gi < G; ++gi) {
+        const int64_t h = g * G + gi;
+        const float* qh = q + (tq0 * H + h) * dqk;
+        const float* oh = dout + (tq0 * H + h) * dv;
+        simd::rows_dot(ST.data(), kBq, Kr, KV * dqk, nk, qh, H * dqk, DType::F32, nq, dqk, sc);
+        simd::rows_dot(dPT.data(), kBq, Vr, KV * dv, nk, oh, H * dv, DType::F32, nq, dv, 1.0f);
+        for (int64_t jj = 0; jj < nk; ++jj) {
+          float* Sj = &ST[size_t(jj * kBq)];
+          for (int64_t ii = 0; ii < nq; ++ii) {
+            const int64_t t = tq0 + ii;
+            const float l = lse[t * H + h];
+            const bool vis = l != kNegInf && (cover == Cover::Full || visible(qpos[t], kpos[j0 + jj], rule));
+            Sj[ii] = vis ? Sj[ii] - l : kNegInf;
+          }
+          simd::exp_sub_sum(Sj, nq, 0.0f);  // P
+          float* dSj = &dPT[size_t(jj * kBq)];
+          for (int64_t ii = 0; ii < nq; ++ii) dSj[ii] = Sj[ii] * (dSj[ii] - Dm[size_t((tq0 + ii) * H + h)]);
+        }
+        simd::rows_accum(dvacc.data(), dv, ST.data(), kBq, nk, oh, H * dv, DType::F32, nq, dv);
+        simd::rows_accum(dkacc.data(), dqk, dPT.data(), kBq, nk, qh, H * dqk, DType::F32, nq, dqk);
+      }
+    }
+    for (int64_t jj = 0; jj < nk; ++jj) {
+      simd::axpy(dk + ((j0 + jj) * KV + g) * dqk, sc, &dkacc[size_t(jj * dqk)], dqk);
+      simd::axpy(dv_out + ((j0 + jj) * KV + g) * dv, 1.0f, &dvacc[size_t(jj * dv)], dv);
+    }
+  }
+}
+
+}  // namespace hymba
