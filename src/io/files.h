@@ -15,6 +15,22 @@ inline void write_file_atomic(const std::string& path, const std::string& s) {
 std::string read_file(const std::string& path);  // throws hymba::Error naming the path
 bool file_exists(const std::string& path);
 
+// Streaming form of write_file_atomic for big files (checkpoints): write() pieces, then commit()
+// (fsync + rename). Destroyed without commit(): the temp file is removed, the target untouched.
+class AtomicFile {
+ public:
+  explicit AtomicFile(const std::string& path);  // throws naming the path if the folder is unwritable
+  ~AtomicFile();
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  void write(const void* data, size_t size);
+  void commit();
+
+ private:
+  std::string path_, tmp_;
+  int fd_ = -1;
+};
+
 // NumPy .npy v1.0, little-endian float32, C order; written atomically.
 void write_npy_f32(const std::string& path, const float* data, const std::vector<int64_t>& shape);
 
