@@ -10,15 +10,16 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <set>
 
 #include <omp.h>
 
 #include <nlohmann/json.hpp>
-#include <sentencepiece_processor.h>
 
 #include "base/error.h"
 #include "io/files.h"
+#include "runtime/tokenizer.h"
 
 namespace fs = std::filesystem;
 
@@ -337,36 +338,30 @@ TokenizeStats tokenize_corpus(const TokenizeOptions& opt) {
               "tokenize: --val-fraction must be in [0, 1), got " + std::to_string(opt.val_fraction));
   HYMBA_CHECK(!opt.out_dir.empty(), "tokenize: no --out folder given");
 
-  // Tokenizer: a folder holding tokenizer.model (+ optional tokenizer_config.json) or the file.
+  // Tokenizer: the runtime one (same encoding as inference), from a folder holding
+  // tokenizer.model (+ tokenizer_config.json) or from the tokenizer.model file itself.
   HYMBA_CHECK(!opt.tokenizer.empty(), "tokenize: no --tokenizer given");
-  std::string model_path = opt.tokenizer;
-  fs::path tok_dir = fs::path(opt.tokenizer).parent_path();
-  if (fs::is_directory(opt.tokenizer)) {
-    model_path = (fs::path(opt.tokenizer) / "tokenizer.model").string();
-    tok_dir = opt.tokenizer;
+  fs::path tok_dir = opt.tokenizer;
+  if (!fs::is_directory(tok_dir)) {
+    HYMBA_CHECK(fs::is_regular_file(tok_dir), "tokenize: tokenizer not found: " + opt.tokenizer +
+                                                  " (pass a folder with tokenizer.model or that file)");
+    HYMBA_CHECK(tok_dir.filename() == "tokenizer.model",
+                "tokenize: " + opt.tokenizer + ": the tokenizer file must be named tokenizer.model");
+    tok_dir = tok_dir.parent_path().empty() ? fs::path(".") : tok_dir.parent_path();
   }
-  HYMBA_CHECK(fs::is_regular_file(model_path), "tokenize: tokenizer not found: " + model_path +
-                                                   " (pass a folder with tokenizer.model or the .model file)");
-  const std::string model_bytes = read_file(model_path);
-  // The runtime tokenizer (src/runtime) did not exist when this was written; SentencePiece is
-  // used directly, with the same conventions (BOS per add_bos_token, default true like Hymba).
-  sentencepiece::SentencePieceProcessor sp;
-  const auto status = sp.LoadFromSerializedProto(model_bytes);
-  HYMBA_CHECK(status.ok(), "tokenize: cannot load tokenizer " + model_path + ": " + status.ToString());
-  bool add_bos = true;
-  const fs::path cfg_path = tok_dir / "tokenizer_config.json";
-  if (fs::is_regular_file(cfg_path)) {
-    try {
-      const auto j = nlohmann::json::parse(read_file(cfg_path.string()));
-      if (j.contains("add_bos_token") && j["add_bos_token"].is_boolean()) add_bos = j["add_bos_token"].get<bool>();
-    } catch (const nlohmann::json::exception& e) {
-      fail("tokenize: " + cfg_path.string() + ": " + e.what());
-    }
+  const std::string model_path = (tok_dir / "tokenizer.model").string();
+  HYMBA_CHECK(fs::is_regular_file(model_path), "tokenize: tokenizer not found: " + model_path);
+  std::unique_ptr<Tokenizer> tok;
+  try {
+    tok = Tokenizer::load(tok_dir.string());
+  } catch (const Error& e) {
+    fail(std::string("tokenize: cannot load tokenizer ") + tok_dir.string() + ": " + e.what());
   }
-  const int vocab = sp.GetPieceSize();
-  const int bos = sp.bos_id(), eos = sp.eos_id();
+  const std::string model_bytes = read_file(model_path);  // for the hash in meta.json
+  const bool add_bos = tok->add_bos_default();
+  const int64_t vocab = tok->vocab_size();
+  const int32_t bos = tok->bos(), eos = tok->eos();
   HYMBA_CHECK(eos >= 0, "tokenize: tokenizer " + model_path + " has no EOS id (needed to separate documents)");
-  HYMBA_CHECK(!add_bos || bos >= 0, "tokenize: tokenizer " + model_path + " has no BOS id but add_bos_token is true");
 
   // Read and validate every file before doing any work.
   const auto files = collect_files(opt.inputs);
@@ -407,15 +402,19 @@ TokenizeStats tokenize_corpus(const TokenizeOptions& opt) {
                                  " input file(s)" + (files.empty() ? "" : " (first: " + files[0] + ")"));
 
   // Encode in parallel; each document keeps its own slot, so the output order is fixed.
-  std::vector<std::vector<int>> ids(docs.size());
+  std::vector<std::vector<int32_t>> ids(docs.size());
   std::string enc_error;
 #pragma omp parallel for schedule(dynamic, 16) num_threads(opt.threads > 0 ? opt.threads : omp_get_max_threads())
   for (int64_t d = 0; d < int64_t(docs.size()); ++d) {
     const Doc& doc = docs[size_t(d)];
-    const auto s = sp.Encode(std::string_view(text[size_t(doc.file)]).substr(doc.begin, doc.len), &ids[size_t(d)]);
-    if (!s.ok()) {
+    try {
+      auto v = tok->encode(text[size_t(doc.file)].substr(doc.begin, doc.len), add_bos);
+      // EOS ends every document (once, even if the config's add_eos_token already added it).
+      if (v.empty() || v.back() != eos) v.push_back(eos);
+      ids[size_t(d)] = std::move(v);
+    } catch (const std::exception& e) {
 #pragma omp critical
-      if (enc_error.empty()) enc_error = files[size_t(doc.file)] + ": " + s.ToString();
+      if (enc_error.empty()) enc_error = files[size_t(doc.file)] + ": " + e.what();
     }
   }
   HYMBA_CHECK(enc_error.empty(), "tokenize: encoding failed: " + enc_error);
@@ -434,11 +433,9 @@ TokenizeStats tokenize_corpus(const TokenizeOptions& opt) {
   std::vector<int32_t> train, val;
   for (int64_t d = 0; d < n; ++d) {
     auto& out = is_val[size_t(d)] ? val : train;
-    if (add_bos) out.push_back(bos);
     out.insert(out.end(), ids[size_t(d)].begin(), ids[size_t(d)].end());
-    out.push_back(eos);
     (is_val[size_t(d)] ? st.docs_val : st.docs_train)++;
-    std::vector<int>().swap(ids[size_t(d)]);
+    std::vector<int32_t>().swap(ids[size_t(d)]);
   }
   st.tokens_train = int64_t(train.size());
   st.tokens_val = int64_t(val.size());

@@ -9,7 +9,8 @@
 //         28  u32      reserved (0)
 //         32  ids      count * bytes-per-id
 // Written atomically; read through mmap. Documents are stored as <s> text </s> back to back, so
-// EOS separates documents and every document starts the way a prompt does (with BOS).
+// EOS separates documents and every document starts the way a prompt does (with BOS when the
+// tokenizer_config.json says add_bos_token, true by default as in Hymba).
 #pragma once
 #include <cstdint>
 #include <string>
