@@ -1,48 +1,49 @@
 #include "ops/activation.h"
 
+#include <algorithm>
+
+#include "ops/simd.h"
+
 namespace hymba {
 
 namespace {
-constexpr int64_t kPar = 1 << 15;  // below this, threads cost more than they save
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+// Fixed-size pieces, one thread each: the split does not depend on the thread count (and every
+// element is computed the same way whichever piece it is in).
+constexpr int64_t kPiece = 1 << 14;
+
+template <class F>
+void pieces(int64_t n, const F& f) {
+  const int64_t np = (n + kPiece - 1) / kPiece;
+#pragma omp parallel for schedule(static) if (np > 1)
+  for (int64_t p = 0; p < np; ++p) f(p * kPiece, std::min(kPiece, n - p * kPiece));
+}
 }  // namespace
 
 void silu_forward(float* y, const float* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > kPar)
-  for (int64_t i = 0; i < n; ++i) y[i] = silu(x[i]);
+  pieces(n, [&](int64_t i, int64_t m) { simd::silu(y + i, x + i, m); });
 }
 
 void silu_backward(float* dx, const float* dy, const float* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > kPar)
-  for (int64_t i = 0; i < n; ++i) {
-    const float s = sigmoid(x[i]);
-    dx[i] += dy[i] * s * (1.0f + x[i] * (1.0f - s));
-  }
+  pieces(n, [&](int64_t i, int64_t m) { simd::silu_grad(dx + i, dy + i, x + i, m); });
 }
 
 void softplus_forward(float* y, const float* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > kPar)
-  for (int64_t i = 0; i < n; ++i) y[i] = softplus(x[i]);
+  pieces(n, [&](int64_t i, int64_t m) { simd::softplus(y + i, x + i, m); });
 }
 
 void softplus_backward(float* dx, const float* dy, const float* x, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > kPar)
-  for (int64_t i = 0; i < n; ++i) dx[i] += dy[i] * sigmoid(x[i]);
+  pieces(n, [&](int64_t i, int64_t m) { simd::sigmoid_mul_acc(dx + i, dy + i, x + i, m); });
 }
 
 void swiglu_forward(float* y, const float* gate, const float* up, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > kPar)
-  for (int64_t i = 0; i < n; ++i) y[i] = silu(gate[i]) * up[i];
+  pieces(n, [&](int64_t i, int64_t m) { simd::swiglu(y + i, gate + i, up + i, m); });
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dy, const float* gate, const float* up,
                      int64_t n) {
-#pragma omp parallel for schedule(static) if (n > kPar)
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i], s = sigmoid(g);
-    if (dgate) dgate[i] += dy[i] * up[i] * s * (1.0f + g * (1.0f - s));
-    if (dup) dup[i] += dy[i] * g * s;
-  }
+  pieces(n, [&](int64_t i, int64_t m) {
+    simd::swiglu_grad(dgate ? dgate + i : nullptr, dup ? dup + i : nullptr, dy + i, gate + i, up + i, m);
+  });
 }
 
 }  // namespace hymba
