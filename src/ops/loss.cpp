@@ -1,5 +1,6 @@
 #include "ops/loss.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -10,12 +11,12 @@
 namespace hymba {
 
 namespace {
-// Row max and Σ exp(x - max), the sum in double over a fixed order (V is ~32k).
-void row_stats(const float* x, int64_t V, float* mx, double* sum) {
+// e[i] = exp(x[i] - max) (vectorised); returns max, *sum = Σ e (lane sums in a fixed order).
+float row_exp(float* e, const float* x, int64_t V, double* sum) {
   const float m = simd::max(x, V);
-  double s = 0;
-  for (int64_t i = 0; i < V; ++i) s += double(std::exp(x[i] - m));
-  *mx = m, *sum = s;
+  std::copy(x, x + V, e);
+  *sum = simd::exp_sub_sum(e, V, m);
+  return m;
 }
 void check_targets(const int32_t* targets, int64_t n, int64_t V) {
   for (int64_t t = 0; t < n; ++t)
@@ -28,11 +29,9 @@ void softmax_rows(float* x, int64_t n, int64_t V) {
 #pragma omp parallel for schedule(static) if (n * V > 65536)
   for (int64_t t = 0; t < n; ++t) {
     float* r = x + t * V;
-    float m;
     double s;
-    row_stats(r, V, &m, &s);
-    const float inv = float(1.0 / s);
-    for (int64_t i = 0; i < V; ++i) r[i] = std::exp(r[i] - m) * inv;
+    row_exp(r, r, V, &s);
+    simd::scale(r, float(1.0 / s), V);
   }
 }
 
@@ -46,9 +45,10 @@ double cross_entropy_forward(float* losses, const float* logits, const int32_t* 
       continue;
     }
     const float* r = logits + t * V;
-    float m;
+    thread_local std::vector<float> e;
+    e.resize(size_t(V));
     double s;
-    row_stats(r, V, &m, &s);
+    const float m = row_exp(e.data(), r, V, &s);
     losses[t] = float(std::log(s) + double(m) - double(r[targets[t]]));
   }
   double total = 0;
@@ -68,12 +68,9 @@ void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* 
       for (int64_t i = 0; i < V; ++i) d[i] = 0.0f;
       continue;
     }
-    const float* r = logits + t * V;
-    float m;
     double s;
-    row_stats(r, V, &m, &s);
-    const float k = float(double(scale) / s);
-    for (int64_t i = 0; i < V; ++i) d[i] = std::exp(r[i] - m) * k;
+    row_exp(d, logits + t * V, V, &s);
+    simd::scale(d, float(double(scale) / s), V);
     d[targets[t]] -= scale;
   }
 }
