@@ -271,7 +271,9 @@ Config config_from_json(const json& j, const std::string& where) {
     if (g < 0 || g >= L) bad("global_attn_idx", "layer " + std::to_string(g) + " out of range");
 
   // KV reuse groups: consumers share K/V with the group's first layer, so both must be attention
-  // layers of the same (sliding-window) type; global layers are never consumers (official rule).
+  // layers of the same window type (a global consumer would need keys that a window producer's
+  // ring has dropped). The 1.5B config shares only between window layers; sharing
+  // between global layers (the paper's all-global ablation with KV sharing) is well defined too.
   auto is_global = [&](int i) {
     if (c.sliding_window < 0) return true;
     for (int g : c.global_attn_idx)
@@ -292,11 +294,6 @@ Config config_from_json(const json& j, const std::string& where) {
       const int q = g[k];
       if (q < p)
         bad("kv_reuse_group", "consumer layer " + std::to_string(q) + " comes before its producer " +
-                                  std::to_string(p));
-      if (is_global(q))
-        bad("kv_reuse_group", "consumer layer " + std::to_string(q) + " is a global-attention layer");
-      if (is_global(p))
-        bad("kv_reuse_group", "layer " + std::to_string(q) + " reuses K/V of global-attention layer " +
                                   std::to_string(p));
       if (is_global(p) != is_global(q))
         bad("kv_reuse_group", "layers " + std::to_string(p) + " and " + std::to_string(q) +

@@ -1,0 +1,187 @@
+// Self-consistency of the inference runtime: every way of feeding a sequence (whole, chunked,
+// token by token, batched with others, from the shared meta prefix or recomputed from scratch)
+// gives the same logits. (The float64 Python reference checks the values themselves.)
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "base/error.h"
+#include "model/init.h"
+#include "runtime/engine.h"
+
+namespace hymba {
+namespace {
+
+const char* kConfig = R"({
+  "model_type": "hymba", "vocab_size": 97, "hidden_size": 48, "num_hidden_layers": 5,
+  "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 80,
+  "attn_hidden_size": -1, "kq_head_dim": -1, "v_head_dim": -1,
+  "rms_norm_eps": 1e-5, "rope": true, "rope_theta": 10000.0, "rope_type": "ntk",
+  "max_position_embeddings": 256, "orig_max_position_embeddings": 64,
+  "num_memory_tokens": 6, "sliding_window": 5, "global_attn_idx": [0, 4],
+  "kv_reuse_group": [[1, 2, 3]], "mamba_d_state": 4, "mamba_d_conv": 4, "mamba_expand": 2,
+  "mamba_dt_rank": "auto", "mamba_conv_bias": true, "mamba_proj_bias": false,
+  "mamba_inner_layernorms": true, "layer_type": ["h", "h", "h", "h", "h"],
+  "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0
+})";
+
+std::string make_model() {
+  static std::string dir;
+  if (!dir.empty()) return dir;
+  dir = (std::filesystem::temp_directory_path() / ("hymba-engine-test-" + std::to_string(getpid()))).string();
+  Config c = config_from_json(nlohmann::json::parse(kConfig));
+  init_checkpoint(c, dir, 1234, DType::F32);
+  return dir;
+}
+
+std::vector<int32_t> random_ids(int n, int vocab, unsigned seed) {
+  std::mt19937 g(seed);
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  for (auto& x : v) x = int32_t(g() % unsigned(vocab));
+  return v;
+}
+
+double max_diff(const float* a, const float* b, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; ++i) m = std::max(m, double(std::fabs(a[i] - b[i])));
+  return m;
+}
+
+// All logits of a prompt fed in chunks of `chunk` tokens.
+std::vector<float> logits_chunked(Engine& e, const std::vector<int32_t>& ids, size_t chunk) {
+  auto s = e.new_sequence();
+  const size_t V = size_t(e.config().vocab_size);
+  std::vector<float> out(ids.size() * V);
+  for (size_t i = 0; i < ids.size(); i += chunk) {
+    std::vector<int32_t> part(ids.begin() + long(i), ids.begin() + long(std::min(ids.size(), i + chunk)));
+    std::vector<std::vector<float>> all;
+    SequenceState* sp = &s;
+    e.eval(std::span<SequenceState* const>(&sp, 1), std::span<const std::vector<int32_t>>(&part, 1),
+           nullptr, &all);
+    std::copy(all[0].begin(), all[0].end(), out.begin() + long(i * V));
+  }
+  return out;
+}
+
+TEST(Engine, ChunkedAndTokenByTokenEqualWhole) {
+  EngineOptions o;
+  o.cache_dtype = DType::F32;
+  auto e = Engine::load(make_model(), o);
+  auto ids = random_ids(23, 97, 1);  // longer than the window (5) plus meta tokens (6)
+  auto whole = logits_chunked(*e, ids, ids.size());
+  for (size_t chunk : {1, 2, 3, 7}) {
+    auto part = logits_chunked(*e, ids, chunk);
+    EXPECT_LT(max_diff(whole.data(), part.data(), whole.size()), 1e-4) << "chunk " << chunk;
+  }
+}
+
+TEST(Engine, SmallMaxChunkEqualsWhole) {
+  EngineOptions o;
+  o.cache_dtype = DType::F32;
+  auto e1 = Engine::load(make_model(), o);
+  o.max_chunk = 4;
+  auto e2 = Engine::load(make_model(), o);
+  auto ids = random_ids(19, 97, 2);
+  auto a = logits_chunked(*e1, ids, ids.size()), b = logits_chunked(*e2, ids, ids.size());
+  EXPECT_LT(max_diff(a.data(), b.data(), a.size()), 1e-4);
+}
+
+TEST(Engine, SharedPrefixEqualsRecomputedMetaTokens) {
+  EngineOptions o;
+  o.cache_dtype = DType::F32;
+  auto shared = Engine::load(make_model(), o);
+  o.use_prefix = false;
+  auto own = Engine::load(make_model(), o);
+  auto ids = random_ids(17, 97, 3);
+  auto a = logits_chunked(*shared, ids, ids.size()), b = logits_chunked(*own, ids, 4);
+  EXPECT_LT(max_diff(a.data(), b.data(), a.size()), 1e-4);
+
+  // And the stateless official-style forward over [meta; prompt].
+  auto& m = shared->model();
+  const auto& c = m.config();
+  const int64_t M = c.num_memory_tokens, H = c.hidden_size, n = int64_t(ids.size());
+  std::vector<float> x(size_t((M + n) * H)), lg(size_t(n * c.vocab_size));
+  std::copy_n(m.weights().meta, M * H, x.data());
+  m.embed(x.data() + M * H, ids.data(), n);
+  ForwardItem item{nullptr, M + n};
+  m.forward(x.data(), std::span<const ForwardItem>(&item, 1));
+  m.logits(lg.data(), x.data() + M * H, n);
+  EXPECT_LT(max_diff(a.data(), lg.data(), a.size()), 1e-4);
+}
+
+TEST(Engine, BatchedSequencesEqualAlone) {
+  EngineOptions o;
+  o.cache_dtype = DType::F32;
+  o.max_chunk = 16;  // forces prompts to be split across steps and mixed in one batch
+  auto e = Engine::load(make_model(), o);
+  const size_t V = size_t(e->config().vocab_size);
+  std::vector<std::vector<int32_t>> prompts = {random_ids(3, 97, 10), random_ids(14, 97, 11),
+                                               random_ids(9, 97, 12)};
+  // Greedy decode 8 tokens, all three sequences in one batch per step.
+  std::vector<SequenceState> states;
+  for (size_t i = 0; i < prompts.size(); ++i) states.push_back(e->new_sequence());
+  std::vector<SequenceState*> sp;
+  for (auto& s : states) sp.push_back(&s);
+  std::vector<std::vector<int32_t>> feed = prompts, gen(prompts.size());
+  std::vector<float> last;
+  for (int step = 0; step < 8; ++step) {
+    e->eval(sp, feed, &last);
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      const float* l = last.data() + i * V;
+      int32_t best = int32_t(std::max_element(l, l + V) - l);
+      gen[i].push_back(best);
+      feed[i] = {best};
+    }
+  }
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    auto s = e->new_sequence();
+    std::vector<int32_t> alone;
+    auto l = e->eval_one(s, prompts[i]);
+    for (int step = 0; step < 8; ++step) {
+      int32_t best = int32_t(std::max_element(l.begin(), l.end()) - l.begin());
+      alone.push_back(best);
+      l = e->eval_one(s, {best});
+    }
+    EXPECT_EQ(alone, gen[i]) << "sequence " << i;
+  }
+}
+
+TEST(Engine, Bf16CacheIsCloseToF32) {
+  EngineOptions o;
+  o.cache_dtype = DType::F32;
+  auto e32 = Engine::load(make_model(), o);
+  o.cache_dtype = DType::BF16;
+  auto e16 = Engine::load(make_model(), o);
+  auto ids = random_ids(20, 97, 4);
+  auto a = logits_chunked(*e32, ids, 1), b = logits_chunked(*e16, ids, 1);
+  double scale = 0;
+  for (float v : a) scale = std::max(scale, double(std::fabs(v)));
+  const double d = max_diff(a.data(), b.data(), a.size());
+  EXPECT_GT(d, 0.0);                // bf16 rounding is really used
+  EXPECT_LT(d, 2e-2 * std::max(1.0, scale));
+}
+
+TEST(Engine, RejectsOutOfRangeToken) {
+  auto e = Engine::load(make_model());
+  auto s = e->new_sequence();
+  EXPECT_THROW(e->eval_one(s, {97}), Error);
+  EXPECT_THROW(e->eval_one(s, {-1}), Error);
+}
+
+TEST(Engine, StateStaysConstantSizeForWindowLayers) {
+  auto e = Engine::load(make_model());
+  auto s = e->new_sequence();
+  e->eval_one(s, random_ids(30, 97, 5));
+  const size_t b1 = s.bytes();
+  e->eval_one(s, random_ids(30, 97, 6));
+  const size_t b2 = s.bytes();
+  // Only the two global layers grow: 30 rows x n_kv(2) x (d_qk 12 + d_v 24) x 2 bytes + pos.
+  const auto& c = e->config();
+  const size_t row = size_t(c.num_key_value_heads * (c.d_qk + c.d_v) * 2 + 4);
+  EXPECT_EQ(b2 - b1, 2 * 30 * row);
+}
+
+}  // namespace
+}  // namespace hymba
