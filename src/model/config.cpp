@@ -297,7 +297,8 @@ Config config_from_json(const json& j, const std::string& where) {
                                   std::to_string(p));
       if (is_global(p) != is_global(q))
         bad("kv_reuse_group", "layers " + std::to_string(p) + " and " + std::to_string(q) +
-                                  " have different attention windows");
+                                  " have different attention windows (layer " +
+                                  std::to_string(is_global(p) ? p : q) + " is global)");
     }
   }
   return c;

@@ -179,7 +179,6 @@ TEST(ModelConfig, InconsistentConfigsNameTheKey) {
       {[](json& j) { j["kv_reuse_group"] = json::parse("[[1,5]]"); }, {"kv_reuse_group", "5"}},
       {[](json& j) { j["kv_reuse_group"] = json::parse("[[2,3]]"); }, {"kv_reuse_group", "3", "global"}},
       {[](json& j) { j["kv_reuse_group"] = json::parse("[[0,1]]"); }, {"kv_reuse_group", "global"}},
-      {[](json& j) { j["sliding_window"] = nullptr; }, {"kv_reuse_group", "global"}},
       {[](json& j) { j["kv_reuse_group"] = json::parse("[[2,1]]"); }, {"kv_reuse_group", "before"}},
       {[](json& j) { j["layer_type"] = json::array({"h", "h", "m", "h"}); }, {"kv_reuse_group", "2"}},
       {[](json& j) { j["layer_type"] = json::array({"h", "h", "x", "h"}); }, {"layer_type", "'x'"}},
@@ -218,3 +217,20 @@ TEST(ModelConfig, InconsistentConfigsNameTheKey) {
   }
   EXPECT_THAT(err(json::array()), HasSubstr("not a JSON object"));
 }
+
+namespace hymba {
+namespace {
+
+// The paper's all-global ablation with KV sharing: consumers of a global producer are global too.
+TEST(ModelConfig, KvSharingBetweenGlobalLayersIsAccepted) {
+  json j = small_cfg();
+  j["sliding_window"] = nullptr;
+  const Config c = config_from_json(j);
+  const auto plan = make_layer_plan(c);
+  EXPECT_TRUE(plan[2].global);
+  EXPECT_EQ(plan[2].kv_source, 1);
+  EXPECT_FALSE(plan[2].producer());
+}
+
+}  // namespace
+}  // namespace hymba
