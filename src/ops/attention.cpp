@@ -174,8 +174,7 @@ void attention_forward(float* out, float* lse, const float* q, const int32_t* qp
     if (nsplit == 1) finalize(t0, g, Rt, m, l, acc);
   }
 
-  if (nsplit > 1) {
-#pragma omp parallel for schedule(static) if (work > 2e5)
+  if (nsplit > 1) {  // tiny (base < 16 tasks): serial, a second parallel region costs more
     for (int64_t bt = 0; bt < base; ++bt) {
       const int64_t tile = bt / KV, g = bt % KV, t0 = tile * Tq, Rt = std::min(Tq, Lq - t0) * G;
       std::vector<float> m(static_cast<size_t>(R), kNegInf), l(static_cast<size_t>(R), 0.0f), acc(size_t(R * dv), 0.0f);
