@@ -3,7 +3,7 @@
 set -euo pipefail
 PKGS=(
   build-essential cmake pkg-config git
-  libopenblas-dev libomp-dev nlohmann-json3-dev libcli11-dev libhwy-dev libcpp-httplib-dev
+  libopenblas-dev libopenblas-openmp-dev libomp-dev nlohmann-json3-dev libcli11-dev libhwy-dev libcpp-httplib-dev
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy

@@ -90,4 +90,12 @@ void save_arena_checkpoint(const ParamArena& a, const std::string& dir, DType dt
   write_file_atomic(dir + "/generation_config.json", generation_config_json(a.config).dump(2) + "\n");
 }
 
+void copy_tokenizer_files(const std::string& from, const std::string& to) {
+  for (const char* f : {"tokenizer.model", "tokenizer_config.json", "added_tokens.json",
+                        "special_tokens_map.json"}) {
+    const std::string src = from + "/" + f;
+    if (file_exists(src)) write_file_atomic(to + "/" + f, read_file(src));
+  }
+}
+
 }  // namespace hymba

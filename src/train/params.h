@@ -29,5 +29,7 @@ ParamArena arena_from_init(const Config& c, uint64_t seed);
 // Writes config.json + model.safetensors (+ generation_config.json) in the official layout,
 // each file atomically. dtype F32 or BF16.
 void save_arena_checkpoint(const ParamArena& a, const std::string& dir, DType dtype);
+// Copies the tokenizer files found in `from` (tokenizer.model, tokenizer_config.json, ...) to `to`.
+void copy_tokenizer_files(const std::string& from, const std::string& to);
 
 }  // namespace hymba

@@ -157,12 +157,7 @@ TrainResult train(const TrainOptions& o) {
   auto save = [&]() {
     save_arena_checkpoint(arena, o.out, DType::F32);
     opt.save(o.out + "/optimizer.bin");
-    if (!o.tokenizer.empty()) {
-      for (const char* f : {"tokenizer.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"}) {
-        const std::string src = o.tokenizer + "/" + f;
-        if (fs::exists(src)) write_file_atomic(o.out + "/" + f, read_file(src));
-      }
-    }
+    if (!o.tokenizer.empty()) copy_tokenizer_files(o.tokenizer, o.out);
     write_file_atomic(csv, csv_text);
     ts.run = {{"model_hash", file_hash(o.out + "/model.safetensors")}, {"data", o.data},
               {"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"seed", o.seed}};
