@@ -185,3 +185,19 @@ TEST(Engine, StateStaysConstantSizeForWindowLayers) {
 
 }  // namespace
 }  // namespace hymba
+
+namespace hymba {
+namespace {
+
+// The state a sequence really holds equals the analytic figure `hymba info` prints.
+TEST(Engine, HeldStateEqualsAnalyticStateBytes) {
+  auto e = Engine::load(make_model());
+  auto s = e->new_sequence();
+  const int n = 25;  // past the window, so every ring is full
+  e->eval_one(s, random_ids(n, 97, 9));
+  const auto& c = e->config();
+  EXPECT_EQ(int64_t(s.bytes()), state_bytes(c, e->model().plan(), n, DType::BF16).total());
+}
+
+}  // namespace
+}  // namespace hymba
