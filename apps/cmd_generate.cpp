@@ -36,7 +36,7 @@ struct Opts {
   GenerateParams gen;
   int64_t seed = -1;
   int threads = 0;
-  bool no_display_prompt = false, no_bos = false;
+  bool no_display_prompt = false, no_bos = false, print_ids = false;
 };
 
 void run(Opts& o) {
@@ -57,6 +57,14 @@ void run(Opts& o) {
   });
   std::fputs("\n", stdout);
   std::fflush(stdout);
+  if (o.print_ids) {
+    auto join = [](const std::vector<int32_t>& v) {
+      std::string s;
+      for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+      return s;
+    };
+    std::fprintf(stderr, "prompt ids: %s\ngenerated ids: %s\n", join(ids).c_str(), join(r.tokens).c_str());
+  }
   std::fprintf(stderr, "prompt: %lld tokens, %.2f tok/s | generated: %zu tokens, %.2f tok/s | stop: %s\n",
                (long long)r.n_prompt, double(r.n_prompt) / std::max(r.prompt_seconds, 1e-9),
                r.tokens.size(), double(r.tokens.size()) / std::max(r.gen_seconds, 1e-9),
@@ -71,6 +79,7 @@ Register reg("generate", "Complete a prompt (streams to stdout)", [](CLI::App& s
   sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   sub.add_flag("--no-display-prompt", o->no_display_prompt, "do not echo the prompt");
   sub.add_flag("--no-bos", o->no_bos, "do not prepend BOS");
+  sub.add_flag("--print-token-ids", o->print_ids, "print prompt and generated token ids on stderr");
   add_sampling_options(sub, o->gen, o->seed);
   sub.callback([o] { run(*o); });
 });
