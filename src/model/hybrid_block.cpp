@@ -27,6 +27,18 @@ void take_cols(std::vector<float>& dst, const float* src, int64_t T, int64_t str
     std::memcpy(dst.data() + t * w, src + t * stride + c0, size_t(w) * sizeof(float));
 }
 
+// Sizes of one layer's tensors for a batch of T rows (shapes in hymba.h's LayerActs).
+struct Dims {
+  int64_t T, H, D, N, R, K, F, nq, nkv, qw, kw, vw, aw;
+  Dims(const Config& c, std::span<const ForwardItem> items)
+      : T(0), H(c.hidden_size), D(c.d_inner), N(c.mamba_d_state), R(c.dt_rank),
+        K(c.mamba_d_conv), F(c.intermediate_size), nq(c.num_attention_heads),
+        nkv(c.num_key_value_heads), qw(nq * c.d_qk), kw(nkv * c.d_qk), vw(nkv * c.d_v),
+        aw(nq * c.d_v) {
+    for (auto& it : items) T += it.n;
+  }
+};
+
 }  // namespace
 
 void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> items,
@@ -35,12 +47,9 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
   const Config& c = cfg_;
   const LayerPlan& p = plan_[size_t(l)];
   const LayerWeights& w = w_.layers[size_t(l)];
-  int64_t T = 0;
-  for (auto& it : items) T += it.n;
-  const int64_t H = c.hidden_size, D = c.d_inner, N = c.mamba_d_state, R = c.dt_rank;
-  const int64_t K = c.mamba_d_conv, F = c.intermediate_size;
-  const int64_t nq = c.num_attention_heads, nkv = c.num_key_value_heads;
-  const int64_t qw = nq * c.d_qk, kw = nkv * c.d_qk, vw = nkv * c.d_v, aw = nq * c.d_v;
+  const Dims d(c, items);
+  const int64_t T = d.T, H = d.H, D = d.D, N = d.N, R = d.R, K = d.K, F = d.F;
+  const int64_t nq = d.nq, nkv = d.nkv, qw = d.qw, kw = d.kw, vw = d.vw, aw = d.aw;
   const float eps = float(c.rms_norm_eps);
 
   // Input norm and the single input projection shared by both kinds of heads.
@@ -191,12 +200,9 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
   const LayerPlan& p = plan_[size_t(l)];
   const LayerWeights& w = w_.layers[size_t(l)];
   const LayerActs& a = acts.layers[size_t(l)];
-  int64_t T = 0;
-  for (auto& it : items) T += it.n;
-  const int64_t H = c.hidden_size, D = c.d_inner, N = c.mamba_d_state, R = c.dt_rank;
-  const int64_t K = c.mamba_d_conv, F = c.intermediate_size;
-  const int64_t nq = c.num_attention_heads, nkv = c.num_key_value_heads;
-  const int64_t qw = nq * c.d_qk, kw = nkv * c.d_qk, vw = nkv * c.d_v, aw = nq * c.d_v;
+  const Dims d(c, items);
+  const int64_t T = d.T, H = d.H, D = d.D, N = d.N, R = d.R, K = d.K, F = d.F;
+  const int64_t nq = d.nq, nkv = d.nkv, qw = d.qw, kw = d.kw, vw = d.vw, aw = d.aw;
 
   // MLP: x_out = h_mid + down(swiglu(gate(xm), up(xm))), xm = norm(h_mid).
   std::vector<float> dact, dgate, dup, dxm;
