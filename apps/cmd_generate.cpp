@@ -42,6 +42,7 @@ struct Opts {
 void run(Opts& o) {
   apply_threads(o.threads);
   finish_sampling_options(o.gen, o.seed);
+  HYMBA_CHECK(!o.prompt.empty(), "empty prompt: give some text with -p");
   const std::string dir = o.model.empty() ? default_model_dir() : o.model;
   auto tok = Tokenizer::load(dir);
   auto ids = tok->encode(o.prompt, !o.no_bos);
