@@ -29,4 +29,12 @@ void matmul_backward(float* dinp, float* dW, float* dbias, const float* dout, co
 // Row `row` of W widened to F32 (embedding lookup from a possibly bf16 table).
 void matrow_to_f32(float* dst, const MatView& W, int64_t row);
 
+// Which kernel matmul_forward uses: Auto picks GEMV for M <= matmul_gemv_max_m(W.dtype), else
+// BLAS. Forcing a path is for tests and benchmarks; both give the same result up to rounding.
+enum class MatmulPath { Auto, Gemv, Blas };
+void matmul_forward_path(MatmulPath path, float* out, const float* in, const MatView& W,
+                         const float* bias, int64_t M, bool accumulate = false);
+// Largest M that Auto sends to the GEMV kernel (crossover measured, see matmul.cpp).
+int64_t matmul_gemv_max_m(DType t);
+
 }  // namespace hymba

@@ -1,0 +1,149 @@
+// Micro-benchmarks of matmul_forward against the machine's measured limits.
+//   hymba_microbench [--threads=N] [google-benchmark flags]
+// GEMV cases rotate over enough weight copies (>= 256 MiB) that every call reads from DRAM, as
+// a decode step over all layers does; the *_L3 variants reuse one copy (cache-resident if small).
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "base/dtype.h"
+#include "ops/matmul.h"
+#include "ops/peak.h"
+#include "ops/threads.h"
+
+namespace {
+using namespace hymba;
+
+struct Mats {
+  std::vector<std::vector<uint8_t>> copies;
+  int64_t N, K;
+};
+
+// Copies of an [N, K] matrix in dtype dt, enough of them to exceed the last-level cache.
+Mats make_mats(int64_t N, int64_t K, bool rotate, DType dt = DType::BF16) {
+  Mats m{{}, N, K};
+  const size_t bytes = size_t(N * K) * dtype_size(dt);
+  const size_t count = rotate ? std::max<size_t>(2, (size_t(256) << 20) / bytes + 1) : 1;
+  std::vector<float> f(size_t(N * K));
+  for (size_t c = 0; c < count; ++c) {
+    for (size_t i = 0; i < f.size(); ++i) f[i] = float((i * 7 + c) % 17) * 0.01f - 0.08f;
+    std::vector<uint8_t> w(bytes);
+    from_f32(w.data(), dt, f.data(), f.size());
+    m.copies.push_back(std::move(w));
+  }
+  return m;
+}
+
+void run_forward(benchmark::State& st, int64_t N, int64_t K, int64_t M, MatmulPath path,
+                 bool rotate, DType dt = DType::BF16) {
+  static std::string key;
+  static Mats mats;
+  const std::string k = std::to_string(N) + "x" + std::to_string(K) + (rotate ? "r" : "") +
+                        dtype_name(dt);
+  if (key != k) mats = make_mats(N, K, rotate, dt), key = k;
+  std::vector<float> in(size_t(M * K), 0.01f), out(size_t(M * N));
+  size_t c = 0;
+  for (auto _ : st) {
+    const MatView W{mats.copies[c].data(), dt, N, K};
+    matmul_forward_path(path, out.data(), in.data(), W, nullptr, M);
+    benchmark::DoNotOptimize(out.data());
+    c = (c + 1) % mats.copies.size();
+  }
+  st.SetBytesProcessed(int64_t(st.iterations()) * N * K * int64_t(dtype_size(dt)));
+  st.counters["GFLOPs"] = benchmark::Counter(double(st.iterations()) * 2.0 * double(M * N * K) * 1e-9,
+                                             benchmark::Counter::kIsRate);
+}
+
+// Weight shapes of Hymba-1.5B: MLP up/gate fused, down, mamba in/out projections, lm_head.
+void BM_GemvM1(benchmark::State& st) {
+  run_forward(st, st.range(0), st.range(1), 1, MatmulPath::Auto, true);
+}
+BENCHMARK(BM_GemvM1)
+    ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
+    ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void BM_GemvM1_L3(benchmark::State& st) {
+  run_forward(st, st.range(0), st.range(1), 1, MatmulPath::Auto, false);
+}
+BENCHMARK(BM_GemvM1_L3)->Args({8960, 1600})->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// Crossover GEMV vs widen+sgemm: [8960, 1600] bf16, M = arg.
+void BM_Gemv(benchmark::State& st) {
+  run_forward(st, 8960, 1600, st.range(0), MatmulPath::Gemv, true);
+}
+void BM_Blas(benchmark::State& st) {
+  run_forward(st, 8960, 1600, st.range(0), MatmulPath::Blas, true);
+}
+BENCHMARK(BM_Gemv)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)->Arg(128)->Arg(512)
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Blas)->Arg(1)->Arg(4)->Arg(16)->Arg(32)->Arg(48)->Arg(64)->Arg(96)->Arg(128)->Arg(512)
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+void BM_GemvF32(benchmark::State& st) {
+  run_forward(st, 8960, 1600, st.range(0), MatmulPath::Gemv, true, DType::F32);
+}
+void BM_BlasF32(benchmark::State& st) {
+  run_forward(st, 8960, 1600, st.range(0), MatmulPath::Blas, true, DType::F32);
+}
+BENCHMARK(BM_GemvF32)->Arg(1)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_BlasF32)->Arg(1)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// Prefill M = 512 with bf16 weights (widen + sgemm), F32 weights for comparison.
+void BM_Prefill512(benchmark::State& st) {
+  run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Auto, false);
+}
+BENCHMARK(BM_Prefill512)->Args({8960, 1600})->Args({1600, 5504})->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+
+void BM_Prefill512F32(benchmark::State& st) {
+  const int64_t N = 8960, K = 1600, M = 512;
+  std::vector<float> w(size_t(N * K), 0.01f), in(size_t(M * K), 0.01f), out(size_t(M * N));
+  const MatView W{w.data(), DType::F32, N, K};
+  for (auto _ : st) {
+    matmul_forward(out.data(), in.data(), W, nullptr, M);
+    benchmark::DoNotOptimize(out.data());
+  }
+  st.counters["GFLOPs"] = benchmark::Counter(double(st.iterations()) * 2.0 * double(M * N * K) * 1e-9,
+                                             benchmark::Counter::kIsRate);
+}
+BENCHMARK(BM_Prefill512F32)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+// OpenMP regions (GEMV) right after BLAS calls and vice versa, as a layer does: this is where a
+// pthread OpenBLAS pool and the OpenMP pool can spin against each other.
+void BM_MixedOmpBlas(benchmark::State& st) {
+  const int64_t K = 1600, N = 5504, M = 64;
+  static Mats mats = make_mats(N, K, false);  // bf16
+  std::vector<float> wf(size_t(K * K), 0.01f), in(size_t(M * K), 0.01f), out(size_t(M * K));
+  std::vector<float> o1(static_cast<size_t>(N));
+  const MatView Wb{mats.copies[0].data(), DType::BF16, N, K}, Wf{wf.data(), DType::F32, K, K};
+  for (auto _ : st) {
+    for (int i = 0; i < 4; ++i) matmul_forward(o1.data(), in.data(), Wb, nullptr, 1);
+    matmul_forward(out.data(), in.data(), Wf, nullptr, M);
+    benchmark::DoNotOptimize(out.data());
+  }
+}
+BENCHMARK(BM_MixedOmpBlas)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::strncmp(argv[i], "--threads=", 10) == 0) {
+      set_num_threads(std::atoi(argv[i] + 10));
+      for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
+      --argc;
+      break;
+    }
+  benchmark::Initialize(&argc, argv);
+  std::printf("threads %d, OpenBLAS %s\n", num_threads(), blas_threading());
+  std::printf("peak: sgemm 1024^3 %.1f GFLOP/s, DRAM read %.1f GB/s\n", measure_sgemm_gflops(500),
+              measure_read_bandwidth_gbs(500));
+  std::fflush(stdout);
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
