@@ -17,32 +17,14 @@
 #include <hwy/cache_control.h>
 #include <hwy/highway.h>
 
+#include "ops/widen-inl.h"
+
 HWY_BEFORE_NAMESPACE();
 namespace hymba {
 namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 
-HWY_INLINE hn::Vec<DF> LoadW(DF df, const float* p) { return hn::LoadU(df, p); }
-HWY_INLINE hn::Vec<DF> LoadW(DF df, const hwy::bfloat16_t* p) {
-  const hn::Rebind<hwy::bfloat16_t, DF> d16;
-  return hn::PromoteTo(df, hn::LoadU(d16, p));
-}
-HWY_INLINE hn::Vec<DF> LoadW(DF df, const hwy::float16_t* p) {
-  const hn::Rebind<hwy::float16_t, DF> d16;
-  return hn::PromoteTo(df, hn::LoadU(d16, p));
-}
-HWY_INLINE float ToF(float x) { return x; }
-HWY_INLINE float ToF(hwy::bfloat16_t x) {
-  uint16_t u;
-  std::memcpy(&u, &x, 2);
-  return bf16_to_f32(u);
-}
-HWY_INLINE float ToF(hwy::float16_t x) {
-  uint16_t u;
-  std::memcpy(&u, &x, 2);
-  return f16_to_f32(u);
-}
 
 // out[m, n] (=|+=) Σ_k in[m, k]·w[n, k] for R weight rows n0.. and MC inputs m0..: each weight
 // vector is loaded (and widened) once and used MC times. Summation order is fixed by K and the

@@ -8,6 +8,8 @@
 #define HWY_TARGET_INCLUDE "ops/simd.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
 #include <hwy/highway.h>
+
+#include "ops/widen-inl.h"
 #include <hwy/contrib/math/math-inl.h>
 
 HWY_BEFORE_NAMESPACE();
@@ -16,26 +18,6 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 
-HWY_INLINE hn::Vec<DF> LoadW(DF df, const float* p) { return hn::LoadU(df, p); }
-HWY_INLINE hn::Vec<DF> LoadW(DF df, const hwy::bfloat16_t* p) {
-  const hn::Rebind<hwy::bfloat16_t, DF> d16;
-  return hn::PromoteTo(df, hn::LoadU(d16, p));
-}
-HWY_INLINE hn::Vec<DF> LoadW(DF df, const hwy::float16_t* p) {
-  const hn::Rebind<hwy::float16_t, DF> d16;
-  return hn::PromoteTo(df, hn::LoadU(d16, p));
-}
-HWY_INLINE float ToF(float x) { return x; }
-HWY_INLINE float ToF(hwy::bfloat16_t x) {
-  uint16_t u;
-  std::memcpy(&u, &x, 2);
-  return bf16_to_f32(u);
-}
-HWY_INLINE float ToF(hwy::float16_t x) {
-  uint16_t u;
-  std::memcpy(&u, &x, 2);
-  return f16_to_f32(u);
-}
 HWY_INLINE float Sum(DF df, hn::Vec<DF> v) { return hn::GetLane(hn::SumOfLanes(df, v)); }
 
 float Dot(const float* a, const float* b, int64_t n) {
