@@ -47,6 +47,7 @@ Register reg("train", "Train or fine-tune a model on tokenized data", [](CLI::Ap
   sub.add_option("--eval-batches", t.eval_batches, "validation batches (default 20)");
   sub.add_option("--save-every", t.save_every, "checkpoint every N steps (default 500)");
   sub.add_option("--log-every", t.log_every, "progress line every N steps (default 10)");
+  sub.add_option("--stop-after", t.stop_after, "save and stop after this step (resume later with --resume)");
   sub.add_option("--seed", t.seed, "seed for init and data order (default 1)");
   sub.add_option("-t,--threads", o->threads, "threads (default: all cores; keep it fixed across a resume)");
   sub.callback([o] { run(*o); });

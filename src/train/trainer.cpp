@@ -47,6 +47,19 @@ std::string file_hash(const std::string& path) {
   return buf;
 }
 
+// Same tensors and same computation (dtype and bookkeeping keys such as torch_dtype may differ).
+bool same_architecture(const Config& a, const Config& b) {
+  const auto sa = param_specs(a), sb = param_specs(b);
+  if (sa.size() != sb.size()) return false;
+  for (size_t i = 0; i < sa.size(); ++i)
+    if (sa[i].name != sb[i].name || sa[i].shape != sb[i].shape) return false;
+  return a.sliding_window == b.sliding_window && a.global_attn_idx == b.global_attn_idx &&
+         a.kv_reuse_group == b.kv_reuse_group && a.num_memory_tokens == b.num_memory_tokens &&
+         a.layer_type == b.layer_type && a.rope == b.rope && a.rope_base == b.rope_base &&
+         a.rms_norm_eps == b.rms_norm_eps && a.mamba_inner_layernorms == b.mamba_inner_layernorms &&
+         a.tie_word_embeddings == b.tie_word_embeddings && a.pad_token_id == b.pad_token_id;
+}
+
 std::string fmt_eta(double s) {
   char b[32];
   if (s >= 3600) std::snprintf(b, sizeof b, "%dh%02dm", int(s / 3600), int(std::fmod(s, 3600) / 60));
@@ -94,7 +107,7 @@ TrainResult train(const TrainOptions& o) {
     arena = arena_from_checkpoint(o.out);
     if (!o.config.empty()) {
       Config want = load_config(o.config);
-      HYMBA_CHECK(config_to_json(want).dump() == config_to_json(arena.config).dump(),
+      HYMBA_CHECK(same_architecture(want, arena.config),
                   "--resume: the checkpoint in " + o.out + " was trained with another config than " + o.config);
     }
   } else if (!o.init_from.empty()) {
@@ -203,7 +216,7 @@ TrainResult train(const TrainOptions& o) {
       std::fprintf(stderr, "\n");
       t_log = now, tokens_since_log = 0;
     }
-    if (g_train_stop.load()) {
+    if (g_train_stop.load() || (o.stop_after > 0 && step >= o.stop_after && step < o.steps)) {
       r.interrupted = true;
       break;
     }

@@ -1,0 +1,58 @@
+"""Shared set-up of the training tests: a small corpus tokenized with the bundled tokenizer and a
+tiny Hymba config with the matching vocabulary."""
+import json
+import os
+import subprocess
+
+SRC = os.environ.get("HYMBA_SOURCE_DIR") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+BIN = os.environ["HYMBA_BIN"]
+TOKENIZER = os.path.join(SRC, "models", "hymba-kjv")
+
+TEXT = [
+    "In the beginning was the word, and the word was with the people of the valley.\n"
+    "They sowed the fields in spring and gathered the harvest in the autumn of the year.\n",
+    "The river ran past the old mill, and the miller counted the sacks of grain each evening.\n"
+    "His daughter kept the books, and her brother drove the cart to the market town.\n",
+    "When the snow came, the village gathered in the hall, and the elders told the old stories.\n"
+    "The children listened, and the fire burned low, and the night was long and cold.\n",
+]
+
+
+def run(args, **kw):
+    return subprocess.run([BIN] + args, capture_output=True, text=True, timeout=600, **kw)
+
+
+def make_data(work, copies=30):
+    corpus = os.path.join(work, "corpus")
+    os.makedirs(corpus, exist_ok=True)
+    for i, t in enumerate(TEXT):
+        with open(os.path.join(corpus, f"doc{i}.txt"), "w") as f:
+            f.write(t * copies)
+    data = os.path.join(work, "data")
+    r = run(["tokenize", "--tokenizer", TOKENIZER, "--input", corpus, "--out", data, "--val-fraction", "0.34"])
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    return data
+
+
+def make_config(work, name="tiny-hymba.json", **edits):
+    cfg = json.load(open(os.path.join(SRC, "tests", "configs", name)))
+    cfg["vocab_size"] = 4096  # the bundled tokenizer's
+    cfg.update(edits)
+    path = os.path.join(work, "config.json")
+    json.dump(cfg, open(path, "w"))
+    return path
+
+
+class Results:
+    def __init__(self):
+        self.passed = self.failed = 0
+
+    def check(self, name, ok, detail=""):
+        self.passed += bool(ok)
+        self.failed += not ok
+        print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
+
+    def finish(self):
+        print(f"{self.passed} passed, {self.failed} failed")
+        return 1 if self.failed or not self.passed else 0
