@@ -8,13 +8,8 @@ import shutil
 import sys
 import tempfile
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_util as U  # noqa: E402
-
-sys.path.insert(0, os.path.join(U.SRC, "reference"))
-import hymba_ref  # noqa: E402
+import testlib as U  # noqa: E402
 
 
 def main():
@@ -33,17 +28,8 @@ def main():
             if r.returncode != 0:
                 R.check(f"{name}: trains", False, r.stderr.strip()[-200:])
                 continue
-            npy = os.path.join(work, name + ".npy")
-            r = U.run(["logits", "-m", out, "--ids", ",".join(map(str, ids)), "-o", npy])
-            if r.returncode != 0:
-                R.check(f"{name}: runs in the engine", False, r.stderr.strip()[-200:])
-                continue
-            eng = np.load(npy).astype(np.float64)
-            ref = hymba_ref.load(out).forward(np.array([ids]))
-            ref = ref.detach().numpy()[0] if hasattr(ref, "detach") else np.asarray(ref)[0]
-            err = np.abs(eng - ref).max()
-            R.check(f"{name}: trained, engine logits = reference", err <= 1e-3 * max(1.0, np.abs(ref).max()),
-                    f"max abs err {err:.2e}")
+            ok, detail = U.logits_vs_reference(out, ids)
+            R.check(f"{name}: trained, engine logits = reference", ok, detail)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return R.finish()

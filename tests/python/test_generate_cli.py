@@ -19,17 +19,11 @@ import numpy as np
 SRC = os.environ.get("HYMBA_SOURCE_DIR") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ["HYMBA_BIN"]
 MODEL = os.path.join(SRC, "models", "hymba-kjv")
-sys.path.insert(0, os.path.join(SRC, "reference"))
-import hymba_ref  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import testlib as U  # noqa: E402
 
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
+R = U.Results()
+check = R.check
 
 
 def run(args, stdin=None):
@@ -42,19 +36,9 @@ def main():
     prompt = "And God said"
 
     # Engine vs float64 reference on the shipped weights (bf16 in the file).
-    ids = [1, 400, 30, 2000, 17, 5, 900, 13, 77, 3000] * 3
+    ok, detail = U.logits_vs_reference(MODEL, [1, 400, 30, 2000, 17, 5, 900, 13, 77, 3000] * 3)
+    check("bundled model: engine logits vs float64 reference", ok, detail)
     out = os.path.join(tmp, "l.npy")
-    rc, _, se = run(["logits", "-m", MODEL, "--ids", ",".join(map(str, ids)), "-o", out])
-    if rc == 0:
-        eng = np.load(out).astype(np.float64)
-        ref = hymba_ref.load(MODEL).forward(np.array([ids]))
-        ref = ref.detach().numpy()[0] if hasattr(ref, "detach") else np.asarray(ref)[0]
-        err = np.abs(eng - ref).max()
-        bound = 1e-3 * max(1.0, np.abs(ref).max())
-        check("bundled model: engine logits vs float64 reference", err <= bound,
-              f"max abs err {err:.3e} (bound {bound:.3e})")
-    else:
-        check("bundled model: engine logits", False, se)
 
     # Greedy is deterministic and matches the logits argmax chain.
     n = 24
@@ -78,8 +62,7 @@ def main():
         eng = np.load(out)
         chain = [int(np.argmax(eng[len(p_ids) - 1 + k])) for k in range(len(g_ids))]
         check("greedy tokens = argmax chain of engine logits", chain == g_ids, f"{chain[:8]} vs {g_ids[:8]}")
-        ref = hymba_ref.load(MODEL).forward(np.array([seq]))
-        ref = ref.detach().numpy()[0] if hasattr(ref, "detach") else np.asarray(ref)[0]
+        ref = U.reference_logits(MODEL, seq)
         agree = sum(int(np.argmax(ref[len(p_ids) - 1 + k])) == g_ids[k] for k in range(len(g_ids)))
         check("greedy tokens = argmax chain of the float64 reference", agree >= len(g_ids) - 1,
               f"{agree}/{len(g_ids)} agree (one near-tie allowed)")
@@ -118,8 +101,7 @@ def main():
         check(f"bad input: {label}", 0 < rc < 128 and len(lines) == 1 and lines[0].startswith("hymba: error:"),
               f"exit {rc}, {se.strip()[:160]!r}")
 
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed or not passed else 0
+    return R.finish()
 
 
 if __name__ == "__main__":

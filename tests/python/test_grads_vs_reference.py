@@ -24,14 +24,11 @@ sys.path.insert(0, os.path.join(SRC, "reference"))
 import hymba_ref  # noqa: E402
 import make_checkpoint as MC  # noqa: E402
 
-passed = failed = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import testlib as U  # noqa: E402
 
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
+R = U.Results()
+check = R.check
 
 
 def read(path):
@@ -88,8 +85,7 @@ def main():
                 worst, worst_name = rel, k
         check(f"{name}: every gradient within tolerance (L={L})", not bad,
               f"worst {worst_name} rel {worst:.2e}" + ("; " + "; ".join(bad[:4]) if bad else ""))
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed or not passed else 0
+    return R.finish()
 
 
 if __name__ == "__main__":

@@ -15,14 +15,11 @@ import tempfile
 
 SRC = os.environ.get("HYMBA_SOURCE_DIR") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ["HYMBA_BIN"]
-passed = failed = 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import testlib as U  # noqa: E402
 
-
-def check(name, ok, detail):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
+R = U.Results()
+check = R.check
 
 
 def analytic(cfg, n_ctx, cache_bytes):
@@ -78,8 +75,7 @@ def main():
         check("missing folder -> error", r.returncode == 1 and r.stderr.startswith("hymba: error:"), r.stderr.strip())
     finally:
         shutil.rmtree(d, ignore_errors=True)
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed or not passed else 0
+    return R.finish()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_util as U  # noqa: E402
+import testlib as U  # noqa: E402
 
 
 def one_error(r):

@@ -10,13 +10,8 @@ import tempfile
 import json
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import train_util as U  # noqa: E402
-
-sys.path.insert(0, os.path.join(U.SRC, "reference"))
-import hymba_ref  # noqa: E402
+import testlib as U  # noqa: E402
 
 
 def losses(run_dir):
@@ -51,18 +46,8 @@ def main():
         R.check("resumed weights identical (bytes)", same)
 
         # Outputs: engine + reference load the checkpoint with matching logits; csv; png.
-        ids = [1, 50, 300, 7, 1000, 42, 9, 3000, 11, 12]
-        out = os.path.join(work, "l.npy")
-        r = U.run(["logits", "-m", a, "--ids", ",".join(map(str, ids)), "-o", out])
-        if r.returncode == 0:
-            eng = np.load(out).astype(np.float64)
-            ref = hymba_ref.load(a).forward(np.array([ids]))
-            ref = ref.detach().numpy()[0] if hasattr(ref, "detach") else np.asarray(ref)[0]
-            err = np.abs(eng - ref).max()
-            R.check("trained checkpoint: engine vs float64 reference logits", err <= 1e-3 * max(1, np.abs(ref).max()),
-                    f"max abs err {err:.2e}")
-        else:
-            R.check("trained checkpoint loads in the engine", False, r.stderr)
+        ok, detail = U.logits_vs_reference(a, [1, 50, 300, 7, 1000, 42, 9, 3000, 11, 12])
+        R.check("trained checkpoint: engine vs float64 reference logits", ok, detail)
         R.check("loss.png written", os.path.getsize(os.path.join(a, "loss.png")) > 1000)
         R.check("validation loss logged", any(v != "-1.000000" for _, _, v in la), str(la[3]))
         R.check("loss decreased", float(la[-1][1]) < float(la[0][1]), f"{la[0][1]} -> {la[-1][1]}")
@@ -82,8 +67,8 @@ def main():
         ok = proc.returncode == 0 and os.path.exists(os.path.join(d, "train_state.json"))
         R.check("Ctrl-C saves and exits 0", ok, f"exit {proc.returncode}: {err.strip()[-160:]}")
         if ok:
-            r = U.run(["logits", "-m", d, "--ids", "1,2,3", "-o", out])
-            R.check("Ctrl-C checkpoint loads", r.returncode == 0, r.stderr.strip())
+            ok, detail = U.logits_vs_reference(d, [1, 2, 3])
+            R.check("Ctrl-C checkpoint loads (and matches the reference)", ok, detail)
 
         # Fine-tuning from any HF checkpoint.
         e = os.path.join(work, "e")

@@ -1,8 +1,13 @@
-"""Shared set-up of the training tests: a small corpus tokenized with the bundled tokenizer and a
-tiny Hymba config with the matching vocabulary."""
+"""Shared pieces of the CLI tests: pass/fail bookkeeping, the engine-vs-reference logits check on
+a checkpoint folder, and for the training tests a small corpus tokenized with the bundled
+tokenizer plus a tiny Hymba config with the matching vocabulary."""
 import json
 import os
 import subprocess
+import sys
+import tempfile
+
+import numpy as np
 
 SRC = os.environ.get("HYMBA_SOURCE_DIR") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ["HYMBA_BIN"]
@@ -20,6 +25,26 @@ TEXT = [
 
 def run(args, **kw):
     return subprocess.run([BIN] + args, capture_output=True, text=True, timeout=600, **kw)
+
+
+def reference_logits(model_dir, ids):
+    """Float64 reference logits [n, V] of one sequence."""
+    sys.path.insert(0, os.path.join(SRC, "reference"))
+    import hymba_ref
+    ref = hymba_ref.load(model_dir).forward(np.array([ids]))
+    return ref.detach().numpy()[0] if hasattr(ref, "detach") else np.asarray(ref)[0]
+
+
+def logits_vs_reference(model_dir, ids):
+    """(ok, detail): `hymba logits` on model_dir equals the reference within 1e-3 * max|logit|."""
+    out = os.path.join(tempfile.mkdtemp(prefix="hymba-logits-"), "l.npy")
+    r = run(["logits", "-m", model_dir, "--ids", ",".join(map(str, ids)), "-o", out])
+    if r.returncode != 0:
+        return False, r.stderr.strip()[-200:]
+    eng = np.load(out).astype(np.float64)
+    ref = reference_logits(model_dir, ids)
+    err, bound = np.abs(eng - ref).max(), 1e-3 * max(1.0, np.abs(ref).max())
+    return err <= bound, f"max abs err {err:.2e} (bound {bound:.2e})"
 
 
 def make_data(work, copies=30):
