@@ -16,6 +16,7 @@ namespace hymba::cli {
 
 void add_sampling_options(CLI::App& sub, GenerateParams& g, int64_t& seed);
 void finish_sampling_options(GenerateParams& g, int64_t seed);
+std::string speed_line(const GenerateResult& r);  // in cmd_generate.cpp
 
 namespace {
 
@@ -82,10 +83,7 @@ void run(Opts& o) {
       std::fflush(stdout);
     }, &tok_hist);
     std::fputs("\n", stdout);
-    std::fprintf(stderr, "[%lld prompt tokens %.1f tok/s, %zu generated %.1f tok/s, %s]\n",
-                 (long long)r.n_prompt, double(r.n_prompt) / std::max(r.prompt_seconds, 1e-9),
-                 r.tokens.size(), double(r.tokens.size()) / std::max(r.gen_seconds, 1e-9),
-                 r.stop_reason.c_str());
+    std::fprintf(stderr, "[%s]\n", speed_line(r).c_str());
     seq = std::move(snapshot);
     std::vector<int32_t> turn = ids;
     history.push_back({"assistant", r.text});

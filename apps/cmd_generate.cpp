@@ -29,6 +29,15 @@ void finish_sampling_options(GenerateParams& g, int64_t seed) {
   g.sampling.seed = seed >= 0 ? uint64_t(seed) : uint64_t(std::time(nullptr));
 }
 
+std::string speed_line(const GenerateResult& r) {
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "prompt: %lld tokens, %.2f tok/s | generated: %zu tokens, %.2f tok/s | stop: %s",
+                (long long)r.n_prompt, double(r.n_prompt) / std::max(r.prompt_seconds, 1e-9),
+                r.tokens.size(), double(r.tokens.size()) / std::max(r.gen_seconds, 1e-9),
+                r.stop_reason.c_str());
+  return buf;
+}
+
 namespace {
 
 struct Opts {
@@ -66,10 +75,7 @@ void run(Opts& o) {
     };
     std::fprintf(stderr, "prompt ids: %s\ngenerated ids: %s\n", join(ids).c_str(), join(r.tokens).c_str());
   }
-  std::fprintf(stderr, "prompt: %lld tokens, %.2f tok/s | generated: %zu tokens, %.2f tok/s | stop: %s\n",
-               (long long)r.n_prompt, double(r.n_prompt) / std::max(r.prompt_seconds, 1e-9),
-               r.tokens.size(), double(r.tokens.size()) / std::max(r.gen_seconds, 1e-9),
-               r.stop_reason.c_str());
+  std::fprintf(stderr, "%s\n", speed_line(r).c_str());
 }
 
 Register reg("generate", "Complete a prompt (streams to stdout)", [](CLI::App& sub) {
