@@ -3,20 +3,26 @@
 #include <sys/resource.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <memory>
+#include <filesystem>
 #include <random>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
 #include "command.h"
 #include "common.h"
+#include "io/files.h"
 #include "io/safetensors.h"
 #include "model/init.h"
 #include "ops/peak.h"
 #include "ops/threads.h"
 #include "runtime/engine.h"
+#include "train/params.h"
+#include "train/step.h"
 
 namespace hymba::cli {
 namespace {
@@ -26,6 +32,10 @@ struct Opts {
   int64_t n_prompt = 512, n_gen = 64, depth = 0, batch = 1;
   int threads = 0;
   bool json = false, no_peaks = false;
+  // --train
+  bool train = false, no_torch = false;
+  std::string train_config;
+  int64_t train_batch = 8, seq_len = 256, steps = 5;
 };
 
 double now_s() {
@@ -67,8 +77,114 @@ int64_t weight_bytes_per_token(const Weights& w) {
   return b;
 }
 
+
+// Training throughput of the C++ trainer (forward + backward + AdamW), its matmul FLOP rate against
+// the sgemm peak measured in the same run, and the repo's PyTorch reference (reference/train_ref.py)
+// training the same checkpoint on the same token batches; their first losses must agree.
+void run_train(const Opts& o) {
+  std::string cfg_path = o.train_config;
+  if (cfg_path.empty()) cfg_path = std::string(HYMBA_SOURCE_DIR) + "/configs/bench-10m.json";
+  HYMBA_CHECK(o.train_batch >= 1 && o.seq_len >= 1 && o.steps >= 1,
+              "--train-batch, --seq-len and --steps must be >= 1");
+  ParamArena a = arena_from_init(load_config(cfg_path), 1);
+  const Config& c = a.config;
+  HymbaModel m(c, a.w);
+  AdamW opt(param_groups(a), a.numel());
+  const int64_t B = o.train_batch, L = o.seq_len, M = c.num_memory_tokens, S = o.steps + 1;
+
+  // The data: S batches of [B, L+1] random tokens (inputs = [:, :-1], targets = [:, 1:]).
+  std::vector<int32_t> tok(size_t(S * B * (L + 1)));
+  std::mt19937 g(3);
+  for (auto& t : tok) t = int32_t(3 + g() % uint32_t(c.vocab_size - 3));
+  // The same checkpoint and batches for PyTorch, written before any update.
+  char tmpl[] = "/tmp/hymba-bench-train-XXXXXX";
+  const bool torch = !o.no_torch;
+  std::string dir;
+  if (torch) {
+    HYMBA_CHECK(mkdtemp(tmpl) != nullptr, "bench --train: cannot create a folder in /tmp");
+    dir = tmpl;
+    save_arena_checkpoint(a, dir, DType::F32);
+    std::vector<float> tf(tok.begin(), tok.end());  // ids < 2^24: exact in float32
+    write_npy_f32(dir + "/tokens.npy", tf.data(), {S, B, L + 1});
+  }
+
+  std::vector<int32_t> in(size_t(B * L)), tg(in.size());
+  auto step = [&](int64_t s) {
+    const int32_t* b = tok.data() + s * B * (L + 1);
+    for (int64_t r = 0; r < B; ++r)
+      for (int64_t t = 0; t < L; ++t)
+        in[size_t(r * L + t)] = b[r * (L + 1) + t], tg[size_t(r * L + t)] = b[r * (L + 1) + t + 1];
+    a.zero_grad();
+    const double loss = loss_and_grads(m, a, in.data(), tg.data(), B, L);
+    opt.step(a.data.data(), a.grad.data(), 1e-3f);
+    return loss;
+  };
+  const double first_loss = step(0);  // also the warm-up
+  const double t0 = now_s();
+  for (int64_t i = 1; i < S; ++i) step(i);
+  const double sec = (now_s() - t0) / double(o.steps);
+  const double tps = double(B * L) / sec;
+  // FLOPs of the matrix multiplies: forward 2 per weight per row, backward 4 (dX and dW).
+  // Attention scores and the scan are left out, so this is a lower bound of the work done.
+  const double rows_layers = double(B * (L + M)), rows_head = double(B * L);
+  const double flops = 6.0 * (double(matmul_params_per_layer_row(a)) * rows_layers +
+                              double(c.vocab_size * c.hidden_size) * rows_head);
+  const double gflops = flops / sec / 1e9;
+  const double peak = o.no_peaks ? 0 : measure_sgemm_gflops(700);
+
+  double torch_tps = -1, torch_loss = NAN;
+  std::string torch_note = "skipped (--no-torch)";
+  if (torch) {
+    const std::string script = std::string(HYMBA_SOURCE_DIR) + "/reference/train_ref.py";
+    const std::string cmd = "/usr/bin/python3 '" + script + "' --model '" + dir + "' --tokens '" +
+                            dir + "/tokens.npy' --steps " + std::to_string(std::min<int64_t>(o.steps, 3)) +
+                            " --threads " + std::to_string(num_threads()) + " 2>&1";
+    std::string out;
+    int rc = -1;
+    if (FILE* p = popen(cmd.c_str(), "r")) {
+      char buf[512];
+      while (fgets(buf, sizeof buf, p)) out += buf;
+      rc = pclose(p);
+    }
+    std::filesystem::remove_all(dir);
+    const auto nl = out.find_last_of('{');
+    auto j = nlohmann::json::parse(nl == std::string::npos ? std::string() : out.substr(nl), nullptr, false);
+    if (rc == 0 && !j.is_discarded() && j.contains("tokens_per_s")) {
+      torch_tps = j["tokens_per_s"].get<double>();
+      torch_loss = j["first_loss"].get<double>();
+      torch_note = "ok";
+    } else {
+      torch_note = "failed (needs /usr/bin/python3 with python3-torch and python3-numpy): " +
+                   out.substr(out.size() > 300 ? out.size() - 300 : 0);
+    }
+  }
+  if (o.json) {
+    nlohmann::json j = {{"config", cfg_path}, {"parameters", a.numel()}, {"threads", num_threads()},
+                        {"batch", B}, {"seq_len", L}, {"meta_tokens", M}, {"steps", o.steps},
+                        {"tokens_per_s", tps}, {"step_seconds", sec}, {"matmul_gflop_s", gflops},
+                        {"machine_sgemm_gflop_s", peak}, {"first_loss", first_loss},
+                        {"torch_tokens_per_s", torch_tps},
+                        {"torch_first_loss", torch ? nlohmann::json(torch_loss) : nlohmann::json()},
+                        {"torch", torch_note}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("train: %s, %lld params, batch %lld x %lld tokens (+%lld meta rows), %d threads\n",
+              cfg_path.c_str(), (long long)a.numel(), (long long)B, (long long)L, (long long)M, num_threads());
+  std::printf("hymba.cpp   %9.1f tok/s  (%.3f s/step)  matmul %.1f GFLOP/s", tps, sec, gflops);
+  if (peak > 0) std::printf(" = %.2f of sgemm peak (%.1f GFLOP/s)", gflops / peak, peak);
+  std::printf("\n  FLOPs/step = 6 x (layer matrix params x B(L+M) + V*H x B*L); attention/scan not counted\n");
+  if (torch_tps > 0)
+    std::printf("PyTorch ref %9.1f tok/s  (reference/train_ref.py, float32, same checkpoint and batches)\n"
+                "hymba.cpp / PyTorch = %.2f;  first-step loss %.6f (hymba.cpp) vs %.6f (PyTorch)\n",
+                torch_tps, tps / torch_tps, first_loss, torch_loss);
+  else
+    std::printf("PyTorch ref %s\n", torch_note.c_str());
+}
+
 void run(const Opts& o) {
   apply_threads(o.threads);
+  if (o.train) return run_train(o);
   HYMBA_CHECK(o.n_prompt >= 1 && o.n_gen >= 1 && o.batch >= 1 && o.depth >= 0,
               "-p, -n and --batch must be >= 1, --depth >= 0");
   EngineOptions eo;
@@ -169,6 +285,12 @@ Register reg("bench", "Measure prefill/decode speed against the machine's limits
   sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   sub.add_flag("--no-peaks", o->no_peaks, "skip measuring the machine's GEMM and bandwidth peaks");
   sub.add_flag("--json", o->json, "print JSON");
+  sub.add_flag("--train", o->train, "training speed (forward+backward+AdamW) instead of inference");
+  sub.add_option("--config", o->train_config, "with --train: model config (default configs/bench-10m.json, 10M parameters)");
+  sub.add_option("--train-batch", o->train_batch, "with --train: sequences per step (default 8)");
+  sub.add_option("--seq-len", o->seq_len, "with --train: tokens per sequence (default 256)");
+  sub.add_option("--steps", o->steps, "with --train: timed steps (default 5)");
+  sub.add_flag("--no-torch", o->no_torch, "with --train: skip the PyTorch reference");
   sub.callback([o] { run(*o); });
 });
 

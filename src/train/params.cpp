@@ -90,6 +90,20 @@ void save_arena_checkpoint(const ParamArena& a, const std::string& dir, DType dt
   write_file_atomic(dir + "/generation_config.json", generation_config_json(a.config).dump(2) + "\n");
 }
 
+std::vector<ParamGroup> param_groups(const ParamArena& a) {
+  std::vector<ParamGroup> g;
+  for (size_t i = 0; i < a.specs.size(); ++i)
+    g.push_back({a.specs[i].name, a.offset[i], a.size[i], !a.specs[i].no_decay});
+  return g;
+}
+
+int64_t matmul_params_per_layer_row(const ParamArena& a) {
+  int64_t n = 0;
+  for (size_t i = 0; i < a.specs.size(); ++i)
+    if (a.specs[i].matrix && a.specs[i].name.rfind("model.layers.", 0) == 0) n += a.size[i];
+  return n;
+}
+
 void copy_tokenizer_files(const std::string& from, const std::string& to) {
   for (const char* f : {"tokenizer.model", "tokenizer_config.json", "added_tokens.json",
                         "special_tokens_map.json"}) {

@@ -7,6 +7,7 @@
 
 #include "model/config.h"
 #include "model/weights.h"
+#include "train/optimizer.h"
 
 namespace hymba {
 
@@ -29,6 +30,12 @@ ParamArena arena_from_init(const Config& c, uint64_t seed);
 // Writes config.json + model.safetensors (+ generation_config.json) in the official layout,
 // each file atomically. dtype F32 or BF16.
 void save_arena_checkpoint(const ParamArena& a, const std::string& dir, DType dtype);
+// One AdamW group per tensor, without weight decay where the spec says so (ParamSpec::no_decay).
+std::vector<ParamGroup> param_groups(const ParamArena& a);
+// Parameters that go through matrix multiplies (the `matrix` tensors: projections, MLP, head),
+// for FLOP counts.
+int64_t matmul_params_per_layer_row(const ParamArena& a);
+
 // Copies the tokenizer files found in `from` (tokenizer.model, tokenizer_config.json, ...) to `to`.
 void copy_tokenizer_files(const std::string& from, const std::string& to);
 

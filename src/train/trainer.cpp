@@ -30,12 +30,6 @@ double now_s() {
   return duration<double>(steady_clock::now().time_since_epoch()).count();
 }
 
-std::vector<ParamGroup> groups_of(const ParamArena& a) {
-  std::vector<ParamGroup> g;
-  for (size_t i = 0; i < a.specs.size(); ++i)
-    g.push_back({a.specs[i].name, a.offset[i], a.size[i], !a.specs[i].no_decay});
-  return g;
-}
 
 // FNV-1a of a file: ties train_state.json to the model file it was written with.
 std::string file_hash(const std::string& path) {
@@ -121,7 +115,7 @@ TrainResult train(const TrainOptions& o) {
               "data vocabulary (" + std::to_string(train_data.vocab_size()) +
                   ") is larger than the model's vocab_size (" + std::to_string(c.vocab_size) + ")");
 
-  AdamW opt(groups_of(arena), arena.numel(), o.adamw);
+  AdamW opt(param_groups(arena), arena.numel(), o.adamw);
   TrainState ts;
   ts.schedule = o.schedule;
   ts.schedule.total_steps = o.steps;
