@@ -19,6 +19,7 @@
 #include "io/safetensors.h"
 #include "model/init.h"
 #include "ops/peak.h"
+#include "ops/quant.h"
 #include "ops/threads.h"
 #include "runtime/engine.h"
 #include "train/params.h"
@@ -28,7 +29,7 @@ namespace hymba::cli {
 namespace {
 
 struct Opts {
-  std::string model, random_config, cache_type = "bf16", weight_type = "bf16";
+  std::string model, random_config, cache_type = "bf16", weight_type = "bf16", quantize = "none";
   int64_t n_prompt = 512, n_gen = 64, depth = 0, batch = 1;
   int threads = 0;
   bool json = false, no_peaks = false;
@@ -68,7 +69,10 @@ std::unique_ptr<Checkpoint> random_checkpoint(const std::string& config_path, DT
 }
 
 int64_t weight_bytes_per_token(const Weights& w) {
-  auto mb = [](const MatView& m) { return m.rows * m.cols * int64_t(dtype_size(m.dtype)); };
+  auto mb = [](const MatView& m) {
+    return m.rows * m.cols * int64_t(dtype_size(m.dtype)) +
+           (m.scales ? m.rows * (m.cols / kQ8Block) * int64_t(sizeof(float)) : 0);
+  };
   int64_t b = mb(w.lm_head);
   for (const auto& l : w.layers) {
     b += mb(l.in_proj) + mb(l.out_proj) + mb(l.gate) + mb(l.up) + mb(l.down);
@@ -189,6 +193,7 @@ void run(const Opts& o) {
               "-p, -n and --batch must be >= 1, --depth >= 0");
   EngineOptions eo;
   eo.cache_dtype = parse_cache_type(o.cache_type);
+  eo.q8_weights = parse_quantize(o.quantize);
   std::unique_ptr<Engine> eng;
   std::string what;
   if (!o.random_config.empty()) {
@@ -255,15 +260,15 @@ void run(const Opts& o) {
   if (o.json) {
     nlohmann::json j = {{"model", what}, {"threads", num_threads()}, {"n_prompt", o.n_prompt},
                         {"n_gen", o.n_gen}, {"depth", o.depth}, {"batch", o.batch},
-                        {"cache_type", o.cache_type}, {"prefill_tok_s", pp}, {"decode_tok_s", tg},
+                        {"cache_type", o.cache_type}, {"quantize", o.quantize}, {"prefill_tok_s", pp}, {"decode_tok_s", tg},
                         {"decode_weight_gb_s", decode_gbs}, {"prefill_gflop_s", prefill_gflops},
                         {"peak_rss_mib", peak_mib}, {"machine_read_gb_s", peak_bw},
                         {"machine_sgemm_gflop_s", peak_gemm}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
-  std::printf("model: %s, %lld params, %d threads, cache %s\n", what.c_str(), (long long)params,
-              num_threads(), o.cache_type.c_str());
+  std::printf("model: %s, %lld params, %d threads, cache %s, quantize %s\n", what.c_str(),
+              (long long)params, num_threads(), o.cache_type.c_str(), o.quantize.c_str());
   std::printf("prefill  pp%-6lld %9.2f tok/s  %7.1f GFLOP/s", (long long)o.n_prompt, pp, prefill_gflops);
   if (peak_gemm > 0) std::printf("  = %.2f of sgemm peak (%.1f GFLOP/s)", prefill_gflops / peak_gemm, peak_gemm);
   std::printf("\ndecode   tg%-6lld %9.2f tok/s  (batch %lld, depth %lld)  weights %.2f GB/s",
@@ -282,6 +287,7 @@ Register reg("bench", "Measure prefill/decode speed against the machine's limits
   sub.add_option("-d,--depth", o->depth, "context already in each decoding sequence (default 0)");
   sub.add_option("-b,--batch", o->batch, "sequences decoded together (default 1)");
   sub.add_option("--cache-type", o->cache_type, "K/V cache: bf16 (default), f16, f32");
+  sub.add_option("--quantize", o->quantize, kQuantizeHelp);
   sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   sub.add_flag("--no-peaks", o->no_peaks, "skip measuring the machine's GEMM and bandwidth peaks");
   sub.add_flag("--json", o->json, "print JSON");

@@ -21,7 +21,7 @@ std::string speed_line(const GenerateResult& r);  // in cmd_generate.cpp
 namespace {
 
 struct Opts {
-  std::string model, system = "You are a helpful assistant.", cache_type = "bf16";
+  std::string model, system = "You are a helpful assistant.", cache_type = "bf16", quantize = "none";
   GenerateParams gen;
   int64_t seed = -1;
   int threads = 0;
@@ -48,6 +48,7 @@ void run(Opts& o) {
   auto tok = Tokenizer::load(dir);
   EngineOptions eo;
   eo.cache_dtype = parse_cache_type(o.cache_type);
+  eo.q8_weights = parse_quantize(o.quantize);
   auto eng = Engine::load(dir, eo);
   auto stops = chat_stop_strings();
   o.gen.stop.insert(o.gen.stop.end(), stops.begin(), stops.end());
@@ -101,6 +102,7 @@ Register reg("chat", "Interactive chat in the Hymba Instruct format", [](CLI::Ap
   sub.add_option("-m,--model", o->model, "Hugging Face model folder (default: the bundled model)");
   sub.add_option("--system", o->system, "system prompt (default: 'You are a helpful assistant.')");
   sub.add_option("--cache-type", o->cache_type, "K/V cache: bf16 (default), f16, f32");
+  sub.add_option("--quantize", o->quantize, kQuantizeHelp);
   sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   add_sampling_options(sub, o->gen, o->seed);
   sub.callback([o] { run(*o); });

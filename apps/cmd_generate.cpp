@@ -41,7 +41,7 @@ std::string speed_line(const GenerateResult& r) {
 namespace {
 
 struct Opts {
-  std::string model, prompt, cache_type = "bf16";
+  std::string model, prompt, cache_type = "bf16", quantize = "none";
   GenerateParams gen;
   int64_t seed = -1;
   int threads = 0;
@@ -58,6 +58,7 @@ void run(Opts& o) {
   HYMBA_CHECK(!ids.empty(), "empty prompt: give some text with -p");
   EngineOptions eo;
   eo.cache_dtype = parse_cache_type(o.cache_type);
+  eo.q8_weights = parse_quantize(o.quantize);
   auto eng = Engine::load(dir, eo);
   auto seq = eng->new_sequence();
   if (!o.no_display_prompt) std::fputs(o.prompt.c_str(), stdout), std::fflush(stdout);
@@ -83,6 +84,7 @@ Register reg("generate", "Complete a prompt (streams to stdout)", [](CLI::App& s
   sub.add_option("-m,--model", o->model, "Hugging Face model folder (default: the bundled model)");
   sub.add_option("-p,--prompt", o->prompt, "prompt text")->required();
   sub.add_option("--cache-type", o->cache_type, "K/V cache: bf16 (default), f16, f32");
+  sub.add_option("--quantize", o->quantize, kQuantizeHelp);
   sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   sub.add_flag("--no-display-prompt", o->no_display_prompt, "do not echo the prompt");
   sub.add_flag("--no-bos", o->no_bos, "do not prepend BOS");

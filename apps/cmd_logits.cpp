@@ -1,5 +1,6 @@
 // hymba logits: the logits of every given token as a float32 .npy [n, vocab], for checking the
-// engine against other implementations. Computes in float32 throughout (f32 cache).
+// engine against other implementations. Computes in float32 throughout (f32 cache); with
+// --quantize q8 the weights are the 8-bit ones, widened to float32.
 #include <cstdio>
 #include <memory>
 
@@ -14,7 +15,7 @@ namespace hymba::cli {
 namespace {
 
 struct Opts {
-  std::string model, ids, prompt, out, mode = "prefix";
+  std::string model, ids, prompt, out, mode = "prefix", quantize = "none";
   int64_t chunk = 0;
   int threads = 0;
 };
@@ -26,6 +27,7 @@ void run(const Opts& o) {
   EngineOptions eo;
   eo.cache_dtype = DType::F32;
   eo.use_prefix = o.mode != "stateless";
+  eo.q8_weights = parse_quantize(o.quantize);
   std::vector<int32_t> ids;
   if (!o.ids.empty()) {
     ids = parse_ids(o.ids);
@@ -75,6 +77,7 @@ Register reg("logits", "Write the float32 logits of given tokens to a .npy file"
   sub.add_option("-p,--prompt", o->prompt, "text, encoded with the model's tokenizer (BOS added)");
   sub.add_option("-o,--out", o->out, "output .npy path")->required();
   sub.add_option("--mode", o->mode, "prefix (shared meta-token state, default) or stateless (official no-cache forward)");
+  sub.add_option("--quantize", o->quantize, kQuantizeHelp);
   sub.add_option("--chunk", o->chunk, "feed the tokens in chunks of this many (tests continuation)");
   sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   sub.callback([o] { run(*o); });

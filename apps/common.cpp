@@ -40,6 +40,12 @@ DType parse_cache_type(const std::string& s) {
   fail("--cache-type must be bf16, f16 or f32 (got '" + s + "')");
 }
 
+bool parse_quantize(const std::string& s) {
+  if (s == "none") return false;
+  if (s == "q8") return true;
+  fail("--quantize must be none or q8 (got '" + s + "')");
+}
+
 std::string default_model_dir() {
   if (const char* e = std::getenv("HYMBA_MODEL"); e && *e) return e;
   // The bundled model, found next to the source tree the binary was built from, or relative to

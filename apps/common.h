@@ -11,6 +11,11 @@ namespace hymba::cli {
 std::vector<int32_t> parse_ids(const std::string& s);
 // "bf16" | "f16" | "f32" -> DType; throws otherwise.
 DType parse_cache_type(const std::string& s);
+// --quantize: "none" -> false, "q8" -> true (8-bit linear layers, EngineOptions::q8_weights).
+bool parse_quantize(const std::string& s);
+inline constexpr const char* kQuantizeHelp =
+    "weights in memory: none (as stored, default) or q8 (8-bit blocks of 32, about half the bytes "
+    "of bf16 per decoded token)";
 // The model folder to use when -m is not given: $HYMBA_MODEL, else the bundled default model.
 std::string default_model_dir();
 // Sets the thread count (0 = all cores).

@@ -12,6 +12,7 @@ const char* dtype_name(DType t) {
     case DType::F64: return "F64";
     case DType::I32: return "I32";
     case DType::I64: return "I64";
+    case DType::Q8: return "Q8";
   }
   return "?";
 }

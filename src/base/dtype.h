@@ -6,13 +6,16 @@
 
 namespace hymba {
 
-enum class DType : uint8_t { F32, BF16, F16, F64, I32, I64 };
+// Q8 is in memory only (never read from a file): int8 weights with one F32 scale per block of
+// kQ8Block consecutive elements of a row (src/ops/quant.h), llama.cpp's Q8_0 with F32 scales.
+enum class DType : uint8_t { F32, BF16, F16, F64, I32, I64, Q8 };
 
 inline size_t dtype_size(DType t) {
   switch (t) {
     case DType::F32: case DType::I32: return 4;
     case DType::BF16: case DType::F16: return 2;
     case DType::F64: case DType::I64: return 8;
+    case DType::Q8: return 1;  // the int8 payload; the scales are held apart
   }
   return 0;
 }

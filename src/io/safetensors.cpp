@@ -293,4 +293,15 @@ void write_safetensors(const std::string& path, const std::vector<TensorOut>& te
   f.commit();
 }
 
+void SafetensorsFile::release_pages(const void* p, size_t n) const {
+  const auto* b = static_cast<const uint8_t*>(p);
+  for (const auto& m : maps_) {
+    if (!m->base || b < m->base || b + n > m->base + m->size) continue;
+    const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+    const uintptr_t lo = (uintptr_t(b) + page - 1) / page * page, hi = uintptr_t(b + n) / page * page;
+    if (lo < hi) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+    return;
+  }
+}
+
 }  // namespace hymba

@@ -30,6 +30,10 @@ class SafetensorsFile {
   const TensorInfo* find(const std::string& name) const;  // null if absent
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  // Drops the whole pages inside [p, p + n) from this process's memory (they are read again
+  // from the file when touched), after the tensor there was copied elsewhere (e.g. quantized).
+  // No-op unless the range lies inside one of this file's mappings.
+  void release_pages(const void* p, size_t n) const;
 
  private:
   SafetensorsFile() = default;

@@ -5,6 +5,7 @@
 #include "base/error.h"
 #include "io/files.h"
 #include "io/safetensors.h"
+#include "ops/quant.h"
 
 namespace hymba {
 
@@ -172,6 +173,51 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir) {
   }
   ck->weights = bind_weights(c, refs);
   return ck;
+}
+
+}  // namespace hymba
+
+namespace hymba {
+
+int quantize_weights_q8(Checkpoint& ck) {
+  int n = 0;
+  auto q8 = [&](MatView& m) {
+    if (m.dtype == DType::Q8 || m.rows <= 0 || m.cols <= 0 || m.cols % kQ8Block != 0) return;
+    std::vector<int8_t> q(size_t(m.rows * m.cols));
+    std::vector<float> sc(size_t(m.rows * (m.cols / kQ8Block)));
+    const MatView src = m;
+    int64_t bad_row = -1;  // exceptions must not leave the parallel region
+#pragma omp parallel
+    {
+      std::vector<float> row(size_t(src.cols));
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < src.rows; ++r) {
+        try {
+          matrow_to_f32(row.data(), src, r);
+          quantize_q8(q.data() + r * src.cols, sc.data() + r * (src.cols / kQ8Block), row.data(), src.cols);
+        } catch (const Error&) {
+#pragma omp critical
+          bad_row = r;
+        }
+      }
+    }
+    HYMBA_CHECK(bad_row < 0, "quantize to Q8: row " + std::to_string(bad_row) + " of a " +
+                                 std::to_string(src.rows) + "x" + std::to_string(src.cols) +
+                                 " matrix has a non-finite weight");
+    // The stored copy is not read again (the embedding lookup faults its rows back in).
+    if (ck.file) ck.file->release_pages(src.data, size_t(src.rows * src.cols) * dtype_size(src.dtype));
+    ck.q8_store.push_back(std::move(q));
+    ck.f32_store.push_back(std::move(sc));
+    m.data = ck.q8_store.back().data();
+    m.scales = ck.f32_store.back().data();
+    m.dtype = DType::Q8;
+    ++n;
+  };
+  Weights& w = ck.weights;
+  for (auto& l : w.layers)
+    for (MatView* m : {&l.in_proj, &l.x_proj, &l.dt_proj, &l.out_proj, &l.gate, &l.up, &l.down}) q8(*m);
+  q8(w.lm_head);
+  return n;
 }
 
 }  // namespace hymba

@@ -70,10 +70,17 @@ struct Checkpoint {
   std::unique_ptr<SafetensorsFile> file;
   std::vector<std::vector<float>> f32_store;     // owned widened copies
   std::vector<std::vector<uint16_t>> bf16_store;  // owned bf16 matrices (random models for bench)
+  std::vector<std::vector<int8_t>> q8_store;      // owned Q8 matrices (scales in f32_store)
   Weights weights;
   ~Checkpoint();
 };
 // Loads and validates (every name and shape of param_specs; error names the tensor).
 std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir);
+
+// 8-bit weights for inference: replaces every linear layer whose width is a multiple of
+// kQ8Block (for Hymba-1.5B all but dt_proj, whose width is the dt rank 100) and the LM head by a
+// Q8 copy (src/ops/quant.h). The embedding lookup keeps the stored table, so a tied head gets its
+// own copy. Small vectors stay F32. Returns the number of matrices quantized.
+int quantize_weights_q8(Checkpoint& ck);
 
 }  // namespace hymba

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "ops/quant.h"
 #include "ops/threads.h"
 
 #undef HWY_TARGET_INCLUDE
@@ -29,11 +30,27 @@ using DF = hn::ScalableTag<float>;
 // out[m, n] (=|+=) Σ_k in[m, k]·w[n, k] for R weight rows n0.. and MC inputs m0..: each weight
 // vector is loaded (and widened) once and used MC times. Summation order is fixed by K and the
 // target only, so the result never depends on the thread count.
+// Q8 rows: int8 widened and multiplied by the block's scale (a vector never straddles two
+// blocks: the lane count divides kQ8Block).
+HWY_INLINE hn::Vec<DF> LoadQ8(DF df, const int8_t* w, const float* sc, int64_t k) {
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<int8_t, DF> d8;
+  return hn::Mul(hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, w + k))), hn::Set(df, sc[k / kQ8Block]));
+}
+template <class T>
+HWY_INLINE hn::Vec<DF> LoadRow(DF df, const T* w, const float*, int64_t k) { return LoadW(df, w + k); }
+HWY_INLINE hn::Vec<DF> LoadRow(DF df, const int8_t* w, const float* sc, int64_t k) { return LoadQ8(df, w, sc, k); }
+template <class T>
+HWY_INLINE float RowAt(const T* w, const float*, int64_t k) { return ToF(w[k]); }
+HWY_INLINE float RowAt(const int8_t* w, const float* sc, int64_t k) { return sc[k / kQ8Block] * float(w[k]); }
+
+// sc: the Q8 scales of the tile's first row (null for float types).
 template <int R, int MC, typename T>
-HWY_INLINE void Tile(float* out, int64_t N, const float* in, const T* w, int64_t K,
+HWY_INLINE void Tile(float* out, int64_t N, const float* in, const T* w, const float* sc, int64_t K,
                      const float* bias, bool accumulate) {
   const DF df;
   const int64_t NL = int64_t(hn::Lanes(df));
+  const int64_t KB = K / kQ8Block;  // scales per row (Q8)
   hn::Vec<DF> acc[R][MC];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < MC; ++j) acc[r][j] = hn::Zero(df);
@@ -45,14 +62,14 @@ HWY_INLINE void Tile(float* out, int64_t N, const float* in, const T* w, int64_t
       // The next tile's rows (contiguous after ours): short row streams defeat the hardware
       // prefetcher, and without this the GEMV reaches only ~60% of DRAM bandwidth.
       hwy::Prefetch(w + (r + R) * K + k);
-      const auto wv = LoadW(df, w + r * K + k);
+      const auto wv = LoadRow(df, w + r * K, sc ? sc + r * KB : nullptr, k);
       for (int j = 0; j < MC; ++j) acc[r][j] = hn::MulAdd(wv, x[j], acc[r][j]);
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < MC; ++j) {
       float s = hn::GetLane(hn::SumOfLanes(df, acc[r][j]));
-      for (int64_t kk = k; kk < K; ++kk) s += ToF(w[r * K + kk]) * in[j * K + kk];
+      for (int64_t kk = k; kk < K; ++kk) s += RowAt(w + r * K, sc ? sc + r * KB : nullptr, kk) * in[j * K + kk];
       if (bias) s += bias[r];
       float& o = out[j * N + r];
       o = accumulate ? o + s : s;
@@ -63,46 +80,51 @@ HWY_INLINE void Tile(float* out, int64_t N, const float* in, const T* w, int64_t
 // Rows [n0, n1) of out for all M inputs, in chunks of up to 4 inputs: the weight rows of a tile
 // come from DRAM once and are re-read from L1 for the next input chunk.
 template <int MC, typename T>
-HWY_INLINE void RowsMC(float* out, int64_t N, const float* in, const T* w, int64_t K,
-                       const float* bias, int64_t n0, int64_t n1, bool acc) {
+HWY_INLINE void RowsMC(float* out, int64_t N, const float* in, const T* w, const float* sc,
+                       int64_t K, const float* bias, int64_t n0, int64_t n1, bool acc) {
   // 4 rows x 1-2 inputs, or 2 rows x 3-4: at most 8 accumulators fit AVX2's 16 registers.
   constexpr int R = MC <= 2 ? 4 : 2;
+  const int64_t KB = K / kQ8Block;
   int64_t n = n0;
   for (; n + R <= n1; n += R)
-    Tile<R, MC>(out + n, N, in, w + n * K, K, bias ? bias + n : nullptr, acc);
-  for (; n < n1; ++n) Tile<1, MC>(out + n, N, in, w + n * K, K, bias ? bias + n : nullptr, acc);
+    Tile<R, MC>(out + n, N, in, w + n * K, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
+  for (; n < n1; ++n)
+    Tile<1, MC>(out + n, N, in, w + n * K, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
 }
 
 template <typename T>
-void GemvRangeT(float* out, const float* in, const T* w, const float* bias, int64_t M, int64_t N,
-                int64_t K, int64_t n0, int64_t n1, bool acc) {
+void GemvRangeT(float* out, const float* in, const T* w, const float* sc, const float* bias,
+                int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1, bool acc) {
   // Row blocks outside, input chunks inside: a block of 32 rows (bf16 K=1600: 100 KB) stays
   // in L2 while every input chunk passes over it.
   constexpr int64_t kBlock = 32;
   for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
     const int64_t b1 = std::min(n1, b0 + kBlock);
     int64_t m = 0;
-    for (; m + 4 <= M; m += 4) RowsMC<4>(out + m * N, N, in + m * K, w, K, bias, b0, b1, acc);
+    for (; m + 4 <= M; m += 4) RowsMC<4>(out + m * N, N, in + m * K, w, sc, K, bias, b0, b1, acc);
     switch (M - m) {
-      case 3: RowsMC<3>(out + m * N, N, in + m * K, w, K, bias, b0, b1, acc); break;
-      case 2: RowsMC<2>(out + m * N, N, in + m * K, w, K, bias, b0, b1, acc); break;
-      case 1: RowsMC<1>(out + m * N, N, in + m * K, w, K, bias, b0, b1, acc); break;
+      case 3: RowsMC<3>(out + m * N, N, in + m * K, w, sc, K, bias, b0, b1, acc); break;
+      case 2: RowsMC<2>(out + m * N, N, in + m * K, w, sc, K, bias, b0, b1, acc); break;
+      case 1: RowsMC<1>(out + m * N, N, in + m * K, w, sc, K, bias, b0, b1, acc); break;
       default: break;
     }
   }
 }
 
-void GemvRange(float* out, const float* in, const void* w, int dtype, const float* bias,
-               int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1, bool acc) {
+void GemvRange(float* out, const float* in, const void* w, int dtype, const float* sc,
+               const float* bias, int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1, bool acc) {
   switch (DType(dtype)) {
     case DType::BF16:
-      GemvRangeT(out, in, static_cast<const hwy::bfloat16_t*>(w), bias, M, N, K, n0, n1, acc);
+      GemvRangeT(out, in, static_cast<const hwy::bfloat16_t*>(w), nullptr, bias, M, N, K, n0, n1, acc);
       break;
     case DType::F16:
-      GemvRangeT(out, in, static_cast<const hwy::float16_t*>(w), bias, M, N, K, n0, n1, acc);
+      GemvRangeT(out, in, static_cast<const hwy::float16_t*>(w), nullptr, bias, M, N, K, n0, n1, acc);
+      break;
+    case DType::Q8:
+      GemvRangeT(out, in, static_cast<const int8_t*>(w), sc, bias, M, N, K, n0, n1, acc);
       break;
     default:
-      GemvRangeT(out, in, static_cast<const float*>(w), bias, M, N, K, n0, n1, acc);
+      GemvRangeT(out, in, static_cast<const float*>(w), nullptr, bias, M, N, K, n0, n1, acc);
       break;
   }
 }
@@ -116,10 +138,19 @@ void WidenT(float* dst, const T* src, int64_t n) {
   for (; i < n; ++i) dst[i] = ToF(src[i]);
 }
 
-// dst[i] = float(src[i]) for n elements of a 16-bit type (BF16 or F16).
-void Widen(float* dst, const void* src, int dtype, int64_t n) {
-  if (DType(dtype) == DType::BF16) WidenT(dst, static_cast<const hwy::bfloat16_t*>(src), n);
-  else WidenT(dst, static_cast<const hwy::float16_t*>(src), n);
+// dst[i] = float(src[i]) for n elements of BF16 or F16, or of Q8 (n a multiple of kQ8Block,
+// sc the scales of src's first block).
+void Widen(float* dst, const void* src, int dtype, const float* sc, int64_t n) {
+  if (DType(dtype) == DType::BF16) {
+    WidenT(dst, static_cast<const hwy::bfloat16_t*>(src), n);
+  } else if (DType(dtype) == DType::F16) {
+    WidenT(dst, static_cast<const hwy::float16_t*>(src), n);
+  } else {
+    const DF df;
+    const int64_t NL = int64_t(hn::Lanes(df));
+    const auto* q = static_cast<const int8_t*>(src);
+    for (int64_t i = 0; i < n; i += NL) hn::StoreU(LoadQ8(df, q, sc, i), df, dst + i);
+  }
 }
 
 }  // namespace HWY_NAMESPACE
@@ -134,10 +165,13 @@ HWY_EXPORT(Widen);
 namespace {
 
 void check_view(const MatView& W, const char* what) {
-  if (W.dtype != DType::F32 && W.dtype != DType::BF16 && W.dtype != DType::F16)
+  if (W.dtype != DType::F32 && W.dtype != DType::BF16 && W.dtype != DType::F16 && W.dtype != DType::Q8)
     throw Error(std::string(what) + ": weight dtype " + dtype_name(W.dtype) +
-                " not supported (F32, BF16, F16)");
+                " not supported (F32, BF16, F16, Q8)");
   if (!W.data && W.rows > 0 && W.cols > 0) throw Error(std::string(what) + ": null weight data");
+  if (W.dtype == DType::Q8 && (W.cols % kQ8Block != 0 || (!W.scales && W.rows > 0)))
+    throw Error(std::string(what) + ": Q8 weights need scales and a width that is a multiple of " +
+                std::to_string(kQ8Block));
 }
 
 void gemv(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc) {
@@ -148,14 +182,14 @@ void gemv(float* out, const float* in, const MatView& W, const float* bias, int6
   const int64_t chunks = (N + 3) / 4;
   const int use = int(std::max<int64_t>(1, std::min<int64_t>(nt, chunks / 8)));
   if (use == 1) {
-    fn(out, in, W.data, int(W.dtype), bias, M, N, K, 0, N, acc);
+    fn(out, in, W.data, int(W.dtype), W.scales, bias, M, N, K, 0, N, acc);
     return;
   }
 #pragma omp parallel num_threads(use)
   {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
     const int64_t n0 = std::min(N, chunks * t / T * 4), n1 = std::min(N, chunks * (t + 1) / T * 4);
-    if (n0 < n1) fn(out, in, W.data, int(W.dtype), bias, M, N, K, n0, n1, acc);
+    if (n0 < n1) fn(out, in, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
   }
 }
 
@@ -180,7 +214,7 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
                 static_cast<const float*>(W.data), int(K), beta, out, int(N));
     return;
   }
-  // 16-bit weights: widen a block of rows (~4 MiB of F32, stays in L3) then sgemm on it. The
+  // 16-bit and Q8 weights: widen a block of rows (~4 MiB of F32, stays in L3) then sgemm on it. The
   // O(NK) widening is small next to the O(MNK) product for the M this path gets.
   // At least 256 rows: narrower sgemm calls (large K) lose ~20% to packing overhead.
   const int64_t nb = std::max<int64_t>(256, ((int64_t(1) << 20) / K) / 16 * 16);
@@ -196,7 +230,7 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t r = 0; r < rows; r += 16)
       widen(s + r * K, w + size_t(n0 + r) * size_t(K) * esz, int(W.dtype),
-            std::min<int64_t>(16, rows - r) * K);
+            W.scales ? W.scales + (n0 + r) * (K / kQ8Block) : nullptr, std::min<int64_t>(16, rows - r) * K);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(rows), int(K), 1.0f, in,
                 int(K), s, int(K), beta, out + n0, int(N));
   }
@@ -253,7 +287,9 @@ void matrow_to_f32(float* dst, const MatView& W, int64_t row) {
   const size_t esz = dtype_size(W.dtype);
   const char* src = static_cast<const char*>(W.data) + size_t(row) * size_t(W.cols) * esz;
   if (W.dtype == DType::F32) std::memcpy(dst, src, size_t(W.cols) * sizeof(float));
-  else HWY_DYNAMIC_DISPATCH(Widen)(dst, src, int(W.dtype), W.cols);
+  else
+    HWY_DYNAMIC_DISPATCH(Widen)(dst, src, int(W.dtype),
+                                W.scales ? W.scales + row * (W.cols / kQ8Block) : nullptr, W.cols);
 }
 
 }  // namespace hymba

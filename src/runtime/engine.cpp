@@ -6,6 +6,14 @@
 
 namespace hymba {
 
+namespace {
+std::unique_ptr<Checkpoint> prepared(std::unique_ptr<Checkpoint> ck, const EngineOptions& o) {
+  HYMBA_CHECK(ck != nullptr, "Engine: no checkpoint");
+  if (o.q8_weights) quantize_weights_q8(*ck);
+  return ck;
+}
+}  // namespace
+
 std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions& opts) {
   auto e = std::make_unique<Engine>(load_checkpoint(dir), opts);
   e->dir_ = dir;
@@ -13,7 +21,7 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
 }
 
 Engine::Engine(std::unique_ptr<Checkpoint> ckpt, const EngineOptions& opts)
-    : ckpt_(std::move(ckpt)), model_(ckpt_->config, ckpt_->weights), opts_(opts) {
+    : ckpt_(prepared(std::move(ckpt), opts)), model_(ckpt_->config, ckpt_->weights), opts_(opts) {
   HYMBA_CHECK(opts_.max_chunk > 0, "max_chunk must be positive");
   model_.freeze_weights();
   if (opts_.use_prefix) prefix_ = model_.compute_prefix(opts_.cache_dtype);

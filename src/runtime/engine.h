@@ -14,6 +14,7 @@ struct EngineOptions {
   DType cache_dtype = DType::BF16;  // K/V storage (--cache-type)
   int64_t max_chunk = 512;          // prefill rows per forward (bounds activation memory)
   bool use_prefix = true;           // share the meta-token prefix (false: recompute per sequence)
+  bool q8_weights = false;          // quantize the linear layers to 8 bits at load (--quantize q8)
 };
 
 class Engine {

@@ -77,6 +77,7 @@ class Results:
         self.passed += bool(ok)
         self.failed += not ok
         print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
+        return bool(ok)
 
     def finish(self):
         print(f"{self.passed} passed, {self.failed} failed")

@@ -1,0 +1,126 @@
+// 8-bit weights: the quantizer's error bound, and matmul_forward / matrow_to_f32 over Q8 views
+// against naive double loops over the dequantized values, on every Highway target.
+#include "ops/quant.h"
+
+#include <gtest/gtest.h>
+
+#include <hwy/targets.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "base/error.h"
+#include "ops/matmul.h"
+#include "test_util.h"
+
+namespace hymba {
+namespace {
+
+using test::norm_err;
+using test::Rng;
+
+struct TargetGuard {
+  ~TargetGuard() { hwy::SetSupportedTargetsForTest(0); }
+};
+
+TEST(QuantQ8, ErrorWithinHalfAStep) {
+  Rng rng(5);
+  const int64_t n = 64 * kQ8Block;
+  std::vector<float> x = rng.vec(size_t(n), -3.0f, 3.0f);
+  for (int64_t i = 0; i < kQ8Block; ++i) x[size_t(i)] = 0.0f;               // an all-zero block
+  for (int64_t i = kQ8Block; i < 2 * kQ8Block; ++i) x[size_t(i)] *= 1e-30f;  // a tiny one
+  std::vector<int8_t> q(static_cast<size_t>(n));
+  std::vector<float> sc(static_cast<size_t>(n / kQ8Block)), back(static_cast<size_t>(n));
+  quantize_q8(q.data(), sc.data(), x.data(), n);
+  dequantize_q8(back.data(), q.data(), sc.data(), n);
+  EXPECT_EQ(sc[0], 0.0f);
+  for (int64_t b = 0; b < n / kQ8Block; ++b) {
+    float amax = 0;
+    for (int64_t i = 0; i < kQ8Block; ++i) amax = std::fmax(amax, std::fabs(x[size_t(b * kQ8Block + i)]));
+    EXPECT_FLOAT_EQ(sc[size_t(b)], amax / 127.0f) << "block " << b;
+    for (int64_t i = 0; i < kQ8Block; ++i) {
+      const size_t k = size_t(b * kQ8Block + i);
+      EXPECT_LE(std::fabs(x[k] - back[k]), 0.5f * sc[size_t(b)] * (1.0f + 1e-5f)) << k;
+      EXPECT_GE(q[k], -127);
+    }
+  }
+}
+
+TEST(QuantQ8, RejectsBadInput) {
+  std::vector<float> x(40, 1.0f);
+  std::vector<int8_t> q(40);
+  std::vector<float> sc(2);
+  EXPECT_THROW(quantize_q8(q.data(), sc.data(), x.data(), 40), Error);  // not a multiple of 32
+  x[3] = std::numeric_limits<float>::infinity();
+  EXPECT_THROW(quantize_q8(q.data(), sc.data(), x.data(), 32), Error);
+  // A Q8 view needs scales and a width that is a multiple of the block.
+  std::vector<float> out(4), in(40);
+  EXPECT_THROW(matmul_forward(out.data(), in.data(), MatView{q.data(), DType::Q8, 1, 32, nullptr}, nullptr, 1), Error);
+  EXPECT_THROW(matmul_forward(out.data(), in.data(), MatView{q.data(), DType::Q8, 1, 40, sc.data()}, nullptr, 1), Error);
+}
+
+struct Q8Matrix {
+  std::vector<int8_t> q;
+  std::vector<float> sc;
+  std::vector<double> exact;  // the dequantized values
+  MatView view;
+};
+
+Q8Matrix make_q8(int64_t N, int64_t K, Rng& rng) {
+  Q8Matrix m;
+  const std::vector<float> f = rng.vec(size_t(N * K));
+  m.q.resize(f.size());
+  m.sc.resize(f.size() / kQ8Block);
+  quantize_q8(m.q.data(), m.sc.data(), f.data(), N * K);
+  m.exact.resize(f.size());
+  for (size_t i = 0; i < f.size(); ++i) m.exact[i] = double(m.sc[i / kQ8Block] * float(m.q[i]));  // as F32 holds it
+  m.view = MatView{m.q.data(), DType::Q8, N, K, m.sc.data()};
+  return m;
+}
+
+void check_q8_matmul() {
+  Rng rng(42);
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 128}, {129, 32}, {5, 64}, {301, 1600}}) {
+    const Q8Matrix w = make_q8(N, K, rng);
+    std::vector<float> row(static_cast<size_t>(K));
+    for (int64_t r : {int64_t(0), N / 2, N - 1}) {
+      matrow_to_f32(row.data(), w.view, r);
+      for (int64_t k = 0; k < K; ++k) ASSERT_EQ(double(row[size_t(k)]), w.exact[size_t(r * K + k)]);
+    }
+    for (int64_t M : {1, 2, 3, 5, 33, 100}) {
+      const std::vector<float> in = rng.vec(size_t(M * K)), bias = rng.vec(size_t(N)),
+                               init = rng.vec(size_t(M * N));
+      for (MatmulPath path : {MatmulPath::Auto, MatmulPath::Gemv, MatmulPath::Blas}) {
+        for (int variant = 0; variant < 4; ++variant) {
+          const bool use_bias = variant & 1, accumulate = variant & 2;
+          std::vector<float> out = accumulate ? init : std::vector<float>(size_t(M * N), 123.0f);
+          matmul_forward_path(path, out.data(), in.data(), w.view, use_bias ? bias.data() : nullptr, M, accumulate);
+          std::vector<double> ref(size_t(M * N));
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double s = accumulate ? double(init[size_t(m * N + n)]) : 0.0;
+              if (use_bias) s += bias[size_t(n)];
+              for (int64_t k = 0; k < K; ++k) s += double(in[size_t(m * K + k)]) * w.exact[size_t(n * K + k)];
+              ref[size_t(m * N + n)] = s;
+            }
+          // F32 sums of up to 1600 products: ~1e-6 relative; a wrong scale index gives ~1e-1.
+          EXPECT_LT(norm_err(out, ref), 1e-5) << "M=" << M << " N=" << N << " K=" << K
+                                              << " path=" << int(path) << " variant=" << variant;
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantQ8, MatmulMatchesNaiveDoubleOnEveryTarget) {
+  TargetGuard guard;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    check_q8_matmul();
+  }
+}
+
+}  // namespace
+}  // namespace hymba
