@@ -1,4 +1,6 @@
 // hymba generate: complete a prompt, streaming tokens to stdout (llama-cli style).
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <ctime>
 #include <memory>
@@ -8,6 +10,7 @@
 #include "common.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
+#include "runtime/prompt_cache.h"
 #include "runtime/tokenizer.h"
 
 namespace hymba::cli {
@@ -41,7 +44,7 @@ std::string speed_line(const GenerateResult& r) {
 namespace {
 
 struct Opts {
-  std::string model, prompt, cache_type = "bf16", quantize = "none";
+  std::string model, prompt, cache_type = "bf16", quantize = "none", prompt_cache;
   GenerateParams gen;
   int64_t seed = -1;
   int threads = 0;
@@ -61,11 +64,43 @@ void run(Opts& o) {
   eo.q8_weights = parse_quantize(o.quantize);
   auto eng = Engine::load(dir, eo);
   auto seq = eng->new_sequence();
+  std::vector<int32_t> history, feed = ids;  // history: tokens already in seq
+  int64_t cached_fed = 0;
+  double cached_s = 0;
+  if (!o.prompt_cache.empty()) {
+    // Reuse the saved state if its tokens start this prompt; then feed all but the last prompt
+    // token and save, so that the same prompt next time is found again (a state cannot be
+    // rolled back, so the last token is always fed by generate()).
+    std::vector<int32_t> saved;
+    std::string why;
+    SequenceState loaded = eng->new_sequence();
+    bool used = load_prompt_cache(*eng, o.prompt_cache, &saved, &loaded, &why);
+    if (used && !(saved.size() < ids.size() && std::equal(saved.begin(), saved.end(), ids.begin())))
+      used = false, why = "its tokens are not a prefix of this prompt";
+    if (used) {
+      seq = std::move(loaded), history = saved;
+      std::fprintf(stderr, "prompt cache %s: reused %zu of %zu prompt tokens\n", o.prompt_cache.c_str(),
+                   saved.size(), ids.size());
+    } else {
+      std::fprintf(stderr, "prompt cache %s: not used: %s\n", o.prompt_cache.c_str(), why.c_str());
+    }
+    const std::vector<int32_t> mid(ids.begin() + int64_t(history.size()), ids.end() - 1);
+    if (!mid.empty()) {
+      const auto t0 = std::chrono::steady_clock::now();
+      eng->eval_one(seq, mid);
+      cached_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      cached_fed = int64_t(mid.size());
+    }
+    history.assign(ids.begin(), ids.end() - 1);
+    if (!used || !mid.empty()) save_prompt_cache(*eng, o.prompt_cache, history, seq);
+    feed = {ids.back()};
+  }
   if (!o.no_display_prompt) std::fputs(o.prompt.c_str(), stdout), std::fflush(stdout);
-  auto r = generate(*eng, seq, *tok, ids, o.gen, [](const std::string& s) {
+  auto r = generate(*eng, seq, *tok, feed, o.gen, [](const std::string& s) {
     std::fputs(s.c_str(), stdout);
     std::fflush(stdout);
-  });
+  }, &history);
+  r.n_prompt += cached_fed, r.prompt_seconds += cached_s;
   std::fputs("\n", stdout);
   std::fflush(stdout);
   if (o.print_ids) {
@@ -85,6 +120,8 @@ Register reg("generate", "Complete a prompt (streams to stdout)", [](CLI::App& s
   sub.add_option("-p,--prompt", o->prompt, "prompt text")->required();
   sub.add_option("--cache-type", o->cache_type, "K/V cache: bf16 (default), f16, f32");
   sub.add_option("--quantize", o->quantize, kQuantizeHelp);
+  sub.add_option("--prompt-cache", o->prompt_cache,
+                 "file holding the processed prompt's state: reused when it starts this prompt, written otherwise");
   sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   sub.add_flag("--no-display-prompt", o->no_display_prompt, "do not echo the prompt");
   sub.add_flag("--no-bos", o->no_bos, "do not prepend BOS");

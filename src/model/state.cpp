@@ -61,6 +61,100 @@ size_t KVCache::bytes_used() const {
   return size_t(rows) * (size_t(n_kv_ * (d_qk_ + d_v_)) * dtype_size(dtype_) + 4);
 }
 
+namespace {
+
+template <class T>
+void put(std::string& out, const T& v) { out.append(reinterpret_cast<const char*>(&v), sizeof v); }
+template <class T>
+void put_vec(std::string& out, const std::vector<T>& v) {
+  put(out, uint64_t(v.size()));
+  out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+template <class T>
+T get(const char*& p, const char* end, const std::string& what) {
+  HYMBA_CHECK(end - p >= ptrdiff_t(sizeof(T)), what + ": truncated");
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  p += sizeof v;
+  return v;
+}
+// Reads a vector that must have exactly `want` elements.
+template <class T>
+void get_vec(const char*& p, const char* end, std::vector<T>& v, size_t want, const std::string& what) {
+  const uint64_t n = get<uint64_t>(p, end, what);
+  HYMBA_CHECK(n == want, what + ": " + std::to_string(n) + " elements where this model has " + std::to_string(want));
+  HYMBA_CHECK(uint64_t(end - p) >= n * sizeof(T), what + ": truncated");
+  v.resize(size_t(n));
+  std::memcpy(v.data(), p, size_t(n) * sizeof(T));
+  p += n * sizeof(T);
+}
+
+constexpr char kStateMagic[8] = {'H', 'Y', 'M', 'B', 'A', 'S', 'E', 'Q'};
+constexpr uint32_t kStateVersion = 1;
+
+}  // namespace
+
+void KVCache::write_to(std::string& out) const {
+  for (int64_t x : {n_kv_, d_qk_, d_v_, cap_, stored_}) put(out, x);
+  put(out, uint8_t(dtype_));
+  put_vec(out, k_), put_vec(out, v_), put_vec(out, pos_);
+}
+
+void KVCache::read_from(const char*& p, const char* end, const std::string& what) {
+  int64_t dims[4];
+  for (auto& d : dims) d = get<int64_t>(p, end, what);
+  const int64_t stored = get<int64_t>(p, end, what);
+  const auto dt = DType(get<uint8_t>(p, end, what));
+  HYMBA_CHECK(dims[0] == n_kv_ && dims[1] == d_qk_ && dims[2] == d_v_ && dims[3] == cap_ && dt == dtype_,
+              what + ": K/V layout (heads, head dims, ring size or cache type) differs from this model's");
+  HYMBA_CHECK(stored >= 0, what + ": negative row count");
+  const int64_t rows = cap_ < 0 ? stored : cap_;
+  const size_t es = dtype_size(dtype_);
+  std::vector<uint8_t> k, v;
+  std::vector<int32_t> pos;
+  get_vec(p, end, k, size_t(rows * n_kv_ * d_qk_) * es, what + " K");
+  get_vec(p, end, v, size_t(rows * n_kv_ * d_v_) * es, what + " V");
+  get_vec(p, end, pos, size_t(rows), what + " positions");
+  k_.swap(k), v_.swap(v), pos_.swap(pos);
+  stored_ = stored;
+}
+
+std::string serialize_state(const SequenceState& s) {
+  std::string out(kStateMagic, sizeof kStateMagic);
+  put(out, kStateVersion);
+  put(out, s.n_pos);
+  put(out, uint8_t(s.opts.dtype));
+  put(out, uint64_t(s.kv.size()));
+  for (size_t l = 0; l < s.kv.size(); ++l) {
+    s.kv[l].write_to(out);
+    put_vec(out, s.conv[l]);
+    put_vec(out, s.ssm[l]);
+  }
+  return out;
+}
+
+void deserialize_state(SequenceState& into, const std::string& bytes) {
+  const std::string what = "sequence state";
+  const char *p = bytes.data(), *end = p + bytes.size();
+  HYMBA_CHECK(bytes.size() >= sizeof kStateMagic && std::memcmp(p, kStateMagic, sizeof kStateMagic) == 0,
+              what + ": not a saved hymba sequence state");
+  p += sizeof kStateMagic;
+  HYMBA_CHECK(get<uint32_t>(p, end, what) == kStateVersion, what + ": unsupported version");
+  SequenceState s = into;  // fill a copy: `into` stays as it was if anything does not fit
+  s.n_pos = get<int64_t>(p, end, what);
+  HYMBA_CHECK(s.n_pos >= into.n_pos, what + ": position before the start of a sequence");
+  HYMBA_CHECK(DType(get<uint8_t>(p, end, what)) == s.opts.dtype, what + ": saved with another --cache-type");
+  HYMBA_CHECK(get<uint64_t>(p, end, what) == s.kv.size(), what + ": saved from a model with another layer count");
+  for (size_t l = 0; l < s.kv.size(); ++l) {
+    const std::string lw = what + ", layer " + std::to_string(l);
+    s.kv[l].read_from(p, end, lw);
+    get_vec(p, end, s.conv[l], into.conv[l].size(), lw + " conv state");
+    get_vec(p, end, s.ssm[l], into.ssm[l].size(), lw + " SSM state");
+  }
+  HYMBA_CHECK(p == end, what + ": trailing bytes");
+  into = std::move(s);
+}
+
 size_t SequenceState::bytes() const {
   size_t b = 0;
   for (auto& c : kv) b += c.bytes_used();

@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "base/dtype.h"
@@ -30,6 +31,10 @@ class KVCache {
   size_t bytes_used() const;      // K/V/positions of the rows held (or the ring's full size)
   int64_t rows_held() const;
   bool ring() const { return cap_ >= 0; }
+  // Exact bytes of the cache (layout, rows, positions) appended to `out`; read_from() restores
+  // them into a cache init()ed with the same layout, or throws hymba::Error naming `what`.
+  void write_to(std::string& out) const;
+  void read_from(const char*& p, const char* end, const std::string& what);
 
  private:
   int64_t n_kv_ = 0, d_qk_ = 0, d_v_ = 0, cap_ = -1;
@@ -55,6 +60,13 @@ struct SequenceState {
   // Bytes this sequence holds itself (not counting the shared prefix).
   size_t bytes() const;
 };
+
+// A sequence's own state (position, caches, conv and SSM states; not the shared prefix) as bytes,
+// and back into `into`, a fresh state of the same model and cache type (e.g. from
+// Engine::new_sequence()). Loading checks every layer's layout and size and throws
+// hymba::Error, leaving `into` untouched, if the bytes do not fit.
+std::string serialize_state(const SequenceState& s);
+void deserialize_state(SequenceState& into, const std::string& bytes);
 
 // An empty state (position 0, zero conv/SSM states, empty caches).
 SequenceState make_empty_state(const Config& c, const std::vector<LayerPlan>& plan,

@@ -111,4 +111,27 @@ std::vector<float> Engine::eval_one(SequenceState& s, const std::vector<int32_t>
   return out;
 }
 
+uint64_t Engine::model_tag() const {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  auto mix = [&](const void* p, size_t n) {
+    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 1099511628211ull;
+  };
+  const auto& c = model_.config();
+  for (int64_t x : {c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_memory_tokens, c.sliding_window,
+                    int64_t(opts_.cache_dtype), int64_t(opts_.q8_weights), int64_t(opts_.use_prefix)})
+    mix(&x, sizeof x);
+  const auto& w = model_.weights();
+  mix(w.final_norm, size_t(c.hidden_size) * sizeof(float));
+  std::vector<float> row(size_t(c.hidden_size));
+  for (int64_t r : {int64_t(0), c.vocab_size / 2, c.vocab_size - 1}) {
+    matrow_to_f32(row.data(), w.lm_head, r);
+    mix(row.data(), row.size() * sizeof(float));
+  }
+  if (prefix_) {
+    const std::string p = serialize_state(*prefix_);
+    mix(p.data(), p.size());
+  }
+  return h;
+}
+
 }  // namespace hymba

@@ -39,6 +39,10 @@ class Engine {
   // Convenience for one sequence: returns the last token's logits [V].
   std::vector<float> eval_one(SequenceState& s, const std::vector<int32_t>& tokens);
 
+  // Identifies what a saved sequence state is valid for: the weights (through the meta-token
+  // prefix and a few weight vectors), the dimensions, --quantize and --cache-type.
+  uint64_t model_tag() const;
+
  private:
   std::string dir_;
   std::unique_ptr<Checkpoint> ckpt_;

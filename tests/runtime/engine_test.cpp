@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <random>
 
@@ -197,6 +198,51 @@ TEST(Engine, HeldStateEqualsAnalyticStateBytes) {
   e->eval_one(s, random_ids(n, 97, 9));
   const auto& c = e->config();
   EXPECT_EQ(int64_t(s.bytes()), state_bytes(c, e->model().plan(), n, DType::BF16).total());
+}
+
+}  // namespace
+}  // namespace hymba
+
+namespace hymba {
+namespace {
+
+// A state saved and restored into a fresh sequence continues exactly as the original does, in
+// this engine and in a second one loaded from the same folder; bytes that do not fit are
+// refused and leave the target as it was.
+TEST(Engine, SerializedStateContinuesIdentically) {
+  auto e = Engine::load(make_model());
+  auto s = e->new_sequence();
+  e->eval_one(s, random_ids(23, 97, 11));  // past the window: the rings have wrapped
+  const std::string bytes = serialize_state(s);
+  const auto next = random_ids(9, 97, 12);
+  const auto want = e->eval_one(s, next);
+  auto e2 = Engine::load(make_model());
+  EXPECT_EQ(e->model_tag(), e2->model_tag());
+  auto r = e2->new_sequence();
+  deserialize_state(r, bytes);
+  const auto got = e2->eval_one(r, next);
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)));
+}
+
+TEST(Engine, RejectsSerializedStateThatDoesNotFit) {
+  auto e = Engine::load(make_model());
+  auto s = e->new_sequence();
+  e->eval_one(s, random_ids(12, 97, 13));
+  const std::string bytes = serialize_state(s);
+  auto fresh = e->new_sequence();
+  const std::string before = serialize_state(fresh);
+  EXPECT_THROW(deserialize_state(fresh, bytes.substr(0, bytes.size() - 7)), Error);  // truncated
+  EXPECT_THROW(deserialize_state(fresh, "HYMBASEQ"), Error);
+  EXPECT_THROW(deserialize_state(fresh, "not a state at all"), Error);
+  EXPECT_THROW(deserialize_state(fresh, bytes + "x"), Error);  // trailing bytes
+  EXPECT_EQ(serialize_state(fresh), before);                   // untouched by the failures
+  EngineOptions f32;
+  f32.cache_dtype = DType::F32;
+  auto e32 = Engine::load(make_model(), f32);
+  EXPECT_NE(e32->model_tag(), e->model_tag());
+  auto other = e32->new_sequence();
+  EXPECT_THROW(deserialize_state(other, bytes), Error);  // saved with a bf16 cache
 }
 
 }  // namespace

@@ -1,0 +1,53 @@
+#include "runtime/prompt_cache.h"
+
+#include <cstring>
+
+#include "base/error.h"
+#include "io/files.h"
+
+namespace hymba {
+
+namespace {
+constexpr char kMagic[8] = {'H', 'Y', 'M', 'B', 'A', 'P', 'C', '1'};
+}
+
+void save_prompt_cache(const Engine& eng, const std::string& path, const std::vector<int32_t>& tokens,
+                       const SequenceState& s) {
+  std::string out(kMagic, sizeof kMagic);
+  const uint64_t tag = eng.model_tag(), n = tokens.size();
+  out.append(reinterpret_cast<const char*>(&tag), 8);
+  out.append(reinterpret_cast<const char*>(&n), 8);
+  out.append(reinterpret_cast<const char*>(tokens.data()), n * sizeof(int32_t));
+  out += serialize_state(s);
+  write_file_atomic(path, out);
+}
+
+bool load_prompt_cache(const Engine& eng, const std::string& path, std::vector<int32_t>* tokens,
+                       SequenceState* s, std::string* why) {
+  if (!file_exists(path)) {
+    *why = "no such file (it will be written)";
+    return false;
+  }
+  try {
+    const std::string b = read_file(path);
+    HYMBA_CHECK(b.size() >= 24 && std::memcmp(b.data(), kMagic, 8) == 0, "not a hymba prompt cache");
+    uint64_t tag, n;
+    std::memcpy(&tag, b.data() + 8, 8);
+    std::memcpy(&n, b.data() + 16, 8);
+    HYMBA_CHECK(tag == eng.model_tag(), "saved with another model, --quantize or --cache-type");
+    HYMBA_CHECK(n <= (b.size() - 24) / sizeof(int32_t), "truncated");
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    std::memcpy(t.data(), b.data() + 24, size_t(n) * sizeof(int32_t));
+    SequenceState loaded = *s;
+    deserialize_state(loaded, b.substr(24 + size_t(n) * sizeof(int32_t)));
+    HYMBA_CHECK(loaded.n_pos == s->n_pos + int64_t(n), "state position does not match its token count");
+    *tokens = std::move(t);
+    *s = std::move(loaded);
+    return true;
+  } catch (const Error& e) {
+    *why = e.what();
+    return false;
+  }
+}
+
+}  // namespace hymba
