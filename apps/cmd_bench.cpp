@@ -28,10 +28,9 @@
 namespace hymba::cli {
 namespace {
 
-struct Opts {
-  std::string model, random_config, cache_type = "bf16", weight_type = "bf16", quantize = "none";
+struct Opts : ModelFlags {
+  std::string random_config, weight_type = "bf16";
   int64_t n_prompt = 512, n_gen = 64, depth = 0, batch = 1;
-  int threads = 0;
   bool json = false, no_peaks = false;
   // --train
   bool train = false, no_torch = false;
@@ -191,9 +190,7 @@ void run(const Opts& o) {
   if (o.train) return run_train(o);
   HYMBA_CHECK(o.n_prompt >= 1 && o.n_gen >= 1 && o.batch >= 1 && o.depth >= 0,
               "-p, -n and --batch must be >= 1, --depth >= 0");
-  EngineOptions eo;
-  eo.cache_dtype = parse_cache_type(o.cache_type);
-  eo.q8_weights = parse_quantize(o.quantize);
+  const EngineOptions eo = o.engine_options();
   std::unique_ptr<Engine> eng;
   std::string what;
   if (!o.random_config.empty()) {
@@ -201,7 +198,7 @@ void run(const Opts& o) {
     eng = std::make_unique<Engine>(random_checkpoint(o.random_config, wt), eo);
     what = "random " + o.random_config + " (" + o.weight_type + " weights)";
   } else {
-    const std::string dir = o.model.empty() ? default_model_dir() : o.model;
+    const std::string dir = o.dir();
     eng = Engine::load(dir, eo);
     what = dir;
   }
@@ -279,16 +276,13 @@ void run(const Opts& o) {
 
 Register reg("bench", "Measure prefill/decode speed against the machine's limits", [](CLI::App& sub) {
   auto o = std::make_shared<Opts>();
-  sub.add_option("-m,--model", o->model, "model folder");
+  add_model_flags(sub, *o);
   sub.add_option("--random", o->random_config, "benchmark a randomly initialised model of this config.json");
   sub.add_option("--weight-type", o->weight_type, "with --random: bf16 (default), f16, f32");
   sub.add_option("-p,--n-prompt", o->n_prompt, "prompt tokens (default 512)");
   sub.add_option("-n,--n-gen", o->n_gen, "generated tokens (default 64)");
   sub.add_option("-d,--depth", o->depth, "context already in each decoding sequence (default 0)");
   sub.add_option("-b,--batch", o->batch, "sequences decoded together (default 1)");
-  sub.add_option("--cache-type", o->cache_type, "K/V cache: bf16 (default), f16, f32");
-  sub.add_option("--quantize", o->quantize, kQuantizeHelp);
-  sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   sub.add_flag("--no-peaks", o->no_peaks, "skip measuring the machine's GEMM and bandwidth peaks");
   sub.add_flag("--json", o->json, "print JSON");
   sub.add_flag("--train", o->train, "training speed (forward+backward+AdamW) instead of inference");

@@ -20,11 +20,10 @@ std::string speed_line(const GenerateResult& r);  // in cmd_generate.cpp
 
 namespace {
 
-struct Opts {
-  std::string model, system = "You are a helpful assistant.", cache_type = "bf16", quantize = "none";
+struct Opts : ModelFlags {
+  std::string system = "You are a helpful assistant.";
   GenerateParams gen;
   int64_t seed = -1;
-  int threads = 0;
 };
 
 // Tokens of `text` as they appear inside a longer conversation that ends with "\n" before it:
@@ -44,11 +43,9 @@ std::vector<int32_t> encode_after_newline(const Tokenizer& tok, const std::strin
 void run(Opts& o) {
   apply_threads(o.threads);
   finish_sampling_options(o.gen, o.seed);
-  const std::string dir = o.model.empty() ? default_model_dir() : o.model;
+  const std::string dir = o.dir();
   auto tok = Tokenizer::load(dir);
-  EngineOptions eo;
-  eo.cache_dtype = parse_cache_type(o.cache_type);
-  eo.q8_weights = parse_quantize(o.quantize);
+  const EngineOptions eo = o.engine_options();
   auto eng = Engine::load(dir, eo);
   auto stops = chat_stop_strings();
   o.gen.stop.insert(o.gen.stop.end(), stops.begin(), stops.end());
@@ -99,11 +96,8 @@ void run(Opts& o) {
 
 Register reg("chat", "Interactive chat in the Hymba Instruct format", [](CLI::App& sub) {
   auto o = std::make_shared<Opts>();
-  sub.add_option("-m,--model", o->model, "Hugging Face model folder (default: the bundled model)");
+  add_model_flags(sub, *o);
   sub.add_option("--system", o->system, "system prompt (default: 'You are a helpful assistant.')");
-  sub.add_option("--cache-type", o->cache_type, "K/V cache: bf16 (default), f16, f32");
-  sub.add_option("--quantize", o->quantize, kQuantizeHelp);
-  sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   add_sampling_options(sub, o->gen, o->seed);
   sub.callback([o] { run(*o); });
 });

@@ -43,11 +43,10 @@ std::string speed_line(const GenerateResult& r) {
 
 namespace {
 
-struct Opts {
-  std::string model, prompt, cache_type = "bf16", quantize = "none", prompt_cache;
+struct Opts : ModelFlags {
+  std::string prompt, prompt_cache;
   GenerateParams gen;
   int64_t seed = -1;
-  int threads = 0;
   bool no_display_prompt = false, no_bos = false, print_ids = false;
 };
 
@@ -55,13 +54,11 @@ void run(Opts& o) {
   apply_threads(o.threads);
   finish_sampling_options(o.gen, o.seed);
   HYMBA_CHECK(!o.prompt.empty(), "empty prompt: give some text with -p");
-  const std::string dir = o.model.empty() ? default_model_dir() : o.model;
+  const std::string dir = o.dir();
   auto tok = Tokenizer::load(dir);
   auto ids = tok->encode(o.prompt, !o.no_bos);
   HYMBA_CHECK(!ids.empty(), "empty prompt: give some text with -p");
-  EngineOptions eo;
-  eo.cache_dtype = parse_cache_type(o.cache_type);
-  eo.q8_weights = parse_quantize(o.quantize);
+  const EngineOptions eo = o.engine_options();
   auto eng = Engine::load(dir, eo);
   auto seq = eng->new_sequence();
   std::vector<int32_t> history, feed = ids;  // history: tokens already in seq
@@ -116,13 +113,10 @@ void run(Opts& o) {
 
 Register reg("generate", "Complete a prompt (streams to stdout)", [](CLI::App& sub) {
   auto o = std::make_shared<Opts>();
-  sub.add_option("-m,--model", o->model, "Hugging Face model folder (default: the bundled model)");
+  add_model_flags(sub, *o);
   sub.add_option("-p,--prompt", o->prompt, "prompt text")->required();
-  sub.add_option("--cache-type", o->cache_type, "K/V cache: bf16 (default), f16, f32");
-  sub.add_option("--quantize", o->quantize, kQuantizeHelp);
   sub.add_option("--prompt-cache", o->prompt_cache,
                  "file holding the processed prompt's state: reused when it starts this prompt, written otherwise");
-  sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   sub.add_flag("--no-display-prompt", o->no_display_prompt, "do not echo the prompt");
   sub.add_flag("--no-bos", o->no_bos, "do not prepend BOS");
   sub.add_flag("--print-token-ids", o->print_ids, "print prompt and generated token ids on stderr");

@@ -14,20 +14,18 @@
 namespace hymba::cli {
 namespace {
 
-struct Opts {
-  std::string model, ids, prompt, out, mode = "prefix", quantize = "none";
+struct Opts : ModelFlags {
+  std::string ids, prompt, out, mode = "prefix";
   int64_t chunk = 0;
-  int threads = 0;
 };
 
 void run(const Opts& o) {
   apply_threads(o.threads);
   HYMBA_CHECK(o.ids.empty() != o.prompt.empty(), "give exactly one of --ids or --prompt");
-  const std::string dir = o.model.empty() ? default_model_dir() : o.model;
-  EngineOptions eo;
+  const std::string dir = o.dir();
+  EngineOptions eo = o.engine_options();
   eo.cache_dtype = DType::F32;
   eo.use_prefix = o.mode != "stateless";
-  eo.q8_weights = parse_quantize(o.quantize);
   std::vector<int32_t> ids;
   if (!o.ids.empty()) {
     ids = parse_ids(o.ids);
@@ -72,14 +70,12 @@ void run(const Opts& o) {
 
 Register reg("logits", "Write the float32 logits of given tokens to a .npy file", [](CLI::App& sub) {
   auto o = std::make_shared<Opts>();
-  sub.add_option("-m,--model", o->model, "Hugging Face model folder");
+  add_model_flags(sub, *o, /*with_cache_type=*/false);
   sub.add_option("--ids", o->ids, "comma-separated token ids (no tokenizer needed)");
   sub.add_option("-p,--prompt", o->prompt, "text, encoded with the model's tokenizer (BOS added)");
   sub.add_option("-o,--out", o->out, "output .npy path")->required();
   sub.add_option("--mode", o->mode, "prefix (shared meta-token state, default) or stateless (official no-cache forward)");
-  sub.add_option("--quantize", o->quantize, kQuantizeHelp);
   sub.add_option("--chunk", o->chunk, "feed the tokens in chunks of this many (tests continuation)");
-  sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   sub.callback([o] { run(*o); });
 });
 

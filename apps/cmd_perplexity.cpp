@@ -18,16 +18,15 @@
 namespace hymba::cli {
 namespace {
 
-struct Opts {
-  std::string model, file, tokens, quantize = "none";
+struct Opts : ModelFlags {
+  std::string file, tokens;
   PerplexityOptions p;
-  int threads = 0;
   bool json = false;
 };
 
 void run(const Opts& o) {
   apply_threads(o.threads);
-  const std::string dir = o.model.empty() ? default_model_dir() : o.model;
+  const std::string dir = o.dir();
   HYMBA_CHECK(o.file.empty() != o.tokens.empty(), "give exactly one of -f FILE or --tokens FILE.tok");
   std::vector<int32_t> ids;
   if (!o.file.empty()) {
@@ -37,9 +36,8 @@ void run(const Opts& o) {
   } else {
     ids = TokenFile(o.tokens).read_all();
   }
-  EngineOptions eo;
+  EngineOptions eo = o.engine_options();
   eo.cache_dtype = DType::F32;
-  eo.q8_weights = parse_quantize(o.quantize);
   auto eng = Engine::load(dir, eo);
   for (int32_t id : ids)
     HYMBA_CHECK(id >= 0 && id < eng->config().vocab_size,
@@ -65,14 +63,12 @@ void run(const Opts& o) {
 
 Register reg("perplexity", "Perplexity of a text file (llama-perplexity style chunks)", [](CLI::App& sub) {
   auto o = std::make_shared<Opts>();
-  sub.add_option("-m,--model", o->model, "Hugging Face model folder (default: the bundled model)");
+  add_model_flags(sub, *o, /*with_cache_type=*/false);
   sub.add_option("-f,--file", o->file, "UTF-8 text file (encoded with the model's tokenizer, BOS first)");
   sub.add_option("--tokens", o->tokens, "token file from `hymba tokenize` (train.tok / val.tok) instead of text");
   sub.add_option("-c,--ctx", o->p.ctx, "tokens per chunk (default 512)");
   sub.add_option("--chunks", o->p.max_chunks, "evaluate at most this many chunks (default all)");
   sub.add_flag("--score-all", o->p.score_all, "score every token after the first, not the second half");
-  sub.add_option("--quantize", o->quantize, kQuantizeHelp);
-  sub.add_option("-t,--threads", o->threads, "threads (default: all cores)");
   sub.add_flag("--json", o->json, "print JSON");
   sub.callback([o] { run(*o); });
 });

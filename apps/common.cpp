@@ -55,6 +55,22 @@ std::string default_model_dir() {
   fail("no model given: pass -m DIR (a Hugging Face Hymba folder) or set HYMBA_MODEL");
 }
 
+std::string ModelFlags::dir() const { return model.empty() ? default_model_dir() : model; }
+
+EngineOptions ModelFlags::engine_options() const {
+  EngineOptions eo;
+  eo.cache_dtype = parse_cache_type(cache_type);
+  eo.q8_weights = parse_quantize(quantize);
+  return eo;
+}
+
+void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type) {
+  sub.add_option("-m,--model", f.model, "Hugging Face model folder (default: the bundled model)");
+  if (with_cache_type) sub.add_option("--cache-type", f.cache_type, "K/V cache: bf16 (default), f16, f32");
+  sub.add_option("--quantize", f.quantize, kQuantizeHelp);
+  sub.add_option("-t,--threads", f.threads, "threads (default: all cores)");
+}
+
 void apply_threads(int n) {
   if (n > 0) set_num_threads(n);
 }

@@ -3,7 +3,10 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "base/dtype.h"
+#include "runtime/engine.h"
 
 namespace hymba::cli {
 
@@ -11,6 +14,17 @@ namespace hymba::cli {
 std::vector<int32_t> parse_ids(const std::string& s);
 // "bf16" | "f16" | "f32" -> DType; throws otherwise.
 DType parse_cache_type(const std::string& s);
+// The options of every command that runs a model: -m, --cache-type, --quantize, -t. A command's
+// Opts derives from it.
+struct ModelFlags {
+  std::string model, cache_type = "bf16", quantize = "none";
+  int threads = 0;
+  std::string dir() const;                // -m, else the default model
+  EngineOptions engine_options() const;   // --cache-type and --quantize
+};
+// with_cache_type = false for commands that compute with an f32 cache (logits, perplexity).
+void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type = true);
+
 // --quantize: "none" -> false, "q8" -> true (8-bit linear layers, EngineOptions::q8_weights).
 bool parse_quantize(const std::string& s);
 inline constexpr const char* kQuantizeHelp =

@@ -40,74 +40,83 @@ size_t stop_holdback(const std::string& text, const std::vector<std::string>& st
 
 }  // namespace
 
-GenerateResult generate(Engine& engine, SequenceState& seq, const Tokenizer& tok,
-                        const std::vector<int32_t>& prompt, const GenerateParams& params,
-                        const std::function<void(const std::string&)>& on_text,
-                        std::vector<int32_t>* history) {
-  HYMBA_CHECK(!prompt.empty(), "empty prompt: nothing to generate from");
+Generation::Generation(const Tokenizer& tok, const GenerateParams& params, int32_t eos,
+                       int32_t last_prompt_token, std::vector<int32_t> history)
+    : tok_(tok), params_(params), sampler_(params.sampling), eos_(eos), hist_(std::move(history)) {
   HYMBA_CHECK(params.max_new_tokens >= 0, "max new tokens must be >= 0");
   for (const auto& s : params.stop) HYMBA_CHECK(!s.empty(), "empty stop string");
-  GenerateResult r;
-  r.n_prompt = int64_t(prompt.size());
-  std::vector<int32_t> hist_local;
-  std::vector<int32_t>& hist = history ? *history : hist_local;
-  hist.insert(hist.end(), prompt.begin(), prompt.end());
-
-  double t0 = now_s();
-  std::vector<float> logits = engine.eval_one(seq, prompt);
-  r.prompt_seconds = now_s() - t0;
-
-  Sampler sampler(params.sampling);
-  const int64_t V = engine.config().vocab_size;
-  const int32_t eos = int32_t(engine.config().eos_token_id);
   // Text is the decode of (last prompt token + generated) minus the decode of that token, so a
   // leading space of the first generated piece survives SentencePiece's decode.
-  const std::vector<int32_t> anchor = {prompt.back()};
-  const std::string anchor_text = tok.decode(anchor);
-  std::string text;
-  size_t emitted = 0;
-  r.stop_reason = "length";
-  t0 = now_s();
-  std::vector<int32_t> ids = anchor;
-  for (int64_t step = 0; step < params.max_new_tokens; ++step) {
-    const int32_t next = sampler.sample(logits.data(), V, hist);
-    r.tokens.push_back(next);
-    hist.push_back(next);
-    if (next == eos && !params.ignore_eos) {
-      r.stop_reason = "eos";
-      logits = engine.eval_one(seq, {next});  // the sequence stays consistent for a next turn
-      break;
-    }
-    ids.push_back(next);
-    std::string full = tok.decode(ids);
-    text = full.compare(0, anchor_text.size(), anchor_text) == 0 ? full.substr(anchor_text.size()) : full;
-    bool stopped = false;
+  ids_ = {last_prompt_token};
+  anchor_text_ = tok.decode(ids_);
+  done_ = params.max_new_tokens == 0;
+}
+
+int32_t Generation::step(const float* logits, int64_t vocab, std::string* piece) {
+  HYMBA_CHECK(!done_, "Generation::step after the end");
+  const int32_t next = sampler_.sample(logits, vocab, hist_);
+  tokens_.push_back(next);
+  hist_.push_back(next);
+  const bool at_length = int64_t(tokens_.size()) >= params_.max_new_tokens;
+  const size_t emitted = released_.size();
+  if (next == eos_ && !params_.ignore_eos) {
+    done_ = true, stop_reason_ = "eos";
+    if (text_.size() > emitted) piece->append(text_, emitted), released_ = text_;  // held-back text
+  } else {
+    ids_.push_back(next);
+    const std::string full = tok_.decode(ids_);
+    text_ = full.compare(0, anchor_text_.size(), anchor_text_) == 0 ? full.substr(anchor_text_.size()) : full;
+    const std::string& text = text_;
     size_t stop_at = std::string::npos;
-    for (const auto& s : params.stop) {
+    for (const auto& s : params_.stop) {
       size_t p = text.find(s, emitted > s.size() ? emitted - s.size() : 0);
       if (p != std::string::npos && p < stop_at) stop_at = p;
     }
     size_t ready;
     if (stop_at != std::string::npos) {
-      ready = stop_at, stopped = true;
+      ready = stop_at, done_ = true, stop_reason_ = "stop";
+    } else if (at_length) {
+      ready = text.size(), done_ = true;  // the end: release what was held back
     } else {
       ready = utf8_complete(text);
-      ready -= std::min(ready, stop_holdback(text.substr(0, ready), params.stop));
+      ready -= std::min(ready, stop_holdback(text.substr(0, ready), params_.stop));
     }
     if (ready > emitted) {
-      on_text(text.substr(emitted, ready - emitted));
-      emitted = ready;
-    }
-    logits = engine.eval_one(seq, {next});
-    if (stopped) {
-      r.stop_reason = "stop";
-      text.resize(stop_at);
-      break;
+      piece->append(text, emitted, ready - emitted);
+      released_.append(text, emitted, ready - emitted);
     }
   }
-  if (r.stop_reason != "stop" && text.size() > emitted) on_text(text.substr(emitted)), emitted = text.size();
-  r.text = text.substr(0, emitted);
+  if (at_length) done_ = true;
+  return next;
+}
+
+GenerateResult generate(Engine& engine, SequenceState& seq, const Tokenizer& tok,
+                        const std::vector<int32_t>& prompt, const GenerateParams& params,
+                        const std::function<void(const std::string&)>& on_text,
+                        std::vector<int32_t>* history) {
+  HYMBA_CHECK(!prompt.empty(), "empty prompt: nothing to generate from");
+  GenerateResult r;
+  r.n_prompt = int64_t(prompt.size());
+  std::vector<int32_t> hist = history ? *history : std::vector<int32_t>{};
+  hist.insert(hist.end(), prompt.begin(), prompt.end());
+  Generation g(tok, params, int32_t(engine.config().eos_token_id), prompt.back(), hist);
+
+  double t0 = now_s();
+  std::vector<float> logits = engine.eval_one(seq, prompt);
+  r.prompt_seconds = now_s() - t0;
+  t0 = now_s();
+  const int64_t V = engine.config().vocab_size;
+  while (!g.done()) {
+    std::string piece;
+    const int32_t next = g.step(logits.data(), V, &piece);
+    if (!piece.empty()) on_text(piece);
+    logits = engine.eval_one(seq, {next});  // the sequence stays consistent for a next turn
+  }
   r.gen_seconds = now_s() - t0;
+  r.tokens = g.tokens();
+  r.text = g.text();
+  r.stop_reason = g.stop_reason();
+  if (history) *history = g.history();
   return r;
 }
 

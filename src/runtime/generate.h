@@ -27,6 +27,38 @@ struct GenerateResult {
   double prompt_seconds = 0, gen_seconds = 0;
 };
 
+// One generation in progress, one step per sampled token: sampling, EOS / stop strings / length,
+// and the text that is final so far (never a partial UTF-8 character or a possible stop-string
+// prefix). It owns no model state, so a caller can drive many of them in one batched forward
+// (the server) or one in a loop (generate()).
+class Generation {
+ public:
+  // last_prompt_token: the token fed just before the first sampled one (its decode is the
+  // anchor that keeps a leading space of the first piece). history: the prompt tokens the
+  // repetition penalty looks at.
+  Generation(const Tokenizer& tok, const GenerateParams& params, int32_t eos, int32_t last_prompt_token,
+             std::vector<int32_t> history);
+  // Samples the next token from `logits` [vocab] and returns it; appends newly final text to
+  // *piece. Call only while !done(). Whatever it returns, the caller feeds it to the sequence
+  // if the sequence is to continue (e.g. the next chat turn).
+  int32_t step(const float* logits, int64_t vocab, std::string* piece);
+  bool done() const { return done_; }
+  const std::string& stop_reason() const { return stop_reason_; }  // "eos", "stop", "length"
+  const std::vector<int32_t>& tokens() const { return tokens_; }   // sampled (incl. a final EOS)
+  const std::string& text() const { return released_; }            // all text released so far
+  const std::vector<int32_t>& history() const { return hist_; }
+
+ private:
+  const Tokenizer& tok_;
+  GenerateParams params_;
+  Sampler sampler_;
+  int32_t eos_;
+  std::vector<int32_t> hist_, ids_, tokens_;
+  std::string anchor_text_, text_, released_;  // text_: decode of the tokens so far
+  bool done_ = false;
+  std::string stop_reason_ = "length";
+};
+
 // Feeds `prompt` to `seq` (which may already hold earlier turns: only the new tokens are
 // processed), then samples until EOS, a stop string or max_new_tokens. `on_text` receives each
 // newly final piece of text (never a partial UTF-8 character or a possible stop-string prefix).
