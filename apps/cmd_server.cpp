@@ -29,7 +29,7 @@ using nlohmann::json;
 
 struct Opts : ModelFlags {
   std::string host = "127.0.0.1", alias;
-  int port = 8080, parallel = 4;
+  int port = 8080, parallel = 4, cache_prompts = 8;
 };
 
 struct BadRequest : Error {
@@ -72,7 +72,7 @@ std::string finish_reason(const std::string& stop) { return stop == "length" ? "
 class Server {
  public:
   Server(const Opts& o, Engine& eng, const Tokenizer& tok)
-      : o_(o), eng_(eng), tok_(tok), sched_(eng, tok, o.parallel) {
+      : o_(o), eng_(eng), tok_(tok), sched_(eng, tok, o.parallel, o.cache_prompts) {
     name_ = o.alias.empty() ? std::filesystem::path(eng.dir()).filename().string() : o.alias;
     if (name_.empty()) name_ = "hymba";
   }
@@ -274,7 +274,8 @@ class Server {
     std::string text;
     for (auto& e : evs) text += e.piece;
     const json usage = {{"prompt_tokens", job->n_prompt}, {"completion_tokens", job->n_generated},
-                        {"total_tokens", job->n_prompt + job->n_generated}};
+                        {"total_tokens", job->n_prompt + job->n_generated},
+                        {"prompt_tokens_details", {{"cached_tokens", job->n_cached}}}};
     json choice;
     if (chat) {
       choice = {{"index", 0}, {"message", {{"role", "assistant"}, {"content", text}}},
@@ -315,6 +316,7 @@ class Server {
 void run(const Opts& o) {
   apply_threads(o.threads);
   HYMBA_CHECK(o.parallel >= 1 && o.parallel <= 256, "--parallel must be in [1, 256]");
+  HYMBA_CHECK(o.cache_prompts >= 0, "--cache-prompts must be >= 0");
   HYMBA_CHECK(o.port >= 0 && o.port <= 65535, "--port must be in [0, 65535]");
   const std::string dir = o.dir();
   auto tok = Tokenizer::load(dir);
@@ -344,6 +346,8 @@ Register reg("server", "OpenAI-compatible HTTP server with continuous batching",
   sub.add_option("--host", o->host, "address to listen on (default 127.0.0.1)");
   sub.add_option("--port", o->port, "port (default 8080; 0 = any free port, printed on stderr)");
   sub.add_option("--parallel,--np", o->parallel, "sequences decoded together (default 4)");
+  sub.add_option("--cache-prompts", o->cache_prompts,
+                 "states of recent prompts kept for reuse by prompts that start with them (default 8, 0 = off)");
   sub.add_option("-a,--alias", o->alias, "model name in responses (default: the folder name)");
   sub.callback([o] { run(*o); });
 });

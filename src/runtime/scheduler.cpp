@@ -73,8 +73,8 @@ struct Scheduler::Active {
   int32_t next = -1;  // the token to feed at the next step
 };
 
-Scheduler::Scheduler(Engine& eng, const Tokenizer& tok, int max_parallel)
-    : eng_(eng), tok_(tok), max_parallel_(std::max(1, max_parallel)) {
+Scheduler::Scheduler(Engine& eng, const Tokenizer& tok, int max_parallel, int max_snapshots)
+    : eng_(eng), tok_(tok), max_parallel_(std::max(1, max_parallel)), max_snapshots_(std::max(0, max_snapshots)) {
   worker_ = std::thread([this] { loop(); });
 }
 
@@ -140,6 +140,43 @@ void Scheduler::loop() {
   for (auto& p : pending_) p.second->finish("error", "server shutting down");
 }
 
+void Scheduler::keep(std::vector<int32_t> tokens, SequenceState state) {
+  if (max_snapshots_ == 0 || tokens.empty()) return;
+  for (auto it = snapshots_.begin(); it != snapshots_.end(); ++it)
+    if (it->tokens == tokens) {
+      snapshots_.erase(it);
+      break;
+    }
+  snapshots_.push_front({std::move(tokens), std::move(state)});
+  while (int(snapshots_.size()) > max_snapshots_) snapshots_.pop_back();
+}
+
+void Scheduler::start(Active& a) {
+  const auto& p = a.req.prompt;
+  // The longest kept state whose tokens start this prompt, leaving at least its last token.
+  auto best = snapshots_.end();
+  for (auto it = snapshots_.begin(); it != snapshots_.end(); ++it)
+    if (it->tokens.size() < p.size() && std::equal(it->tokens.begin(), it->tokens.end(), p.begin()) &&
+        (best == snapshots_.end() || it->tokens.size() > best->tokens.size()))
+      best = it;
+  size_t from = 0;
+  if (best != snapshots_.end()) {
+    a.seq = best->state;  // a copy: the kept one stays for others
+    from = best->tokens.size();
+    Snapshot used = std::move(*best);  // to the front: most recently used
+    snapshots_.erase(best);
+    snapshots_.push_front(std::move(used));
+  } else {
+    a.seq = eng_.new_sequence();
+  }
+  a.job->n_cached = int64_t(from);
+  const std::vector<int32_t> mid(p.begin() + int64_t(from), p.end() - 1);
+  if (!mid.empty()) {
+    eng_.eval_one(a.seq, mid);
+    keep(std::vector<int32_t>(p.begin(), p.end() - 1), a.seq);
+  }
+}
+
 void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
   const int64_t V = eng_.config().vocab_size;
   const int32_t eos = int32_t(eng_.config().eos_token_id);
@@ -160,10 +197,10 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
   for (size_t i = 0; i < active.size(); ++i) {
     Active& a = *active[i];
     if (!a.prefilled) {
-      a.seq = eng_.new_sequence();
       a.gen = std::make_unique<Generation>(tok_, a.req.params, eos, a.req.prompt.back(), a.req.prompt);
       a.prefilled = true;
       if (a.req.prompt_logprobs) {  // needs every prompt row's logits: a forward of its own
+        a.seq = eng_.new_sequence();
         SequenceState* sp = &a.seq;
         std::vector<std::vector<float>> all;
         eng_.eval(std::span<SequenceState* const>(&sp, 1),
@@ -179,7 +216,8 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
         own_logits[i].assign(all[0].end() - V, all[0].end());
         continue;
       }
-      feed.push_back(a.req.prompt);
+      start(a);
+      feed.push_back({a.req.prompt.back()});
     } else {
       feed.push_back({a.next});
     }
@@ -195,13 +233,23 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
     const float* row = nullptr;
     if (k < who.size() && who[k] == &a) row = last.data() + k++ * size_t(V);
     else row = own_logits[i].data();
+    if (a.gen->done()) {  // max_tokens 0 (scoring a prompt): nothing to sample
+      a.job->finish(a.gen->stop_reason());
+      continue;
+    }
     TokenEvent e;
     e.token = a.gen->step(row, V, &e.piece);
     if (a.req.top_logprobs >= 0) fill_logprobs(e, row, V, a.req.top_logprobs);
     a.next = e.token;
     a.job->n_generated = int64_t(a.gen->tokens().size());
     a.job->push(std::move(e));
-    if (a.gen->done()) a.job->finish(a.gen->stop_reason());
+    if (a.gen->done()) {
+      // The state has consumed the prompt and every sampled token but this last one.
+      std::vector<int32_t> t = a.req.prompt;
+      t.insert(t.end(), a.gen->tokens().begin(), a.gen->tokens().end() - 1);
+      keep(std::move(t), std::move(a.seq));
+      a.job->finish(a.gen->stop_reason());
+    }
   }
   active.erase(std::remove_if(active.begin(), active.end(),
                               [](const std::unique_ptr<Active>& a) { return a->gen->done(); }),

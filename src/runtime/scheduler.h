@@ -2,6 +2,10 @@
 // requests as slots free up, feeds every new prompt and every running sequence's last token in
 // one Engine::eval per step (the projections of all of them run as one matrix), and steps each
 // request's Generation. Requests receive their tokens through a Job as they come.
+// Prompt reuse: the states after recent prompts (all but their last token) and after finished
+// completions are kept (a few, least recently used out first); a new prompt that starts with one
+// of them continues from a copy of that state and feeds only the rest, so a chat that resends
+// its whole history, or requests sharing a system prompt, are not processed again.
 #pragma once
 #include <condition_variable>
 #include <cstdint>
@@ -46,6 +50,7 @@ class Job {
   std::string error;        // when stop_reason == "error"
   std::vector<TokenEvent> prompt_events;  // prompt_logprobs: one per prompt token
   int64_t n_prompt = 0, n_generated = 0;
+  int64_t n_cached = 0;  // prompt tokens taken from a kept state instead of being processed
 
  private:
   friend class Scheduler;
@@ -60,7 +65,8 @@ class Job {
 class Scheduler {
  public:
   // At most `max_parallel` sequences decode together; the rest wait in order of arrival.
-  Scheduler(Engine& eng, const Tokenizer& tok, int max_parallel);
+  // `max_snapshots` states are kept for prompt reuse (0: none).
+  Scheduler(Engine& eng, const Tokenizer& tok, int max_parallel, int max_snapshots = 8);
   ~Scheduler();
   // Validates (throws hymba::Error: empty prompt, ids out of range, bad sampling parameters)
   // and queues the request.
@@ -69,12 +75,19 @@ class Scheduler {
 
  private:
   struct Active;
+  struct Snapshot {
+    std::vector<int32_t> tokens;  // what the state has consumed
+    SequenceState state;
+  };
   void loop();
   void step(std::vector<std::unique_ptr<Active>>& active);
+  void start(Active& a);  // a fresh or reused state for a new request, all but its last prompt token fed
+  void keep(std::vector<int32_t> tokens, SequenceState state);
 
   Engine& eng_;
   const Tokenizer& tok_;
-  int max_parallel_;
+  int max_parallel_, max_snapshots_;
+  std::deque<Snapshot> snapshots_;  // worker thread only; most recently used first
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::pair<CompletionRequest, std::shared_ptr<Job>>> pending_;

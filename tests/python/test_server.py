@@ -8,7 +8,10 @@ loopback port, with an f32 K/V cache so that its numbers can be compared exactly
 - `logprobs` + `echo` equal log-softmax of the float64 reference over prompt + completion
   (within 2e-4), and the top-logprobs list holds the best tokens;
 - a chat completion equals the completion of the rendered chat template with the chat stop
-  strings;
+  strings; the next turn (the whole conversation resent) reuses the kept state of the first
+  (usage.prompt_tokens_details.cached_tokens) and still equals `hymba generate` on the rendered
+  conversation;
+- max_tokens 0 with echo + logprobs scores the prompt only (what evaluation harnesses send);
 - bad requests (malformed JSON, missing or empty prompt, bad parameters, ids out of range, bad
   messages) get HTTP 400 with an error object, a client that leaves mid-stream is dropped, and
   the server keeps answering; SIGTERM stops it with exit status 0.
@@ -144,6 +147,28 @@ def main():
             msg = j["choices"][0]["message"]
             RES.check("chat = completion of the rendered template", msg["role"] == "assistant" and msg["content"] == want,
                       f"{msg['content']!r} vs {want!r}")
+
+            # Turn two: the conversation so far plus a new question.
+            msgs2 = msgs + [{"role": "assistant", "content": msg["content"]},
+                            {"role": "user", "content": "And the sea?"}]
+            st, j2 = request("POST", "/v1/chat/completions", dict(messages=msgs2, max_tokens=16, temperature=0))
+            if RES.check("chat turn two: 200", st == 200, str(j2)[:200]):
+                cached = j2["usage"]["prompt_tokens_details"]["cached_tokens"]
+                RES.check("turn two reuses the first turn's state", cached >= len(tj["tokens"]) - 1,
+                          f"{cached} of {j2['usage']['prompt_tokens']} prompt tokens cached")
+                r2 = ("<extra_id_0>System\n\n<extra_id_1>User\n" + msgs[0]["content"] + "\n<extra_id_1>Assistant\n" +
+                      msg["content"].strip() + "\n<extra_id_1>User\nAnd the sea?\n<extra_id_1>Assistant\n")
+                g2 = U.run(["generate", "-m", MODEL, "-p", r2, "--no-bos", "-n", "16", "--temp", "0", "--cache-type", "f32",
+                            "--no-display-prompt", "--stop", "</s>", "--stop", "<extra_id_1>"])
+                RES.check("turn two equals `hymba generate` on the rendered conversation",
+                          j2["choices"][0]["message"]["content"] == g2.stdout.rstrip("\n"),
+                          f"{j2['choices'][0]['message']['content']!r} vs {g2.stdout.rstrip(chr(10))!r}")
+
+        st, j = request("POST", "/v1/completions", dict(prompt=prompts[3], max_tokens=0, echo=True, logprobs=1))
+        RES.check("max_tokens 0 + echo + logprobs: prompt scored, nothing generated",
+                  st == 200 and j["usage"]["completion_tokens"] == 0 and j["choices"][0]["text"] == prompts[3]
+                  and len(j["choices"][0]["logprobs"]["token_logprobs"]) == j["usage"]["prompt_tokens"],
+                  str(j)[:200])
 
         bad = [("malformed JSON", "/v1/completions", '{"prompt": '),
                ("missing prompt", "/v1/completions", {"max_tokens": 3}),
