@@ -13,8 +13,9 @@ tests/fetch_tokenizer.sh build/tokenizer
 export HYMBA_TOKENIZER_DIR="$PWD/build/tokenizer"
 ctest --test-dir build --output-on-failure -j"$JOBS"
 
-# Bad input must give a clear error, never a crash: the same tests under the sanitizers.
+# Bad input must give a clear error, never a crash: the same tests (and the server and the
+# prompt cache, which read what clients and files give them) under the sanitizers.
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHYMBA_ASAN=ON >/dev/null
 cmake --build build-asan -j"$JOBS" --target hymba_cli hymba_tests
 ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
-  ctest --test-dir build-asan --output-on-failure -j"$JOBS" -R 'Bad|Reject|Invalid|bad_input'
+  ctest --test-dir build-asan --output-on-failure -j"$JOBS" -R 'Bad|Reject|Invalid|bad_input|prompt_cache|server'

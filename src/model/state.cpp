@@ -68,7 +68,7 @@ void put(std::string& out, const T& v) { out.append(reinterpret_cast<const char*
 template <class T>
 void put_vec(std::string& out, const std::vector<T>& v) {
   put(out, uint64_t(v.size()));
-  out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+  if (!v.empty()) out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
 }
 template <class T>
 T get(const char*& p, const char* end, const std::string& what) {
@@ -85,7 +85,7 @@ void get_vec(const char*& p, const char* end, std::vector<T>& v, size_t want, co
   HYMBA_CHECK(n == want, what + ": " + std::to_string(n) + " elements where this model has " + std::to_string(want));
   HYMBA_CHECK(uint64_t(end - p) >= n * sizeof(T), what + ": truncated");
   v.resize(size_t(n));
-  std::memcpy(v.data(), p, size_t(n) * sizeof(T));
+  if (n > 0) std::memcpy(v.data(), p, size_t(n) * sizeof(T));  // an empty vector's data() may be null
   p += n * sizeof(T);
 }
 

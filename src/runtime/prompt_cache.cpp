@@ -17,7 +17,7 @@ void save_prompt_cache(const Engine& eng, const std::string& path, const std::ve
   const uint64_t tag = eng.model_tag(), n = tokens.size();
   out.append(reinterpret_cast<const char*>(&tag), 8);
   out.append(reinterpret_cast<const char*>(&n), 8);
-  out.append(reinterpret_cast<const char*>(tokens.data()), n * sizeof(int32_t));
+  if (n > 0) out.append(reinterpret_cast<const char*>(tokens.data()), n * sizeof(int32_t));
   out += serialize_state(s);
   write_file_atomic(path, out);
 }
@@ -37,7 +37,7 @@ bool load_prompt_cache(const Engine& eng, const std::string& path, std::vector<i
     HYMBA_CHECK(tag == eng.model_tag(), "saved with another model, --quantize or --cache-type");
     HYMBA_CHECK(n <= (b.size() - 24) / sizeof(int32_t), "truncated");
     std::vector<int32_t> t(static_cast<size_t>(n));
-    std::memcpy(t.data(), b.data() + 24, size_t(n) * sizeof(int32_t));
+    if (n > 0) std::memcpy(t.data(), b.data() + 24, size_t(n) * sizeof(int32_t));
     SequenceState loaded = *s;
     deserialize_state(loaded, b.substr(24 + size_t(n) * sizeof(int32_t)));
     HYMBA_CHECK(loaded.n_pos == s->n_pos + int64_t(n), "state position does not match its token count");
