@@ -12,6 +12,7 @@
 #include "base/dtype.h"
 #include "ops/matmul.h"
 #include "ops/peak.h"
+#include "ops/quant.h"
 #include "ops/threads.h"
 
 namespace {
@@ -62,6 +63,32 @@ void BM_GemvM1(benchmark::State& st) {
   run_forward(st, st.range(0), st.range(1), 1, MatmulPath::Auto, true);
 }
 BENCHMARK(BM_GemvM1)
+    ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
+    ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// The same shapes with Q8 weights (int8 + an F32 scale per 32), as `--quantize q8` decodes.
+void BM_GemvM1Q8(benchmark::State& st) {
+  const int64_t N = st.range(0), K = st.range(1);
+  const size_t bytes = size_t(N * K) * (1 + sizeof(float) / kQ8Block);
+  const size_t count = std::max<size_t>(2, (size_t(256) << 20) / bytes + 1);
+  std::vector<std::vector<int8_t>> q(count, std::vector<int8_t>(size_t(N * K)));
+  std::vector<std::vector<float>> sc(count, std::vector<float>(size_t(N * K / kQ8Block)));
+  std::vector<float> f(size_t(N * K));
+  for (size_t c = 0; c < count; ++c) {
+    for (size_t i = 0; i < f.size(); ++i) f[i] = float((i * 7 + c) % 17) * 0.01f - 0.08f;
+    quantize_q8(q[c].data(), sc[c].data(), f.data(), N * K);
+  }
+  std::vector<float> in(static_cast<size_t>(K), 0.01f), out(static_cast<size_t>(N));
+  size_t c = 0;
+  for (auto _ : st) {
+    const MatView W{q[c].data(), DType::Q8, N, K, sc[c].data()};
+    matmul_forward(out.data(), in.data(), W, nullptr, 1);
+    benchmark::DoNotOptimize(out.data());
+    c = (c + 1) % count;
+  }
+  st.SetBytesProcessed(int64_t(st.iterations()) * int64_t(bytes));
+}
+BENCHMARK(BM_GemvM1Q8)
     ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
     ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMicrosecond);
 
