@@ -27,9 +27,6 @@ namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 
 
-// out[m, n] (=|+=) Σ_k in[m, k]·w[n, k] for R weight rows n0.. and MC inputs m0..: each weight
-// vector is loaded (and widened) once and used MC times. Summation order is fixed by K and the
-// target only, so the result never depends on the thread count.
 // Q8 rows: int8 widened and multiplied by the block's scale (a vector never straddles two
 // blocks: the lane count divides kQ8Block).
 HWY_INLINE hn::Vec<DF> LoadQ8(DF df, const int8_t* w, const float* sc, int64_t k) {
@@ -44,7 +41,10 @@ template <class T>
 HWY_INLINE float RowAt(const T* w, const float*, int64_t k) { return ToF(w[k]); }
 HWY_INLINE float RowAt(const int8_t* w, const float* sc, int64_t k) { return sc[k / kQ8Block] * float(w[k]); }
 
-// sc: the Q8 scales of the tile's first row (null for float types).
+// out[m, n] (=|+=) Σ_k in[m, k]·w[n, k] for R weight rows n0.. and MC inputs m0..: each weight
+// vector is loaded (and widened) once and used MC times. Summation order is fixed by K and the
+// target only, so the result never depends on the thread count. sc: the Q8 scales of the tile's
+// first row (null for float types).
 template <int R, int MC, typename T>
 HWY_INLINE void Tile(float* out, int64_t N, const float* in, const T* w, const float* sc, int64_t K,
                      const float* bias, bool accumulate) {
