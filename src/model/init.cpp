@@ -5,6 +5,7 @@
 #include <random>
 
 #include "base/error.h"
+#include "base/hash.h"
 #include "io/files.h"
 #include "io/safetensors.h"
 
@@ -17,12 +18,6 @@ uint64_t splitmix64(uint64_t x) {
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
-}
-
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char ch : s) h = (h ^ ch) * 0x100000001b3ull;
-  return h;
 }
 
 // N(0, std) into v; Box-Muller, explicit so results do not depend on the standard library.
@@ -55,7 +50,7 @@ std::vector<float> init_param(const Config& c, const ParamSpec& s, uint64_t seed
   int64_t n = 1;
   for (int64_t d : s.shape) n *= d;
   std::vector<float> v(size_t(n), 0.0f);
-  std::mt19937_64 rng(splitmix64(seed ^ fnv1a(s.name)));
+  std::mt19937_64 rng(splitmix64(seed ^ fnv1a64(s.name)));
   const std::string& nm = s.name;
   if (nm == "model.memory_tokens") {
     fill_normal(v, 1.0, rng);  // torch.randn, never re-initialised

@@ -1,5 +1,5 @@
 // Official random initialisation (spec §3.10) and writing it as a checkpoint folder.
-// RNG: each tensor gets its own std::mt19937_64 seeded with splitmix64(seed ^ fnv1a(name)), so a
+// RNG: each tensor gets its own std::mt19937_64 seeded with splitmix64(seed ^ fnv1a64(name)), so a
 // tensor's values depend only on (seed, name, shape), not on which other tensors exist; normals
 // come from Box-Muller on 53-bit uniforms (both outputs used). Same seed => same bits everywhere.
 #pragma once

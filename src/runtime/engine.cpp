@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "base/error.h"
+#include "base/hash.h"
 
 namespace hymba {
 
@@ -112,10 +113,8 @@ std::vector<float> Engine::eval_one(SequenceState& s, const std::vector<int32_t>
 }
 
 uint64_t Engine::model_tag() const {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a
-  auto mix = [&](const void* p, size_t n) {
-    for (size_t i = 0; i < n; ++i) h = (h ^ static_cast<const unsigned char*>(p)[i]) * 1099511628211ull;
-  };
+  uint64_t h = kFnv1a64Offset;
+  auto mix = [&](const void* p, size_t n) { h = fnv1a64(p, n, h); };
   const auto& c = model_.config();
   for (int64_t x : {c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_memory_tokens, c.sliding_window,
                     int64_t(opts_.cache_dtype), int64_t(opts_.q8_weights), int64_t(opts_.use_prefix)})

@@ -105,11 +105,6 @@ std::shared_ptr<Job> Scheduler::submit(CompletionRequest r) {
   return job;
 }
 
-int64_t Scheduler::steps() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return steps_;
-}
-
 void Scheduler::loop() {
   std::vector<std::unique_ptr<Active>> active;
   for (;;) {
@@ -132,8 +127,6 @@ void Scheduler::loop() {
       for (auto& a : active) a->job->finish("error", e.what());
       active.clear();
     }
-    std::lock_guard<std::mutex> l(mu_);
-    ++steps_;
   }
   for (auto& a : active) a->job->finish("error", "server shutting down");
   std::lock_guard<std::mutex> l(mu_);

@@ -71,7 +71,6 @@ class Scheduler {
   // Validates (throws hymba::Error: empty prompt, ids out of range, bad sampling parameters)
   // and queues the request.
   std::shared_ptr<Job> submit(CompletionRequest r);
-  int64_t steps() const;  // batched forward steps run so far (for tests / stats)
 
  private:
   struct Active;
@@ -92,7 +91,6 @@ class Scheduler {
   std::condition_variable cv_;
   std::deque<std::pair<CompletionRequest, std::shared_ptr<Job>>> pending_;
   bool stop_ = false;
-  int64_t steps_ = 0;
   std::thread worker_;
 };
 

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/hash.h"
 #include "io/files.h"
 #include "runtime/tokenizer.h"
 
@@ -274,12 +275,6 @@ struct Doc {
   int file;
   size_t begin, len;
 };
-
-uint64_t fnv1a64(const std::string& s) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
 
 std::string hex64(uint64_t x) {
   char b[17];

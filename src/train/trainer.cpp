@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "base/hash.h"
 #include "io/files.h"
 #include "model/hymba.h"
 #include "train/data.h"
@@ -33,9 +34,9 @@ double now_s() {
 
 // FNV-1a of a file: ties train_state.json to the model file it was written with.
 std::string file_hash(const std::string& path) {
-  const std::string s = read_file(path);
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  // Started from this (non-standard) basis since the first runs: kept so their
+  // train_state.json still matches.
+  const uint64_t h = fnv1a64(read_file(path), 1469598103934665603ull);
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)h);
   return buf;
