@@ -9,7 +9,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
-#include <random>
 
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -21,6 +20,7 @@
 #include "runtime/engine.h"
 #include "runtime/scheduler.h"
 #include "runtime/tokenizer.h"
+#include "server_request.h"
 
 namespace hymba::cli {
 namespace {
@@ -32,10 +32,6 @@ struct Opts : ModelFlags {
   int port = 8080, parallel = 4, cache_prompts = 8;
 };
 
-struct BadRequest : Error {
-  using Error::Error;
-};
-
 httplib::Server* g_server = nullptr;
 
 json error_json(const std::string& msg, const std::string& type) {
@@ -45,16 +41,6 @@ json error_json(const std::string& msg, const std::string& type) {
 void reply(httplib::Response& res, int status, const json& j) {
   res.status = status;
   res.set_content(j.dump(), "application/json");
-}
-
-template <class T>
-T get_or(const json& j, const char* key, T dflt) {
-  if (!j.contains(key) || j[key].is_null()) return dflt;
-  try {
-    return j[key].get<T>();
-  } catch (const std::exception&) {
-    throw BadRequest(std::string("'") + key + "' has the wrong type");
-  }
 }
 
 // Piece text of one token for logprobs ("▁the" -> " the").
@@ -87,29 +73,17 @@ class Server {
     s.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { guarded(q, r, true); });
     s.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& r) {
       safe(r, [&] {
-        const json b = body(q);
-        const auto ids = tok_.encode(get_or<std::string>(b, "content", ""), get_or<bool>(b, "add_special", false));
-        reply(r, 200, {{"tokens", ids}});
+        reply(r, 200, {{"tokens", parse_tokenize(parse_body(q.body), tok_)}});
       });
     });
     s.Post("/detokenize", [this](const httplib::Request& q, httplib::Response& r) {
       safe(r, [&] {
-        const json b = body(q);
-        const auto ids = get_or<std::vector<int32_t>>(b, "tokens", {});
-        for (int32_t id : ids)
-          if (id < 0 || id >= tok_.vocab_size()) throw BadRequest("token id " + std::to_string(id) + " out of range");
-        reply(r, 200, {{"content", tok_.decode(ids)}});
+        reply(r, 200, {{"content", parse_detokenize(parse_body(q.body), tok_)}});
       });
     });
   }
 
  private:
-  static json body(const httplib::Request& q) {
-    json b = json::parse(q.body, nullptr, false);
-    if (b.is_discarded() || !b.is_object()) throw BadRequest("the request body is not a JSON object");
-    return b;
-  }
-
   template <class F>
   void safe(httplib::Response& res, F&& f) {
     try {
@@ -125,80 +99,6 @@ class Server {
 
   void guarded(const httplib::Request& q, httplib::Response& res, bool chat) {
     safe(res, [&] { complete(q, res, chat); });
-  }
-
-  // The OpenAI request -> a CompletionRequest (+ what the response needs).
-  struct Parsed {
-    CompletionRequest req;
-    bool stream = false, echo = false;
-    std::string prompt_text;
-  };
-
-  Parsed parse(const json& b, bool chat) {
-    Parsed p;
-    auto& g = p.req.params;
-    g.max_new_tokens = get_or<int64_t>(b, chat ? "max_tokens" : "max_tokens", chat ? 256 : 16);
-    if (b.contains("max_completion_tokens")) g.max_new_tokens = get_or<int64_t>(b, "max_completion_tokens", 256);
-    if (g.max_new_tokens < 0) throw BadRequest("'max_tokens' must be >= 0");
-    auto& s = g.sampling;
-    s.temperature = get_or<float>(b, "temperature", s.temperature);
-    s.top_p = get_or<float>(b, "top_p", s.top_p);
-    s.top_k = get_or<int32_t>(b, "top_k", s.top_k);
-    s.min_p = get_or<float>(b, "min_p", s.min_p);
-    s.repeat_penalty = get_or<float>(b, "repeat_penalty", s.repeat_penalty);
-    s.repeat_last_n = get_or<int32_t>(b, "repeat_last_n", s.repeat_last_n);
-    s.seed = b.contains("seed") && !b["seed"].is_null() ? get_or<uint64_t>(b, "seed", 0) : std::random_device{}();
-    g.ignore_eos = get_or<bool>(b, "ignore_eos", false);
-    if (b.contains("stop") && !b["stop"].is_null()) {
-      if (b["stop"].is_string()) g.stop.push_back(b["stop"].get<std::string>());
-      else g.stop = get_or<std::vector<std::string>>(b, "stop", {});
-      for (auto& x : g.stop)
-        if (x.empty()) throw BadRequest("'stop' strings must not be empty");
-    }
-    p.stream = get_or<bool>(b, "stream", false);
-    if (chat) {
-      if (!b.contains("messages") || !b["messages"].is_array() || b["messages"].empty())
-        throw BadRequest("'messages' must be a non-empty array");
-      std::vector<ChatMessage> msgs;
-      for (const auto& m : b["messages"]) {
-        if (!m.is_object() || !m.contains("role") || !m["role"].is_string() || !m.contains("content") ||
-            !m["content"].is_string())
-          throw BadRequest("each message needs a string 'role' and a string 'content'");
-        msgs.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
-      }
-      try {
-        p.req.prompt = tok_.encode(render_chat(msgs, true), false);  // the template has no BOS
-      } catch (const Error& e) {
-        throw BadRequest(e.what());
-      }
-      for (auto& x : chat_stop_strings()) g.stop.push_back(x);
-      if (get_or<bool>(b, "logprobs", false)) p.req.top_logprobs = get_or<int>(b, "top_logprobs", 0);
-    } else {
-      if (!b.contains("prompt")) throw BadRequest("'prompt' is required");
-      const json& pr = b["prompt"];
-      if (pr.is_array() && pr.size() == 1 && pr[0].is_string()) {
-        p.prompt_text = pr[0].get<std::string>();
-      } else if (pr.is_string()) {
-        p.prompt_text = pr.get<std::string>();
-      } else if (pr.is_array() && !pr.empty() && std::all_of(pr.begin(), pr.end(), [](const json& x) { return x.is_number_integer(); })) {
-        p.req.prompt = pr.get<std::vector<int32_t>>();
-        p.prompt_text = tok_.decode(p.req.prompt.empty() ? std::vector<int32_t>{} : p.req.prompt);
-      } else {
-        throw BadRequest("'prompt' must be a string or an array of token ids");
-      }
-      if (p.req.prompt.empty()) {
-        if (p.prompt_text.empty()) throw BadRequest("the prompt is empty");
-        p.req.prompt = tok_.encode(p.prompt_text, tok_.add_bos_default());
-      }
-      p.echo = get_or<bool>(b, "echo", false);
-      if (b.contains("logprobs") && !b["logprobs"].is_null()) {
-        p.req.top_logprobs = get_or<int>(b, "logprobs", 0);
-        if (p.req.top_logprobs < 0) throw BadRequest("'logprobs' must be >= 0");
-        p.req.prompt_logprobs = p.echo;
-      }
-    }
-    if (p.req.prompt.empty()) throw BadRequest("the prompt is empty");
-    return p;
   }
 
   json logprobs_json(const std::vector<TokenEvent>& evs, size_t offset0) const {
@@ -223,7 +123,7 @@ class Server {
   }
 
   void complete(const httplib::Request& q, httplib::Response& res, bool chat) {
-    Parsed p = parse(body(q), chat);
+    const ParsedCompletion p = parse_completion(parse_body(q.body), chat, tok_);
     auto job = sched_.submit(p.req);
     const std::string id = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(++counter_);
     if (p.stream) {
