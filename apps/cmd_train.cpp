@@ -29,7 +29,7 @@ Register reg("train", "Train or fine-tune a model on tokenized data", [](CLI::Ap
   sub.add_option("--config", t.config, "config.json of the model to train (new model, or checked on --resume)");
   sub.add_option("--init-from", t.init_from, "start from this Hugging Face checkpoint (full fine-tuning)");
   sub.add_option("--data", t.data, "folder written by `hymba tokenize`")->required();
-  sub.add_option("--out", t.out, "output folder (checkpoint, trainer state, metrics.csv, loss.png)")->required();
+  sub.add_option("--out", t.out, "output folder: checkpoint-STEP/ folders (weights, trainer state, metrics), latest -> the newest, and links so the folder loads as a model")->required();
   sub.add_option("--tokenizer", t.tokenizer, "tokenizer folder to copy next to the checkpoint");
   sub.add_flag("--resume", t.resume, "continue the run saved in --out");
   sub.add_option("--steps", t.steps, "optimizer steps (default 1000)");
@@ -46,6 +46,10 @@ Register reg("train", "Train or fine-tune a model on tokenized data", [](CLI::Ap
   sub.add_option("--eval-every", t.eval_every, "validate every N steps (default 100)");
   sub.add_option("--eval-batches", t.eval_batches, "validation batches (default 20)");
   sub.add_option("--save-every", t.save_every, "checkpoint every N steps (default 500)");
+  sub.add_option("--save-total-limit", t.keep_checkpoints,
+                 "complete checkpoints kept in --out, newest first (default 1; the previous one is deleted "
+                 "only once the new one is complete)")
+      ->check(CLI::PositiveNumber);
   sub.add_option("--log-every", t.log_every, "progress line every N steps (default 10)");
   sub.add_option("--stop-after", t.stop_after, "save and stop after this step (resume later with --resume)");
   sub.add_option("--seed", t.seed, "seed for init and data order (default 1)");

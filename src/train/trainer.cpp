@@ -13,6 +13,7 @@
 #include "base/hash.h"
 #include "io/files.h"
 #include "model/hymba.h"
+#include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/params.h"
 #include "train/step.h"
@@ -90,16 +91,20 @@ TrainResult train(const TrainOptions& o) {
   HYMBA_CHECK(!ec, "cannot create output folder " + o.out + ": " + ec.message());
   write_file_atomic(o.out + "/.write-test", std::string("ok"));
   fs::remove(o.out + "/.write-test");
+  const std::string ck = current_checkpoint(o.out);
+  if (o.resume) HYMBA_CHECK(!ck.empty(), "--resume: no checkpoint (train_state.json) in " + o.out);
+  else HYMBA_CHECK(ck.empty(), "--out " + o.out + " already holds a training run: pass --resume to "
+                               "continue it, or choose another folder");
   TokenWindows train_data(o.data + "/train.tok");
   std::unique_ptr<TokenWindows> val_data;
   if (fs::exists(o.data + "/val.tok")) val_data = std::make_unique<TokenWindows>(o.data + "/val.tok");
   HYMBA_CHECK(train_data.num_tokens() > o.seq_len + 1,
               "training data " + o.data + "/train.tok has fewer tokens than --seq-len + 2");
 
+  clean_stale_checkpoints(o.out);
   ParamArena arena;
   if (o.resume) {
-    HYMBA_CHECK(fs::exists(o.out + "/train_state.json"), "--resume: no train_state.json in " + o.out);
-    arena = arena_from_checkpoint(o.out);
+    arena = arena_from_checkpoint(ck);
     if (!o.config.empty()) {
       Config want = load_config(o.config);
       HYMBA_CHECK(same_architecture(want, arena.config),
@@ -122,10 +127,9 @@ TrainResult train(const TrainOptions& o) {
   ts.schedule.total_steps = o.steps;
   ts.data_rng = o.seed * 0x9E3779B97F4A7C15ull + 1;
   if (o.resume) {
-    ts = load_train_state(o.out, opt);
-    HYMBA_CHECK(ts.run.value("model_hash", "") == file_hash(o.out + "/model.safetensors"),
-                "--resume: " + o.out + "/model.safetensors does not belong to train_state.json "
-                "(an interrupted save?)");
+    ts = load_train_state(ck, opt);
+    HYMBA_CHECK(ts.run.value("model_hash", "") == file_hash(ck + "/model.safetensors"),
+                "--resume: " + ck + "/model.safetensors does not belong to train_state.json");
     HYMBA_CHECK(ts.schedule.total_steps == o.steps,
                 "--resume: --steps differs from the run being resumed (" +
                     std::to_string(ts.schedule.total_steps) + ")");
@@ -135,8 +139,7 @@ TrainResult train(const TrainOptions& o) {
   uint64_t& data_rng = ts.data_rng;
   HymbaModel model(c, arena.w);
 
-  const std::string csv = o.out + "/metrics.csv";
-  std::string csv_text = o.resume && fs::exists(csv) ? read_file(csv)
+  std::string csv_text = o.resume && fs::exists(ck + "/metrics.csv") ? read_file(ck + "/metrics.csv")
                                                       : "step,loss,lr,grad_norm,tokens_per_s,val_loss\n";
   if (o.resume) {  // keep only rows up to the checkpoint, so a resumed run's CSV has no duplicates
     std::istringstream in(csv_text);
@@ -162,14 +165,18 @@ TrainResult train(const TrainOptions& o) {
     return cnt ? sum / double(cnt) : -1;
   };
 
+  // A resumed run's tokenizer files (OUT/tokenizer.model -> the current checkpoint's) travel on.
+  const std::string tokenizer_from = !o.tokenizer.empty() ? o.tokenizer
+                                     : fs::exists(o.out + "/tokenizer.model") ? o.out : std::string();
   auto save = [&]() {
-    save_arena_checkpoint(arena, o.out, DType::F32);
-    opt.save(o.out + "/optimizer.bin");
-    if (!o.tokenizer.empty()) copy_tokenizer_files(o.tokenizer, o.out);
-    write_file_atomic(csv, csv_text);
-    ts.run = {{"model_hash", file_hash(o.out + "/model.safetensors")}, {"data", o.data},
+    const std::string dir = begin_checkpoint(o.out, step);
+    save_arena_checkpoint(arena, dir, DType::F32);
+    if (!tokenizer_from.empty()) copy_tokenizer_files(tokenizer_from, dir);
+    write_file_atomic(dir + "/metrics.csv", csv_text);
+    ts.run = {{"model_hash", file_hash(dir + "/model.safetensors")}, {"data", o.data},
               {"batch", o.batch}, {"seq_len", o.seq_len}, {"grad_accum", o.grad_accum}, {"seed", o.seed}};
-    save_train_state(o.out, ts, opt);  // optimizer, then the state json: marks the save complete
+    save_train_state(dir, ts, opt);
+    commit_checkpoint(o.out, dir, step, o.keep_checkpoints);
     plot_loss(o.out);
   };
 

@@ -24,6 +24,7 @@ struct TrainOptions {
   AdamWConfig adamw;
   int64_t eval_every = 100, eval_batches = 20, save_every = 500, log_every = 10;
   uint64_t seed = 1;
+  int keep_checkpoints = 1;  // complete checkpoints kept in OUT (the newest ones), >= 1
   int64_t stop_after = 0;  // > 0: save and stop once this step is done (as Ctrl-C would)
   bool quiet = false;
 };
