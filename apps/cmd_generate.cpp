@@ -55,6 +55,7 @@ void run(Opts& o) {
   finish_sampling_options(o.gen, o.seed);
   HYMBA_CHECK(!o.prompt.empty(), "empty prompt: give some text with -p");
   const std::string dir = o.dir();
+  if (!o.prompt_cache.empty()) check_prompt_cache_path(o.prompt_cache, dir);
   auto tok = Tokenizer::load(dir);
   auto ids = tok->encode(o.prompt, !o.no_bos);
   HYMBA_CHECK(!ids.empty(), "empty prompt: give some text with -p");

@@ -1,6 +1,8 @@
 #include "runtime/prompt_cache.h"
 
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 
 #include "base/error.h"
 #include "io/files.h"
@@ -9,6 +11,25 @@ namespace hymba {
 
 namespace {
 constexpr char kMagic[8] = {'H', 'Y', 'M', 'B', 'A', 'P', 'C', '1'};
+}
+
+void check_prompt_cache_path(const std::string& path, const std::string& model_dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path p = fs::weakly_canonical(fs::absolute(path), ec);
+  const fs::path m = fs::weakly_canonical(fs::absolute(model_dir), ec);
+  const auto rel = p.lexically_relative(m);
+  HYMBA_CHECK(ec || rel.empty() || *rel.begin() == "..",
+              "--prompt-cache " + path + " is inside the model folder " + model_dir +
+                  ": refusing to write there (choose a path outside it)");
+  if (!fs::exists(fs::symlink_status(path))) return;
+  HYMBA_CHECK(fs::is_regular_file(path), "--prompt-cache " + path + " exists and is not a regular file");
+  char head[sizeof kMagic] = {};
+  std::ifstream f(path, std::ios::binary);
+  f.read(head, sizeof head);
+  HYMBA_CHECK(f.gcount() == sizeof head && std::memcmp(head, kMagic, sizeof kMagic) == 0,
+              "--prompt-cache " + path + " exists and is not a hymba prompt cache: refusing to "
+              "overwrite it (delete it or choose another path)");
 }
 
 void save_prompt_cache(const Engine& eng, const std::string& path, const std::vector<int32_t>& tokens,

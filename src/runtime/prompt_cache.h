@@ -11,6 +11,11 @@
 
 namespace hymba {
 
+// Refuses (throws naming the path) a --prompt-cache path that writing would damage: an existing
+// file that is not a prompt cache of ours (no magic header), something that is not a regular
+// file, or a path inside the model folder. Call before any work.
+void check_prompt_cache_path(const std::string& path, const std::string& model_dir);
+
 // Written atomically (temp file + rename).
 void save_prompt_cache(const Engine& eng, const std::string& path, const std::vector<int32_t>& tokens,
                        const SequenceState& s);

@@ -6,7 +6,9 @@
 - a prompt that does not start with the cached tokens, a damaged file, and a file written with
   other weights (--quantize q8 here) are not used (a note on stderr), the output is still right
   and the file is replaced by a valid one;
-- an unwritable cache path is a clear error (exit 1, "hymba: error:").
+- an unwritable cache path is a clear error (exit 1, "hymba: error:");
+- a path that is not a prompt cache of ours (model weights, any other file) or lies inside the
+  model folder is refused before any work, and the file is untouched (issue 11.2).
 """
 import os
 import re
@@ -23,8 +25,8 @@ P1 = "And God said unto Moses, Go down, and speak unto the people, that they"
 P2 = P1 + " go out of the land"
 
 
-def gen(prompt, cache=None, extra=()):
-    args = ["generate", "-m", MODEL, "-p", prompt, "-n", "12", "--temp", "0", "--print-token-ids"]
+def gen(prompt, cache=None, extra=(), model=MODEL):
+    args = ["generate", "-m", model, "-p", prompt, "-n", "12", "--temp", "0", "--print-token-ids"]
     if cache:
         args += ["--prompt-cache", cache]
     r = U.run(args + list(extra))
@@ -72,6 +74,22 @@ def main():
 
         rc, ids, err = gen(P1, os.path.join(work, "missing-dir", "p.cache"))
         RES.check("unwritable cache path: clear error", rc == 1 and "hymba: error:" in err, err.strip()[-200:])
+
+        copy = os.path.join(work, "copy")
+        shutil.copytree(MODEL, copy)
+        weights = os.path.join(copy, "model.safetensors")
+        before = open(weights, "rb").read()
+        rc, ids, err = gen(P1, weights, model=copy)
+        RES.check("model weights as the cache path: refused", rc == 1 and "hymba: error:" in err, err.strip()[-200:])
+        RES.check("... and the model is untouched", open(weights, "rb").read() == before)
+        rc, ids, err = gen(P1, os.path.join(copy, "new.cache"), model=copy)
+        RES.check("a new file inside the model folder: refused", rc == 1 and "inside the model folder" in err
+                  and not os.path.exists(os.path.join(copy, "new.cache")), err.strip()[-200:])
+        notes = os.path.join(work, "notes.txt")
+        open(notes, "w").write("my notes\n" * 10)
+        rc, ids, err = gen(P1, notes)
+        RES.check("any other existing file: refused, untouched", rc == 1 and "not a hymba prompt cache" in err
+                  and open(notes).read() == "my notes\n" * 10, err.strip()[-200:])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return RES.finish()
