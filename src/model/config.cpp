@@ -175,9 +175,16 @@ Config config_from_json(const json& j, const std::string& where) {
   if (c.num_experts != 1) bad("num_experts", "must be 1 (mixture of experts is not supported)");
   if (!c.mamba_inner_layernorms)
     bad("mamba_inner_layernorms", "false is not supported (the dt/B/C RMSNorms are always present)");
-  if (c.sliding_window == 0) bad("sliding_window", "must be positive or null");
-  if (c.sliding_window < 0) c.sliding_window = -1;
-  if (c.pad_token_id >= c.vocab_size) bad("pad_token_id", "is outside the vocabulary");
+  if (c.sliding_window <= 0 && r.get("sliding_window"))
+    bad("sliding_window", "must be positive or null (got " + std::to_string(c.sliding_window) + ")");
+  for (auto [key, id] : {std::pair<const char*, int64_t>{"pad_token_id", c.pad_token_id},
+                         {"bos_token_id", c.bos_token_id}, {"eos_token_id", c.eos_token_id}})
+    if (id < -1 || id >= c.vocab_size)
+      bad(key, "is outside the vocabulary (got " + std::to_string(id) + ", vocab_size " +
+                   std::to_string(c.vocab_size) + ")");
+  const std::string model_type = r.s("model_type", "hymba");
+  if (model_type != "hymba")
+    bad("model_type", "is \"" + model_type + "\": this engine runs Hymba models only (\"hymba\")");
 
   // Derived sizes (spec §1.1).
   const int64_t H = c.hidden_size, nh = c.num_attention_heads;

@@ -204,6 +204,11 @@ TEST(ModelConfig, InconsistentConfigsNameTheKey) {
       {[](json& j) { j["num_memory_tokens"] = -1; }, {"num_memory_tokens"}},
       {[](json& j) { j["rms_norm_eps"] = "tiny"; }, {"rms_norm_eps"}},
       {[](json& j) { j["sliding_window"] = 0; }, {"sliding_window"}},
+      {[](json& j) { j["sliding_window"] = -5; }, {"sliding_window", "-5"}},  // used to mean global
+      {[](json& j) { j["eos_token_id"] = 99999; }, {"eos_token_id", "99999"}},
+      {[](json& j) { j["bos_token_id"] = -7; }, {"bos_token_id"}},
+      {[](json& j) { j["pad_token_id"] = 1 << 20; }, {"pad_token_id"}},
+      {[](json& j) { j["model_type"] = "llama"; }, {"model_type", "llama"}},
       {[](json& j) { j["mamba_inner_layernorms"] = false; }, {"mamba_inner_layernorms"}},
   };
   EXPECT_EQ(err(small_cfg()), "");
