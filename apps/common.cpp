@@ -55,7 +55,16 @@ std::string default_model_dir() {
   fail("no model given: pass -m DIR (a Hugging Face Hymba folder) or set HYMBA_MODEL");
 }
 
-std::string ModelFlags::dir() const { return model.empty() ? default_model_dir() : model; }
+std::string ModelFlags::dir() const {
+  if (model.empty()) return default_model_dir();
+  namespace fs = std::filesystem;
+  HYMBA_CHECK(fs::exists(model), "model folder " + model + " does not exist");
+  HYMBA_CHECK(fs::is_directory(model), model + " is not a folder: -m takes the model's folder "
+                                       "(config.json, model.safetensors, tokenizer.model)");
+  HYMBA_CHECK(fs::exists(model + "/config.json"),
+              "model folder " + model + " has no config.json (not a Hugging Face model folder)");
+  return model;
+}
 
 EngineOptions ModelFlags::engine_options() const {
   EngineOptions eo;

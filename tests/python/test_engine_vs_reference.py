@@ -238,6 +238,14 @@ def test_bad_inputs():
         why = "" if ok else (" (no output file expected)" if os.path.exists(out) else "")
         check(f"bad input: {label} -> exit 1..127, one 'hymba: error:' line", ok,
               f"exit {rc}, stderr {se.strip()[:300]!r}{why}")
+    # -m names what is wrong with the folder itself, not a file missing inside it (issue 11.12).
+    missing = os.path.join(WORK, "no-such-model")
+    for args, want in ((["generate", "-m", missing, "-p", "x"], "does not exist"),
+                       (["logits", "-m", os.path.join(base, "config.json"), "--ids", "1", "-o", out], "not a folder"),
+                       (["generate", "-m", WORK, "-p", "x"], "no config.json")):
+        rc, so, se = run_bin(args)
+        check(f"bad input: -m {os.path.basename(args[2])} -> '{want}'",
+              rc == 1 and want in se and se.count("hymba: error:") == 1, se.strip()[:300])
 
 
 def main():
