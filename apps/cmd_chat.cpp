@@ -1,5 +1,9 @@
 // hymba chat: interactive multi-turn chat in the Instruct format (spec §5). Earlier turns are
 // never reprocessed: each turn feeds only its own tokens to the sequence.
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -40,6 +44,20 @@ std::vector<int32_t> encode_after_newline(const Tokenizer& tok, const std::strin
   return std::vector<int32_t>(ids.begin() + long(k), ids.end());
 }
 
+// Ctrl-C as in llama.cpp's interactive mode: while a reply is being generated it stops the reply
+// (the conversation goes on); at the prompt, or pressed twice, it exits.
+std::atomic<bool> g_generating{false}, g_stop_reply{false};
+
+void on_sigint(int) {
+  if (g_generating.load() && !g_stop_reply.load()) {
+    g_stop_reply.store(true);
+    return;
+  }
+  const char nl = '\n';
+  (void)!::write(STDOUT_FILENO, &nl, 1);
+  ::_exit(130);
+}
+
 void run(Opts& o) {
   apply_threads(o.threads);
   finish_sampling_options(o.gen, o.seed);
@@ -55,7 +73,9 @@ void run(Opts& o) {
   if (!o.system.empty()) history.push_back({"system", o.system});
   std::string rendered;  // the conversation fed so far
   std::vector<int32_t> tok_hist;
-  std::fprintf(stderr, "hymba chat: type a message, /reset to start over, /exit or Ctrl-D to quit\n");
+  std::fprintf(stderr, "hymba chat: type a message, /reset to start over, /exit or Ctrl-D to quit; "
+                       "Ctrl-C stops a reply\n");
+  std::signal(SIGINT, on_sigint);
   std::string line;
   while (true) {
     std::fputs("> ", stdout);
@@ -76,10 +96,13 @@ void run(Opts& o) {
     // The reply is re-fed from this snapshot as the template renders it (stripped + "\n"), so
     // the sequence matches what a full re-render of the conversation would contain.
     SequenceState snapshot = seq;
+    g_stop_reply.store(false);
+    g_generating.store(true);
     auto r = generate(*eng, seq, *tok, ids, o.gen, [](const std::string& s) {
       std::fputs(s.c_str(), stdout);
       std::fflush(stdout);
-    }, &tok_hist);
+    }, &tok_hist, &g_stop_reply);
+    g_generating.store(false);
     std::fputs("\n", stdout);
     std::fprintf(stderr, "[%s]\n", speed_line(r).c_str());
     seq = std::move(snapshot);

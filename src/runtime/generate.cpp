@@ -93,7 +93,7 @@ int32_t Generation::step(const float* logits, int64_t vocab, std::string* piece)
 GenerateResult generate(Engine& engine, SequenceState& seq, const Tokenizer& tok,
                         const std::vector<int32_t>& prompt, const GenerateParams& params,
                         const std::function<void(const std::string&)>& on_text,
-                        std::vector<int32_t>* history) {
+                        std::vector<int32_t>* history, const std::atomic<bool>* interrupt) {
   HYMBA_CHECK(!prompt.empty(), "empty prompt: nothing to generate from");
   GenerateResult r;
   r.n_prompt = int64_t(prompt.size());
@@ -106,7 +106,12 @@ GenerateResult generate(Engine& engine, SequenceState& seq, const Tokenizer& tok
   r.prompt_seconds = now_s() - t0;
   t0 = now_s();
   const int64_t V = engine.config().vocab_size;
+  bool interrupted = false;
   while (!g.done()) {
+    if (interrupt && interrupt->load()) {
+      interrupted = true;
+      break;
+    }
     std::string piece;
     const int32_t next = g.step(logits.data(), V, &piece);
     if (!piece.empty()) on_text(piece);
@@ -115,7 +120,7 @@ GenerateResult generate(Engine& engine, SequenceState& seq, const Tokenizer& tok
   r.gen_seconds = now_s() - t0;
   r.tokens = g.tokens();
   r.text = g.text();
-  r.stop_reason = g.stop_reason();
+  r.stop_reason = interrupted ? "interrupted" : g.stop_reason();
   if (history) *history = g.history();
   return r;
 }

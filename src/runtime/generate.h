@@ -1,5 +1,6 @@
 // Text generation on one sequence: prompt in, tokens out, streamed as UTF-8 text.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -22,7 +23,7 @@ struct GenerateParams {
 struct GenerateResult {
   std::vector<int32_t> tokens;  // generated ids (incl. a final EOS if one was sampled)
   std::string text;             // emitted text
-  std::string stop_reason;      // "eos", "stop", "length"
+  std::string stop_reason;      // "eos", "stop", "length", "interrupted"
   int64_t n_prompt = 0;
   double prompt_seconds = 0, gen_seconds = 0;
 };
@@ -64,9 +65,12 @@ class Generation {
 // newly final piece of text (never a partial UTF-8 character or a possible stop-string prefix).
 // `history` (optional) is the token history the repetition penalty looks at; it is extended.
 // The last sampled token is fed to the sequence too, so a chat can continue from it.
+// `interrupt` (optional, e.g. set by a SIGINT handler) ends the generation after the current
+// token with stop_reason "interrupted"; the text so far is kept.
 GenerateResult generate(Engine& engine, SequenceState& seq, const Tokenizer& tok,
                         const std::vector<int32_t>& prompt, const GenerateParams& params,
                         const std::function<void(const std::string&)>& on_text,
-                        std::vector<int32_t>* history = nullptr);
+                        std::vector<int32_t>* history = nullptr,
+                        const std::atomic<bool>* interrupt = nullptr);
 
 }  // namespace hymba
