@@ -7,6 +7,7 @@
 #include "command.h"
 #include "common.h"
 #include "io/safetensors.h"
+#include "model/adapter.h"
 #include "model/hymba.h"
 #include "train/params.h"
 #include "train/step.h"
@@ -15,7 +16,7 @@ namespace hymba::cli {
 namespace {
 
 struct Opts {
-  std::string model, batch, out;
+  std::string model, batch, out, lora;
   int threads = 0;
 };
 
@@ -38,16 +39,36 @@ void run(const Opts& o) {
     in.insert(in.end(), s.begin(), s.end() - 1);
     tg.insert(tg.end(), s.begin() + 1, s.end());
   }
-  ParamArena a = arena_from_checkpoint(o.model);
-  for (int32_t id : in)
-    HYMBA_CHECK(id >= 0 && id < a.config.vocab_size, "token id " + std::to_string(id) + " out of range");
-  for (int32_t id : tg)
-    HYMBA_CHECK(id < a.config.vocab_size, "target id " + std::to_string(id) + " out of range");
-  HymbaModel m(a.config, a.w);
-  const double loss = loss_and_grads(m, a, in.data(), tg.data(), B, L);
+  auto check_ids = [&](const Config& c) {
+    for (int32_t id : in)
+      HYMBA_CHECK(id >= 0 && id < c.vocab_size, "token id " + std::to_string(id) + " out of range");
+    for (int32_t id : tg)
+      HYMBA_CHECK(id < c.vocab_size, "target id " + std::to_string(id) + " out of range");
+  };
+  double loss = 0.0;
   std::vector<TensorOut> out;
-  for (size_t k = 0; k < a.specs.size(); ++k)
-    out.push_back({a.specs[k].name, DType::F32, a.specs[k].shape, a.grad.data() + a.offset[k]});
+  ParamArena a;
+  std::unique_ptr<Checkpoint> ck;
+  AdapterSet ad;
+  if (!o.lora.empty()) {  // frozen base as stored (any dtype), gradients of the adapters only
+    ck = load_checkpoint(o.model);
+    check_ids(ck->config);
+    ad = load_peft_adapter(o.lora, ck->config, ck->weights);
+    ad.enable_grad();
+    HymbaModel m(ck->config, ck->weights);
+    m.set_adapters(&ad.view, &ad.gview);
+    Weights frozen;
+    frozen.layers.resize(ck->weights.layers.size());
+    loss = loss_and_grads(m, frozen, in.data(), tg.data(), B, L);
+    for (const auto& t : ad.tensors) out.push_back({t.name, DType::F32, t.shape, ad.grad.data() + t.offset});
+  } else {
+    a = arena_from_checkpoint(o.model);
+    check_ids(a.config);
+    HymbaModel m(a.config, a.w);
+    loss = loss_and_grads(m, a, in.data(), tg.data(), B, L);
+    for (size_t k = 0; k < a.specs.size(); ++k)
+      out.push_back({a.specs[k].name, DType::F32, a.specs[k].shape, a.grad.data() + a.offset[k]});
+  }
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.17g", loss);
   write_safetensors(o.out, out, {{"format", "pt"}, {"loss", buf}});
@@ -59,6 +80,7 @@ Register reg("grad", "Loss and parameter gradients of one batch (debugging, test
   sub.add_option("-m,--model", o->model, "model folder")->required();
   sub.add_option("--batch", o->batch, "sequences of ids: '1,2,3;4,5,6' (inputs [:-1], targets [1:])")->required();
   sub.add_option("-o,--out", o->out, "output .safetensors")->required();
+  sub.add_option("--lora", o->lora, "PEFT adapter folder: gradients of the adapter tensors, base frozen");
   sub.add_option("-t,--threads", o->threads, "threads");
   sub.callback([o] { run(*o); });
 });

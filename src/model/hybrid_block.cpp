@@ -8,6 +8,7 @@
 #include "ops/activation.h"
 #include "ops/attention.h"
 #include "ops/conv.h"
+#include "ops/lora.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
@@ -51,13 +52,14 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
   const int64_t T = d.T, H = d.H, D = d.D, N = d.N, R = d.R, K = d.K, F = d.F;
   const int64_t nq = d.nq, nkv = d.nkv, qw = d.qw, kw = d.kw, vw = d.vw, aw = d.aw;
   const float eps = float(c.rms_norm_eps);
+  const bool fresh = !a.x_in.empty();  // training: adapter weights change between forwards
 
   // Input norm and the single input projection shared by both kinds of heads.
   resize(a.xn, T * H), resize(a.rstd_in, T);
   rmsnorm_forward(a.xn.data(), a.rstd_in.data(), x, w.input_norm, T, H, eps);
   const int64_t P = p.in_proj_rows;
   resize(a.proj, T * P);
-  matmul_forward(a.proj.data(), a.xn.data(), w.in_proj, w.in_proj_bias, T);
+  linear_forward(l, Slot::InProj, a.proj.data(), a.xn.data(), w.in_proj, w.in_proj_bias, T, false, fresh);
 
   int64_t col = 0;
   if (p.has_attn) {
@@ -116,7 +118,7 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
 
     const int64_t XW = R + 2 * N;
     resize(a.xdbl, T * XW);
-    matmul_forward(a.xdbl.data(), a.xc.data(), w.x_proj, nullptr, T);
+    linear_forward(l, Slot::XProj, a.xdbl.data(), a.xc.data(), w.x_proj, nullptr, T, false, fresh);
     take_cols(a.dtn, a.xdbl.data(), T, XW, 0, R);
     take_cols(a.Bn, a.xdbl.data(), T, XW, R, N);
     take_cols(a.Cn, a.xdbl.data(), T, XW, R + N, N);
@@ -127,7 +129,8 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
       rmsnorm_forward(a.Cn.data(), a.C_rstd.data(), a.Cn.data(), w.C_norm, T, N, eps);
     }
     resize(a.delta_pre, T * D), resize(a.delta, T * D);
-    matmul_forward(a.delta_pre.data(), a.dtn.data(), w.dt_proj, w.dt_bias, T);
+    linear_forward(l, Slot::DtProj, a.delta_pre.data(), a.dtn.data(), w.dt_proj, w.dt_bias, T, false,
+                   fresh);
     softplus_forward(a.delta.data(), a.delta_pre.data(), T * D);
 
     if (frozen_A_.empty()) {
@@ -168,17 +171,17 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
   } else {
     a.fused = p.has_attn ? a.n1 : a.n2;
   }
-  matmul_forward(x, a.fused.data(), w.out_proj, w.out_proj_bias, T, /*accumulate=*/true);
+  linear_forward(l, Slot::OutProj, x, a.fused.data(), w.out_proj, w.out_proj_bias, T, true, fresh);
 
   // SwiGLU MLP with its residual.
   if (!a.x_in.empty()) a.h_mid.assign(x, x + T * H);  // training keeps it
   resize(a.xm, T * H), resize(a.rstd_m, T);
   rmsnorm_forward(a.xm.data(), a.rstd_m.data(), x, w.pre_mlp_norm, T, H, eps);
   resize(a.gate, T * F), resize(a.up, T * F), resize(a.act, T * F);
-  matmul_forward(a.gate.data(), a.xm.data(), w.gate, nullptr, T);
-  matmul_forward(a.up.data(), a.xm.data(), w.up, nullptr, T);
+  linear_forward(l, Slot::Gate, a.gate.data(), a.xm.data(), w.gate, nullptr, T, false, fresh);
+  linear_forward(l, Slot::Up, a.up.data(), a.xm.data(), w.up, nullptr, T, false, fresh);
   swiglu_forward(a.act.data(), a.gate.data(), a.up.data(), T * F);
-  matmul_forward(x, a.act.data(), w.down, nullptr, T, /*accumulate=*/true);
+  linear_forward(l, Slot::Down, x, a.act.data(), w.down, nullptr, T, true, fresh);
 }
 
 
@@ -189,7 +192,6 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
 namespace {
 float* mut(const float* p) { return const_cast<float*>(p); }
 float* mut(const MatView& m) { return static_cast<float*>(const_cast<void*>(m.data)); }
-const float* f32(const MatView& m) { return static_cast<const float*>(m.data); }
 void zeros(std::vector<float>& v, int64_t n) { v.assign(size_t(n), 0.0f); }
 }  // namespace
 
@@ -207,18 +209,18 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
   // MLP: x_out = h_mid + down(swiglu(gate(xm), up(xm))), xm = norm(h_mid).
   std::vector<float> dact, dgate, dup, dxm;
   zeros(dact, T * F), zeros(dgate, T * F), zeros(dup, T * F), zeros(dxm, T * H);
-  matmul_backward(dact.data(), mut(g.down), nullptr, dx, a.act.data(), f32(w.down), T, H, F);
+  linear_backward(l, Slot::Down, dact.data(), mut(g.down), nullptr, dx, a.act.data(), w.down, T);
   swiglu_backward(dgate.data(), dup.data(), dact.data(), a.gate.data(), a.up.data(), T * F);
-  matmul_backward(dxm.data(), mut(g.gate), nullptr, dgate.data(), a.xm.data(), f32(w.gate), T, F, H);
-  matmul_backward(dxm.data(), mut(g.up), nullptr, dup.data(), a.xm.data(), f32(w.up), T, F, H);
+  linear_backward(l, Slot::Gate, dxm.data(), mut(g.gate), nullptr, dgate.data(), a.xm.data(), w.gate, T);
+  linear_backward(l, Slot::Up, dxm.data(), mut(g.up), nullptr, dup.data(), a.xm.data(), w.up, T);
   rmsnorm_backward(dx, mut(g.pre_mlp_norm), dxm.data(), a.h_mid.data(), w.pre_mlp_norm,
                    a.rstd_m.data(), T, H);  // dx is now dLoss/d h_mid
 
   // Fusion: h_mid = x_in + out_proj(fused).
   std::vector<float> dfused;
   zeros(dfused, T * D);
-  matmul_backward(dfused.data(), mut(g.out_proj), mut(g.out_proj_bias), dx, a.fused.data(),
-                  f32(w.out_proj), T, H, D);
+  linear_backward(l, Slot::OutProj, dfused.data(), mut(g.out_proj), mut(g.out_proj_bias), dx,
+                  a.fused.data(), w.out_proj, T);
   if (p.has_attn && p.has_ssm)
     for (auto& v : dfused) v *= 0.5f;
 
@@ -251,12 +253,13 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
                               a.Cn.data() + r0 * N, w.D, a.z.data() + r0 * D, it.n, D, N);
       r0 += it.n;
     }
-    for (int64_t i = 0; i < D * N; ++i) mut(g.A_log)[i] += dA[size_t(i)] * a.A[size_t(i)];
+    if (g.A_log)
+      for (int64_t i = 0; i < D * N; ++i) mut(g.A_log)[i] += dA[size_t(i)] * a.A[size_t(i)];
     std::vector<float> ddelta_pre, ddtn;
     zeros(ddelta_pre, T * D), zeros(ddtn, T * R);
     softplus_backward(ddelta_pre.data(), ddelta.data(), a.delta_pre.data(), T * D);
-    matmul_backward(ddtn.data(), mut(g.dt_proj), mut(g.dt_bias), ddelta_pre.data(), a.dtn.data(),
-                    f32(w.dt_proj), T, D, R);
+    linear_backward(l, Slot::DtProj, ddtn.data(), mut(g.dt_proj), mut(g.dt_bias), ddelta_pre.data(),
+                    a.dtn.data(), w.dt_proj, T);
     // x_proj output pieces: dt (R), B (N), C (N), each through its RMSNorm.
     const int64_t XW = R + 2 * N;
     std::vector<float> dxdbl;
@@ -281,8 +284,8 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
         for (int64_t j = 0; j < N; ++j) dxdbl[size_t(t * XW + R + N + j)] = dC[size_t(t * N + j)];
       }
     }
-    matmul_backward(dxc.data(), mut(g.x_proj), nullptr, dxdbl.data(), a.xc.data(), f32(w.x_proj),
-                    T, XW, D);
+    linear_backward(l, Slot::XProj, dxc.data(), mut(g.x_proj), nullptr, dxdbl.data(), a.xc.data(),
+                    w.x_proj, T);
     std::vector<float> dxc_pre, dxs;
     zeros(dxc_pre, T * D), zeros(dxs, T * D);
     silu_backward(dxc_pre.data(), dxc.data(), a.xc_pre.data(), T * D);
@@ -328,8 +331,8 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
   // Input projection and norm; the residual passes dx through unchanged.
   std::vector<float> dxn;
   zeros(dxn, T * H);
-  matmul_backward(dxn.data(), mut(g.in_proj), mut(g.in_proj_bias), dproj.data(), a.xn.data(),
-                  f32(w.in_proj), T, P, H);
+  linear_backward(l, Slot::InProj, dxn.data(), mut(g.in_proj), mut(g.in_proj_bias), dproj.data(),
+                  a.xn.data(), w.in_proj, T);
   rmsnorm_backward(dx, mut(g.input_norm), dxn.data(), a.x_in.data(), w.input_norm,
                    a.rstd_in.data(), T, H);
 }

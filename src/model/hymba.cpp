@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "base/error.h"
+#include "ops/lora.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
@@ -75,6 +76,34 @@ void HymbaModel::forward(float* x, std::span<const ForwardItem> items, ModelActs
     }
     r0 += it.n;
   }
+}
+
+void HymbaModel::set_adapters(const Adapters* a, const AdapterGrads* g) {
+  HYMBA_CHECK(!a || a->layers.size() == plan_.size(), "adapters: wrong number of layers");
+  HYMBA_CHECK(!g || (a && g->layers.size() == plan_.size()), "adapter gradients: wrong number of layers");
+  adapters_ = a, adapter_grads_ = g;
+  dora_norm_.assign(a ? plan_.size() * kNumSlots : 0, {});
+}
+
+void HymbaModel::linear_forward(int l, Slot s, float* out, const float* in, const MatView& W,
+                                const float* bias, int64_t T, bool accumulate, bool fresh) {
+  if (!adapters_) return matmul_forward(out, in, W, bias, T, accumulate);
+  const LoraView& a = adapters_->layers[size_t(l)][size_t(s)];
+  std::vector<float>& norm = dora_norm_[size_t(l) * kNumSlots + size_t(s)];
+  if (a.dora() && (fresh || norm.empty())) {
+    norm.resize(size_t(W.rows));
+    dora_row_norms(norm.data(), W, a);
+  }
+  adapted_forward(out, in, W, bias, a, norm.data(), T, accumulate);
+}
+
+void HymbaModel::linear_backward(int l, Slot s, float* dinp, float* dW, float* dbias,
+                                 const float* dout, const float* inp, const MatView& W, int64_t T) {
+  static const LoraView kNone;
+  const LoraView& a = adapters_ ? adapters_->layers[size_t(l)][size_t(s)] : kNone;
+  const LoraGrad ga = adapter_grads_ ? adapter_grads_->layers[size_t(l)][size_t(s)] : LoraGrad{};
+  const float* norm = adapters_ ? dora_norm_[size_t(l) * kNumSlots + size_t(s)].data() : nullptr;
+  adapted_backward(dinp, dW, dbias, ga, dout, inp, W, a, norm, T);
 }
 
 void HymbaModel::logits(float* out, const float* x, int64_t n, float* x_normed, float* rstd) const {

@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "model/adapter.h"
 #include "model/config.h"
 #include "model/state.h"
 #include "model/weights.h"
@@ -84,6 +85,11 @@ class HymbaModel {
   void backward(float* dx, std::span<const ForwardItem> items, const ModelActs& acts,
                 const Weights& grads);
 
+  // Low-rank adapters beside the base linears (src/model/adapter.h; null = none). With grads,
+  // backward also accumulates the adapters' gradients. `grads` of backward may then have null
+  // views (a frozen base: only input gradients flow). The caller keeps both alive.
+  void set_adapters(const Adapters* a, const AdapterGrads* g = nullptr);
+
  private:
   void layer_forward(int l, float* x, std::span<const ForwardItem> items, const int32_t* pos,
                      LayerActs& a, std::vector<std::vector<float>>& chunk_kv);
@@ -91,12 +97,22 @@ class HymbaModel {
                       const ModelActs& acts, const LayerWeights& g,
                       std::vector<std::vector<float>>& dkv);
 
+  // The linear layer (layer l, slot s) with its adapter, if any. fresh: recompute DoRA norms
+  // (weights may have changed: every training forward); otherwise they are computed once.
+  void linear_forward(int l, Slot s, float* out, const float* in, const MatView& W,
+                      const float* bias, int64_t T, bool accumulate, bool fresh);
+  void linear_backward(int l, Slot s, float* dinp, float* dW, float* dbias, const float* dout,
+                       const float* inp, const MatView& W, int64_t T);
+
   Config cfg_;
   std::vector<LayerPlan> plan_;
   Weights w_;
   std::vector<float> inv_freq_;
   LayerActs scratch_;  // reused across layers at inference
   std::vector<std::vector<float>> frozen_A_;  // [layer] -> [D, N] after freeze_weights()
+  const Adapters* adapters_ = nullptr;
+  const AdapterGrads* adapter_grads_ = nullptr;
+  std::vector<std::vector<float>> dora_norm_;  // [l * kNumSlots + s] -> [out]
 };
 
 }  // namespace hymba

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "ops/lora.h"
 #include "ops/loss.h"
 #include "ops/matmul.h"
 #include "ops/norm.h"
@@ -37,6 +38,11 @@ void gather_tokens(const float* x, int64_t B, int64_t M, int64_t L, int64_t H, s
 
 double loss_and_grads(HymbaModel& m, ParamArena& arena, const int32_t* inputs,
                       const int32_t* targets, int64_t B, int64_t L, float grad_scale) {
+  return loss_and_grads(m, arena.g, inputs, targets, B, L, grad_scale);
+}
+
+double loss_and_grads(HymbaModel& m, const Weights& grads, const int32_t* inputs,
+                      const int32_t* targets, int64_t B, int64_t L, float grad_scale) {
   const auto& c = m.config();
   const int64_t M = c.num_memory_tokens, H = c.hidden_size, V = c.vocab_size, S = M + L;
   std::vector<float> x;
@@ -62,23 +68,24 @@ double loss_and_grads(HymbaModel& m, ParamArena& arena, const int32_t* inputs,
     cross_entropy_backward(dlogits.data(), tmp.data(), targets, n, V, grad_scale / float(counted));
   }
   std::vector<float> dxn(size_t(n * H), 0.0f), dxt(size_t(n * H), 0.0f);
-  matmul_backward(dxn.data(), static_cast<float*>(const_cast<void*>(arena.g.lm_head.data)), nullptr,
-                  dlogits.data(), xn.data(), static_cast<const float*>(arena.w.lm_head.data), n, V, H);
-  rmsnorm_backward(dxt.data(), const_cast<float*>(arena.g.final_norm), dxn.data(), xt.data(),
-                   arena.w.final_norm, rstd.data(), n, H);
+  adapted_backward(dxn.data(), static_cast<float*>(const_cast<void*>(grads.lm_head.data)), nullptr,
+                   LoraGrad{}, dlogits.data(), xn.data(), m.weights().lm_head, LoraView{}, nullptr, n);
+  rmsnorm_backward(dxt.data(), const_cast<float*>(grads.final_norm), dxn.data(), xt.data(),
+                   m.weights().final_norm, rstd.data(), n, H);
   std::vector<float> dx(size_t(B * S * H), 0.0f);
   for (int64_t b = 0; b < B; ++b)
     std::memcpy(dx.data() + (b * S + M) * H, dxt.data() + b * L * H, size_t(L * H) * sizeof(float));
 
-  m.backward(dx.data(), items, acts, arena.g);
+  m.backward(dx.data(), items, acts, grads);
 
   // Input rows: meta tokens and the embedding rows (scatter-add).
-  float* gmeta = const_cast<float*>(arena.g.meta);
-  float* gemb = static_cast<float*>(const_cast<void*>(arena.g.embed.data));
+  float* gmeta = const_cast<float*>(grads.meta);
+  float* gemb = static_cast<float*>(const_cast<void*>(grads.embed.data));
   for (int64_t b = 0; b < B; ++b) {
     const float* d = dx.data() + b * S * H;
-    for (int64_t i = 0; i < M * H; ++i) gmeta[i] += d[i];
-    for (int64_t t = 0; t < L; ++t) {
+    if (gmeta)
+      for (int64_t i = 0; i < M * H; ++i) gmeta[i] += d[i];
+    for (int64_t t = 0; gemb && t < L; ++t) {
       // nn.Embedding(padding_idx = pad_token_id): the pad row gets no gradient from lookups.
       if (inputs[b * L + t] == m.config().pad_token_id) continue;
       float* row = gemb + int64_t(inputs[b * L + t]) * H;

@@ -13,6 +13,11 @@ namespace hymba {
 // built over arena.w.
 double loss_and_grads(HymbaModel& m, ParamArena& arena, const int32_t* inputs,
                       const int32_t* targets, int64_t B, int64_t L, float grad_scale = 1.0f);
+// The same with the gradients written through `grads` (bind_weights layout; null views are
+// frozen: adapter training on a base of any dtype, with the adapters' gradients going where
+// HymbaModel::set_adapters said).
+double loss_and_grads(HymbaModel& m, const Weights& grads, const int32_t* inputs,
+                      const int32_t* targets, int64_t B, int64_t L, float grad_scale = 1.0f);
 // Forward only (validation): mean loss and the number of counted targets.
 double loss_only(HymbaModel& m, const int32_t* inputs, const int32_t* targets, int64_t B,
                  int64_t L, int64_t* counted = nullptr);

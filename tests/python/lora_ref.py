@@ -1,0 +1,114 @@
+"""LoRA / DoRA on the float64 reference (reference/hymba_ref.py), as Hugging Face PEFT computes
+them, for the adapter tests. The adapted layer's weight is substituted into the reference's
+parameter dict:
+    LoRA: W + s·B·A
+    DoRA: m / ‖W + s·B·A‖ ⊙ (W + s·B·A)   (row norms of the [out, in] weight; detached, as PEFT)
+so the reference forward is unchanged and autograd gives dL/dA, dL/dB, dL/dm. The engine computes
+the adapters beside the base matmul instead (src/ops/lora.cpp): an independent route."""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+SRC = os.environ.get("HYMBA_SOURCE_DIR") or os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(SRC, "reference"))
+import hymba_ref  # noqa: E402
+
+MODULES = {"in_proj": "mamba.in_proj", "x_proj.0": "mamba.x_proj.0", "dt_proj.0": "mamba.dt_proj.0",
+           "out_proj": "mamba.out_proj", "gate_proj": "moe.experts.0.gate_proj",
+           "up_proj": "moe.experts.0.up_proj", "down_proj": "moe.experts.0.down_proj"}
+PREFIX = "base_model.model.model.layers."
+
+
+def key(layer, module, kind):
+    k = f"{PREFIX}{layer}.{module}"
+    return k + {"A": ".lora_A.weight", "B": ".lora_B.weight", "m": ".lora_magnitude_vector"}[kind]
+
+
+def adapted_modules(model, targets):
+    """[(layer, module path, base weight name)] for every target the model has."""
+    out = []
+    for layer in range(model.config["num_hidden_layers"]):
+        for t in targets:
+            w = f"model.layers.{layer}.{MODULES[t]}.weight"
+            if w in model.params:
+                out.append((layer, MODULES[t], w))
+    return out
+
+
+def scale(r, alpha, rslora=False):
+    return alpha / (np.sqrt(r) if rslora else r)
+
+
+def random_adapter(model, targets, r, alpha, dora, seed):
+    """Random non-trivial A, B (and m near ‖W + sBA‖) -> dict PEFT key -> float32 array."""
+    rng = np.random.default_rng(seed)
+    s = scale(r, alpha)
+    out = {}
+    for layer, module, wname in adapted_modules(model, targets):
+        W = model.params[wname].detach().numpy()
+        A = rng.standard_normal((r, W.shape[1])) / np.sqrt(W.shape[1])
+        B = 0.3 * rng.standard_normal((W.shape[0], r)) / np.sqrt(r)
+        out[key(layer, module, "A")] = A.astype(np.float32)
+        out[key(layer, module, "B")] = B.astype(np.float32)
+        if dora:
+            n = np.linalg.norm(W + s * B @ A, axis=1)
+            out[key(layer, module, "m")] = (n * (1 + 0.2 * rng.standard_normal(n.shape))).astype(np.float32)
+    return out
+
+
+def write_peft(folder, tensors, r, alpha, dora, targets, dtype="F32"):
+    os.makedirs(folder, exist_ok=True)
+    hymba_ref.write_safetensors(os.path.join(folder, "adapter_model.safetensors"), tensors, dtype)
+    cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
+           "target_modules": list(targets), "use_dora": dora, "bias": "none"}
+    with open(os.path.join(folder, "adapter_config.json"), "w") as f:
+        json.dump(cfg, f)
+
+
+def read_peft(folder):
+    cfg = json.load(open(os.path.join(folder, "adapter_config.json")))
+    t = hymba_ref.read_safetensors(os.path.join(folder, "adapter_model.safetensors"))[0]
+    return cfg, t
+
+
+def apply(model, adapter, cfg, detach_norm=True):
+    """-> (params dict with the adapted weights, dict PEFT key -> leaf tensor requiring grad)."""
+    s = scale(cfg["r"], cfg["lora_alpha"], cfg.get("use_rslora", False))
+    leaves = {k: torch.tensor(np.asarray(v, np.float64), requires_grad=True) for k, v in adapter.items()}
+    params = dict(model.params)
+    for k in leaves:
+        if not k.endswith(".lora_A.weight"):
+            continue
+        base = k[len(PREFIX):-len(".lora_A.weight")]          # "N.mamba.in_proj"
+        wname = "model.layers." + base + ".weight"
+        A, B = leaves[k], leaves[k.replace("lora_A", "lora_B")]
+        W = params[wname] + s * (B @ A)
+        mk = k.replace(".lora_A.weight", ".lora_magnitude_vector")
+        if cfg.get("use_dora"):
+            n = W.norm(dim=1)
+            if detach_norm:
+                n = n.detach()
+            W = (leaves[mk] / n)[:, None] * W
+        params[wname] = W
+    return params, leaves
+
+
+def gradients(model, adapter, cfg, batch, detach_norm=True):
+    """batch int64 [B, L+1] -> (mean loss, dict PEFT key -> float64 gradient)."""
+    batch = np.asarray(batch, np.int64)
+    params, leaves = apply(model, adapter, cfg, detach_norm)
+    ref = hymba_ref.HymbaReference(model.config, params)
+    ref.cfg = model.cfg
+    loss = ref.loss(batch[:, :-1], batch[:, 1:])
+    loss.backward()
+    return float(loss.detach()), {k: v.grad.numpy() for k, v in leaves.items()}
+
+
+def merged(model, adapter, cfg):
+    """The base parameters with the adapters folded in (what `hymba merge` must write)."""
+    with torch.no_grad():
+        params, _ = apply(model, adapter, cfg)
+        return {k: v.detach().numpy() for k, v in params.items()}
