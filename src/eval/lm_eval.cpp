@@ -12,6 +12,14 @@ namespace hymba::lmeval {
 
 using nlohmann::json;
 
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  for (size_t j; (j = s.find(sep, i)) != std::string::npos; i = j + 1) out.push_back(s.substr(i, j - i));
+  out.push_back(s.substr(i));
+  return out;
+}
+
 // ---- rows and fields ------------------------------------------------------------------------
 
 std::vector<Row> read_jsonl(const std::string& path) {
@@ -211,15 +219,6 @@ int64_t split_count(const std::string& s) {
   return n;
 }
 
-// Python's str.split(' ').
-std::vector<std::string> split_space(const std::string& s) {
-  std::vector<std::string> out;
-  size_t i = 0;
-  for (size_t j; (j = s.find(' ', i)) != std::string::npos; i = j + 1) out.push_back(s.substr(i, j - i));
-  out.push_back(s.substr(i));
-  return out;
-}
-
 const std::vector<TaskInfo>& tasks() {
   static const std::vector<TaskInfo> t = {
       {"arc_easy", 1.0, Kind::MultipleChoice, {"acc", "acc_norm"}},
@@ -348,7 +347,7 @@ std::vector<Doc> build_docs(const TaskInfo& task, const std::vector<Row>& rows,
       check_label(r, "answer", d.gold, 4);
       d.subtask = subject;
     } else if (name == "lambada_openai") {
-      const auto words = split_space(str_field(r, "text"));
+      const auto words = split(str_field(r, "text"), ' ');
       if (words.size() < 2) bad(r, "text", "needs at least two words");
       for (size_t w = 0; w + 1 < words.size(); ++w) ctx += (w ? " " : "") + words[w];
       d.target = " " + words.back();

@@ -19,6 +19,9 @@
 
 namespace hymba::lmeval {
 
+// Python's str.split(sep) for one character.
+std::vector<std::string> split(const std::string& s, char sep);
+
 // One row of a JSONL file (as `datasets` exports it); `where` = "FILE:LINE" for messages.
 struct Row {
   nlohmann::json j;
