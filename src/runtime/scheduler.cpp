@@ -8,9 +8,13 @@
 
 namespace hymba {
 
-bool Job::wait(std::vector<TokenEvent>* out) {
+using Clock = std::chrono::steady_clock;
+
+bool Job::wait(std::vector<TokenEvent>* out, std::chrono::milliseconds max_wait) {
   std::unique_lock<std::mutex> l(mu_);
-  cv_.wait(l, [&] { return done_ || !events_.empty(); });
+  auto ready = [&] { return done_ || !events_.empty(); };
+  if (max_wait == std::chrono::milliseconds::max()) cv_.wait(l, ready);
+  else cv_.wait_for(l, max_wait, ready);
   for (auto& e : events_) out->push_back(std::move(e));
   const bool had = !events_.empty();
   events_.clear();
@@ -18,13 +22,24 @@ bool Job::wait(std::vector<TokenEvent>* out) {
 }
 
 void Job::cancel() {
+  std::function<void()> wake;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    cancelled_ = true;
+    wake = on_cancel_;
+  }
+  if (wake) wake();
+}
+
+bool Job::cancelled() {
   std::lock_guard<std::mutex> l(mu_);
-  cancelled_ = true;
+  return cancelled_;
 }
 
 void Job::push(TokenEvent e) {
   {
     std::lock_guard<std::mutex> l(mu_);
+    if (done_) return;
     events_.push_back(std::move(e));
   }
   cv_.notify_all();
@@ -33,6 +48,7 @@ void Job::push(TokenEvent e) {
 void Job::finish(std::string reason, std::string error) {
   {
     std::lock_guard<std::mutex> l(mu_);
+    if (done_) return;  // ended already (cancel_all, timeout): the first reason stands
     stop_reason = std::move(reason);
     this->error = std::move(error);
     done_ = true;
@@ -73,8 +89,10 @@ struct Scheduler::Active {
   int32_t next = -1;  // the token to feed at the next step
 };
 
-Scheduler::Scheduler(Engine& eng, const Tokenizer& tok, int max_parallel, int max_snapshots)
-    : eng_(eng), tok_(tok), max_parallel_(std::max(1, max_parallel)), max_snapshots_(std::max(0, max_snapshots)) {
+Scheduler::Scheduler(Engine& eng, const Tokenizer& tok, SchedulerOptions opts) : eng_(eng), tok_(tok), opts_(opts) {
+  opts_.max_parallel = std::max(1, opts_.max_parallel);
+  opts_.max_queue = std::max(0, opts_.max_queue);
+  opts_.max_snapshots = std::max(0, opts_.max_snapshots);
   worker_ = std::thread([this] { loop(); });
 }
 
@@ -92,17 +110,54 @@ std::shared_ptr<Job> Scheduler::submit(CompletionRequest r) {
   const int64_t V = eng_.config().vocab_size;
   for (int32_t id : r.prompt)
     HYMBA_CHECK(id >= 0 && id < V, "token id " + std::to_string(id) + " out of range [0, " + std::to_string(V) + ")");
+  for (auto& [id, b] : r.logit_bias) {
+    HYMBA_CHECK(id >= 0 && id < V, "logit_bias: token id " + std::to_string(id) + " out of range [0, " +
+                                       std::to_string(V) + ")");
+    HYMBA_CHECK(b >= -100 && b <= 100, "logit_bias: values must be in [-100, 100]");
+  }
   HYMBA_CHECK(r.top_logprobs <= 20, "logprobs: at most 20");
   Generation check(tok_, r.params, 0, r.prompt.back(), {});  // throws on bad parameters
   (void)check;
   auto job = std::make_shared<Job>();
   job->n_prompt = int64_t(r.prompt.size());
+  job->on_cancel_ = [this] { cv_.notify_all(); };
   {
     std::lock_guard<std::mutex> l(mu_);
+    if (stop_) throw Error("the server is shutting down");
+    if (int(pending_.size()) >= opts_.max_queue)
+      throw QueueFull("the queue is full (" + std::to_string(pending_.size()) + " requests waiting)");
     pending_.emplace_back(std::move(r), job);
   }
   cv_.notify_all();
   return job;
+}
+
+void Scheduler::cancel_all(const std::string& why) {
+  std::lock_guard<std::mutex> l(mu_);
+  for (auto& p : pending_) p.second->finish("error", why);
+  pending_.clear();
+  for (auto& j : running_) {
+    j->finish("error", why);
+    j->cancel();
+  }
+}
+
+Scheduler::Stats Scheduler::stats() const {
+  Stats s;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    s.running = int64_t(running_.size());
+    s.waiting = int64_t(pending_.size());
+  }
+  s.prompt_tokens = n_prompt_;
+  s.cached_tokens = n_cached_;
+  s.generated_tokens = n_generated_;
+  s.prefix_lookups = n_lookups_;
+  s.prefix_hits = n_hits_;
+  s.snapshots = n_snapshots_;
+  s.snapshot_bytes = n_snapshot_bytes_;
+  s.busy_seconds = double(busy_us_) * 1e-6;
+  return s;
 }
 
 void Scheduler::loop() {
@@ -112,14 +167,23 @@ void Scheduler::loop() {
       std::unique_lock<std::mutex> l(mu_);
       cv_.wait(l, [&] { return stop_ || !pending_.empty() || !active.empty(); });
       if (stop_) break;
-      while (int(active.size()) < max_parallel_ && !pending_.empty()) {
+      // Requests whose client left, or whose time ran out, while they waited.
+      const auto now = Clock::now();
+      std::erase_if(pending_, [&](auto& p) {
+        if (p.second->cancelled()) return p.second->finish("cancelled"), true;
+        if (now >= p.first.deadline) return p.second->finish("timeout"), true;
+        return false;
+      });
+      while (int(active.size()) < opts_.max_parallel && !pending_.empty()) {
         auto a = std::make_unique<Active>();
         a->req = std::move(pending_.front().first);
         a->job = std::move(pending_.front().second);
         pending_.pop_front();
+        running_.push_back(a->job);
         active.push_back(std::move(a));
       }
     }
+    const auto t0 = Clock::now();
     try {
       step(active);
     } catch (const std::exception& e) {
@@ -127,21 +191,36 @@ void Scheduler::loop() {
       for (auto& a : active) a->job->finish("error", e.what());
       active.clear();
     }
+    busy_us_ += std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+    std::lock_guard<std::mutex> l(mu_);
+    std::erase_if(running_, [&](const std::shared_ptr<Job>& j) {
+      return std::none_of(active.begin(), active.end(), [&](auto& a) { return a->job == j; });
+    });
   }
   for (auto& a : active) a->job->finish("error", "server shutting down");
   std::lock_guard<std::mutex> l(mu_);
   for (auto& p : pending_) p.second->finish("error", "server shutting down");
+  running_.clear();
 }
 
-void Scheduler::keep(std::vector<int32_t> tokens, SequenceState state) {
-  if (max_snapshots_ == 0 || tokens.empty()) return;
+void Scheduler::keep(std::vector<int32_t> tokens, const SequenceState& state) {
+  if (opts_.max_snapshots == 0 || tokens.empty()) return;
+  const size_t bytes = state.bytes() + tokens.size() * sizeof(int32_t);
+  if (bytes > opts_.max_snapshot_bytes) return;
   for (auto it = snapshots_.begin(); it != snapshots_.end(); ++it)
     if (it->tokens == tokens) {
+      snapshot_bytes_ -= it->bytes;
       snapshots_.erase(it);
       break;
     }
-  snapshots_.push_front({std::move(tokens), std::move(state)});
-  while (int(snapshots_.size()) > max_snapshots_) snapshots_.pop_back();
+  snapshots_.push_front({std::move(tokens), state, bytes});
+  snapshot_bytes_ += bytes;
+  while (int(snapshots_.size()) > opts_.max_snapshots || snapshot_bytes_ > opts_.max_snapshot_bytes) {
+    snapshot_bytes_ -= snapshots_.back().bytes;
+    snapshots_.pop_back();
+  }
+  n_snapshots_ = int64_t(snapshots_.size());
+  n_snapshot_bytes_ = int64_t(snapshot_bytes_);
 }
 
 void Scheduler::start(Active& a) {
@@ -153,9 +232,11 @@ void Scheduler::start(Active& a) {
         (best == snapshots_.end() || it->tokens.size() > best->tokens.size()))
       best = it;
   size_t from = 0;
+  ++n_lookups_;
   if (best != snapshots_.end()) {
     a.seq = best->state;  // a copy: the kept one stays for others
     from = best->tokens.size();
+    ++n_hits_;
     Snapshot used = std::move(*best);  // to the front: most recently used
     snapshots_.erase(best);
     snapshots_.push_front(std::move(used));
@@ -163,24 +244,36 @@ void Scheduler::start(Active& a) {
     a.seq = eng_.new_sequence();
   }
   a.job->n_cached = int64_t(from);
-  const std::vector<int32_t> mid(p.begin() + int64_t(from), p.end() - 1);
-  if (!mid.empty()) {
-    eng_.eval_one(a.seq, mid);
-    keep(std::vector<int32_t>(p.begin(), p.end() - 1), a.seq);
+  n_cached_ += int64_t(from);
+  n_prompt_ += int64_t(p.size());
+  // Feed all but the last prompt token, stopping to keep a state at each point worth keeping.
+  const size_t end = p.size() - 1;
+  std::vector<size_t> at;
+  for (size_t k : a.req.keep_at)
+    if (k > from && k < end) at.push_back(k);
+  if (opts_.cache_block > 0)
+    for (size_t k = (from / opts_.cache_block + 1) * opts_.cache_block; k < end; k += opts_.cache_block) at.push_back(k);
+  if (end > from) at.push_back(end);
+  std::sort(at.begin(), at.end());
+  at.erase(std::unique(at.begin(), at.end()), at.end());
+  size_t cur = from;
+  for (size_t k : at) {
+    eng_.eval_one(a.seq, std::vector<int32_t>(p.begin() + int64_t(cur), p.begin() + int64_t(k)));
+    keep(std::vector<int32_t>(p.begin(), p.begin() + int64_t(k)), a.seq);
+    cur = k;
   }
 }
 
 void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
   const int64_t V = eng_.config().vocab_size;
   const int32_t eos = int32_t(eng_.config().eos_token_id);
-  // Drop cancelled requests first: their sequences are simply discarded.
-  active.erase(std::remove_if(active.begin(), active.end(),
-                              [](const std::unique_ptr<Active>& a) {
-                                std::lock_guard<std::mutex> l(a->job->mu_);
-                                if (a->job->cancelled_) a->job->done_ = true, a->job->stop_reason = "cancelled";
-                                return a->job->cancelled_;
-                              }),
-               active.end());
+  // Drop requests whose client left or whose time ran out: their sequences are discarded.
+  const auto now = Clock::now();
+  std::erase_if(active, [&](const std::unique_ptr<Active>& a) {
+    if (a->job->cancelled()) return a->job->finish("cancelled"), true;
+    if (now >= a->req.deadline) return a->job->finish("timeout"), true;
+    return false;
+  });
   if (active.empty()) return;
 
   std::vector<SequenceState*> seqs;
@@ -198,6 +291,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
         std::vector<std::vector<float>> all;
         eng_.eval(std::span<SequenceState* const>(&sp, 1),
                   std::span<const std::vector<int32_t>>(&a.req.prompt, 1), nullptr, &all);
+        n_prompt_ += int64_t(a.req.prompt.size());
         const auto& p = a.req.prompt;
         for (size_t t = 0; t < p.size(); ++t) {
           TokenEvent e;
@@ -221,6 +315,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
   if (!seqs.empty()) eng_.eval(seqs, feed, &last);
 
   size_t k = 0;
+  std::vector<float> biased;
   for (size_t i = 0; i < active.size(); ++i) {
     Active& a = *active[i];
     const float* row = nullptr;
@@ -231,16 +326,23 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
       continue;
     }
     TokenEvent e;
-    e.token = a.gen->step(row, V, &e.piece);
+    const float* sample_row = row;
+    if (!a.req.logit_bias.empty()) {
+      biased.assign(row, row + V);
+      for (auto& [id, b] : a.req.logit_bias) biased[size_t(id)] += b;
+      sample_row = biased.data();
+    }
+    e.token = a.gen->step(sample_row, V, &e.piece);
     if (a.req.top_logprobs >= 0) fill_logprobs(e, row, V, a.req.top_logprobs);
     a.next = e.token;
     a.job->n_generated = int64_t(a.gen->tokens().size());
+    ++n_generated_;
     a.job->push(std::move(e));
     if (a.gen->done()) {
       // The state has consumed the prompt and every sampled token but this last one.
       std::vector<int32_t> t = a.req.prompt;
       t.insert(t.end(), a.gen->tokens().begin(), a.gen->tokens().end() - 1);
-      keep(std::move(t), std::move(a.seq));
+      keep(std::move(t), a.seq);
       a.job->finish(a.gen->stop_reason());
     }
   }
