@@ -122,8 +122,7 @@ def main():
                             ("needle empty haystack", ["--task", "needle", "--data", os.devnull, "--lengths", "200"]),
                             ("mqar ids beyond vocab", ["--task", "mqar", "--mqar-vocab", "5000"]),
                             ("mqar too many pairs", ["--task", "mqar", "--mqar-vocab", "8", "--mqar-pairs", "9"])):
-            r = U.run(["eval", "-m", MODEL] + args)
-            RES.check(f"bad input: {label}", r.returncode == 1 and "hymba: error:" in r.stderr, r.stderr.strip()[-200:])
+            RES.refused(f"bad input: {label}", ["eval", "-m", MODEL] + args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return RES.finish()

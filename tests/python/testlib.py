@@ -79,6 +79,11 @@ class Results:
         print(f"[{'PASS' if ok else 'FAIL'}] {name}: {detail}", flush=True)
         return bool(ok)
 
+    def refused(self, name, args):
+        """The CLI run with `args` ends with one "hymba: error:" line and exit status 1."""
+        r = run(args)
+        return self.check(name, r.returncode == 1 and "hymba: error:" in r.stderr, r.stderr.strip()[-200:])
+
     def finish(self):
         print(f"{self.passed} passed, {self.failed} failed")
         return 1 if self.failed or not self.passed else 0
