@@ -285,3 +285,36 @@ def mmlu_group(subject_results):
         ses = [r[m][1] if r[m][1] != "N/A" else 0.0 for _, r in subject_results.values()]
         out[m] = (sum(v * n for v, n in zip(vals, sizes)) / sum(sizes), float(pooled_sample_stderr(ses, sizes)))
     return out
+
+
+# ---- lm_eval --model local-completions (lm_eval/models/openai_completions.py) --------------
+
+def local_completions_payload(messages, generate=False, max_gen_toks=256, until=None, eos=None, seed=1234, model="hymba"):
+    """LocalCompletionsAPI._create_payload with tokenized requests (messages: token-id lists)."""
+    if generate:
+        stop = list(until or [])
+        if eos and eos not in stop:  # handle_stop_sequences
+            stop.append(eos)
+        return {"prompt": messages, "model": model, "max_tokens": max_gen_toks, "temperature": 0, "stop": stop, "seed": seed}
+    return {"model": model, "prompt": messages, "temperature": 0, "max_tokens": 1, "logprobs": 1, "seed": seed, "echo": True}
+
+
+def parse_logprobs(out, ctxlens):
+    """LocalCompletionsAPI.parse_logprobs: (sum of the continuation's logprobs, is_greedy) per choice."""
+    res = []
+    for choice, ctxlen in zip(sorted(out["choices"], key=lambda c: c["index"]), ctxlens):
+        assert ctxlen > 0, "Context length must be greater than 0"
+        logprobs = sum(choice["logprobs"]["token_logprobs"][ctxlen:-1])
+        tokens_logprobs = choice["logprobs"]["token_logprobs"][ctxlen:-1]
+        top_logprobs = choice["logprobs"]["top_logprobs"][ctxlen:-1]
+        is_greedy = True
+        for tok, top in zip(tokens_logprobs, top_logprobs):
+            if tok != max(top.values()):
+                is_greedy = False
+                break
+        res.append((logprobs, is_greedy))
+    return res
+
+
+def parse_generations(out):
+    return [c["text"] for c in sorted(out["choices"], key=lambda c: c["index"])]
