@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 
@@ -66,10 +67,27 @@ std::string ModelFlags::dir() const {
   return model;
 }
 
+void parse_lora(const std::string& s, std::string* dir, float* scale) {
+  namespace fs = std::filesystem;
+  *dir = s, *scale = 1.0f;
+  const size_t colon = s.rfind(':');
+  if (colon != std::string::npos && !fs::exists(s)) {
+    const std::string num = s.substr(colon + 1);
+    char* end = nullptr;
+    const float v = std::strtof(num.c_str(), &end);
+    HYMBA_CHECK(!num.empty() && end && *end == '\0' && std::isfinite(v),
+                "--lora " + s + ": the part after ':' must be a number (DIR:scale)");
+    *dir = s.substr(0, colon), *scale = v;
+  }
+  HYMBA_CHECK(fs::exists(fs::path(*dir) / "adapter_config.json"),
+              "--lora " + *dir + ": no adapter_config.json there (a PEFT adapter folder)");
+}
+
 EngineOptions ModelFlags::engine_options() const {
   EngineOptions eo;
   eo.cache_dtype = parse_cache_type(cache_type);
   eo.q8_weights = parse_quantize(quantize);
+  if (!lora.empty()) parse_lora(lora, &eo.lora, &eo.lora_scale);
   return eo;
 }
 
@@ -77,6 +95,7 @@ void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type) {
   sub.add_option("-m,--model", f.model, "Hugging Face model folder (default: the bundled model)");
   if (with_cache_type) sub.add_option("--cache-type", f.cache_type, "K/V cache: bf16 (default), f16, f32");
   sub.add_option("--quantize", f.quantize, kQuantizeHelp);
+  sub.add_option("--lora", f.lora, "PEFT LoRA/DoRA adapter folder, applied without merging; DIR:scale scales it");
   sub.add_option("-t,--threads", f.threads, "threads (default: all cores)");
 }
 

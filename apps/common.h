@@ -17,10 +17,10 @@ DType parse_cache_type(const std::string& s);
 // The options of every command that runs a model: -m, --cache-type, --quantize, -t. A command's
 // Opts derives from it.
 struct ModelFlags {
-  std::string model, cache_type = "bf16", quantize = "none";
+  std::string model, cache_type = "bf16", quantize = "none", lora;
   int threads = 0;
   std::string dir() const;                // -m, else the default model
-  EngineOptions engine_options() const;   // --cache-type and --quantize
+  EngineOptions engine_options() const;   // --cache-type, --quantize and --lora
 };
 // with_cache_type = false for commands that compute with an f32 cache (logits, perplexity).
 void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type = true);
@@ -30,6 +30,8 @@ bool parse_quantize(const std::string& s);
 inline constexpr const char* kQuantizeHelp =
     "weights in memory: none (as stored, default) or q8 (8-bit blocks of 32, about half the bytes "
     "of bf16 per decoded token)";
+// "DIR" or "DIR:scale" (--lora) -> folder and scale; the folder must hold a PEFT adapter.
+void parse_lora(const std::string& s, std::string* dir, float* scale);
 // The model folder to use when -m is not given: $HYMBA_MODEL, else the bundled default model.
 std::string default_model_dir();
 // Sets the thread count (0 = all cores).

@@ -24,6 +24,11 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
 Engine::Engine(std::unique_ptr<Checkpoint> ckpt, const EngineOptions& opts)
     : ckpt_(prepared(std::move(ckpt), opts)), model_(ckpt_->config, ckpt_->weights), opts_(opts) {
   HYMBA_CHECK(opts_.max_chunk > 0, "max_chunk must be positive");
+  if (!opts_.lora.empty()) {  // before the prefix: the meta tokens go through the adapted layers
+    adapter_ = std::make_unique<AdapterSet>(load_peft_adapter(opts_.lora, ckpt_->config, ckpt_->weights));
+    adapter_->set_user_scale(opts_.lora_scale);
+    model_.set_adapters(&adapter_->view);
+  }
   model_.freeze_weights();
   if (opts_.use_prefix) prefix_ = model_.compute_prefix(opts_.cache_dtype);
 }
@@ -125,6 +130,10 @@ uint64_t Engine::model_tag() const {
   for (int64_t r : {int64_t(0), c.vocab_size / 2, c.vocab_size - 1}) {
     matrow_to_f32(row.data(), w.lm_head, r);
     mix(row.data(), row.size() * sizeof(float));
+  }
+  if (adapter_) {
+    mix(adapter_->data.data(), adapter_->data.size() * sizeof(float));
+    mix(&opts_.lora_scale, sizeof(float));
   }
   if (prefix_) {
     const std::string p = serialize_state(*prefix_);

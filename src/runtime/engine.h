@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "model/adapter.h"
 #include "model/hymba.h"
 #include "model/weights.h"
 
@@ -15,6 +16,8 @@ struct EngineOptions {
   int64_t max_chunk = 512;          // prefill rows per forward (bounds activation memory)
   bool use_prefix = true;           // share the meta-token prefix (false: recompute per sequence)
   bool q8_weights = false;          // quantize the linear layers to 8 bits at load (--quantize q8)
+  std::string lora;                 // PEFT adapter folder applied beside the base (--lora), or ""
+  float lora_scale = 1.0f;          // multiplies the adapter's lora_alpha / r (--lora DIR:scale)
 };
 
 class Engine {
@@ -49,6 +52,7 @@ class Engine {
   HymbaModel model_;
   EngineOptions opts_;
   std::shared_ptr<const SequenceState> prefix_;
+  std::unique_ptr<AdapterSet> adapter_;
 };
 
 }  // namespace hymba

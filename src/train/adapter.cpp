@@ -3,6 +3,7 @@
 #include <cmath>
 #include <random>
 
+#include "base/error.h"
 #include "base/hash.h"
 
 namespace hymba {
@@ -24,6 +25,33 @@ AdapterSet init_adapters(const Config& c, const Weights& base, const AdapterConf
                      a.view.layers[size_t(t.layer)][size_t(t.slot)]);
   a.enable_grad();
   return a;
+}
+
+void merge_adapters(ParamArena& p, const AdapterSet& a) {
+  HYMBA_CHECK(a.view.layers.size() == p.w.layers.size(), "merge: adapter and model have different layer counts");
+  for (size_t l = 0; l < a.view.layers.size(); ++l)
+    for (int s = 0; s < kNumSlots; ++s) {
+      const LoraView& v = a.view.layers[l][size_t(s)];
+      if (!v.active()) continue;
+      const MatView& W = slot_matrix(p.w.layers[l], Slot(s));
+      HYMBA_CHECK(W.dtype == DType::F32, "merge: the parameters must be F32");
+      float* w = static_cast<float*>(const_cast<void*>(W.data));
+      const int64_t N = W.rows, K = W.cols, r = v.rank;
+      std::vector<float> norm;
+      if (v.dora()) {
+        norm.resize(size_t(N));
+        dora_row_norms(norm.data(), W, v);
+      }
+      for (int64_t j = 0; j < N; ++j) {
+        float* row = w + j * K;
+        for (int64_t q = 0; q < r; ++q) {
+          const float b = v.scale * v.B[j * r + q];
+          for (int64_t k = 0; k < K; ++k) row[k] += b * v.A[q * K + k];
+        }
+        if (v.dora())
+          for (int64_t k = 0; k < K; ++k) row[k] *= v.magnitude[j] / norm[size_t(j)];
+      }
+    }
 }
 
 std::vector<ParamGroup> adapter_groups(const AdapterSet& a) {

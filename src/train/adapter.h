@@ -6,6 +6,7 @@
 
 #include "model/adapter.h"
 #include "train/optimizer.h"
+#include "train/params.h"
 
 namespace hymba {
 
@@ -13,6 +14,9 @@ namespace hymba {
 // ‖W‖ of each output row, so the adapted model starts equal to the base. Gradients enabled.
 AdapterSet init_adapters(const Config& c, const Weights& base, const AdapterConfig& cfg,
                          uint64_t seed);
+// Folds the adapters into the F32 parameters (hymba merge): W <- W + s·B·A; DoRA:
+// W <- m / ‖W + s·B·A‖ ⊙ (W + s·B·A), row by row.
+void merge_adapters(ParamArena& p, const AdapterSet& a);
 // One AdamW group per tensor.
 std::vector<ParamGroup> adapter_groups(const AdapterSet& a);
 
