@@ -6,6 +6,7 @@ PKGS=(
   libopenblas-dev libopenblas-openmp-dev libomp-dev nlohmann-json3-dev libcli11-dev libhwy-dev libcpp-httplib-dev
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
+  clang libclang-rt-dev
   python3-torch python3-numpy
   nodejs
   bible-kjv-text bible-kjv gnuplot-nox

@@ -19,3 +19,10 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHYMBA_ASAN=ON >/dev
 cmake --build build-asan -j"$JOBS" --target hymba_cli hymba_tests
 ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j"$JOBS" -R 'Bad|Reject|Invalid|bad_input|prompt_cache|server'
+
+# Every parser of outside input under libFuzzer (clang, ASan+UBSan): a few seconds per target from
+# the committed seeds (scripts/fuzz.sh runs them for longer). Only the parsing sources are built.
+cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DHYMBA_FUZZ=ON \
+  -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ >/dev/null
+cmake --build build-fuzz -j"$JOBS" --target fuzzers
+ctest --test-dir build-fuzz --output-on-failure -j"$JOBS" -R '^fuzz_'

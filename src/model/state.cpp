@@ -110,6 +110,10 @@ void KVCache::read_from(const char*& p, const char* end, const std::string& what
   HYMBA_CHECK(stored >= 0, what + ": negative row count");
   const int64_t rows = cap_ < 0 ? stored : cap_;
   const size_t es = dtype_size(dtype_);
+  // Bound the row count by the bytes present before multiplying (a damaged count must not overflow).
+  const size_t row_bytes = size_t(n_kv_ * (d_qk_ + d_v_)) * es + sizeof(int32_t);
+  HYMBA_CHECK(uint64_t(rows) <= uint64_t(end - p) / row_bytes,
+              what + ": truncated (" + std::to_string(rows) + " K/V rows announced)");
   std::vector<uint8_t> k, v;
   std::vector<int32_t> pos;
   get_vec(p, end, k, size_t(rows * n_kv_ * d_qk_) * es, what + " K");

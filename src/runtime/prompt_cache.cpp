@@ -32,43 +32,31 @@ void check_prompt_cache_path(const std::string& path, const std::string& model_d
               "overwrite it (delete it or choose another path)");
 }
 
-void save_prompt_cache(const Engine& eng, const std::string& path, const std::vector<int32_t>& tokens,
-                       const SequenceState& s) {
+std::string encode_prompt_cache(uint64_t model_tag, const std::vector<int32_t>& tokens, const SequenceState& s) {
   std::string out(kMagic, sizeof kMagic);
-  const uint64_t tag = eng.model_tag(), n = tokens.size();
-  out.append(reinterpret_cast<const char*>(&tag), 8);
+  const uint64_t n = tokens.size();
+  out.append(reinterpret_cast<const char*>(&model_tag), 8);
   out.append(reinterpret_cast<const char*>(&n), 8);
   if (n > 0) out.append(reinterpret_cast<const char*>(tokens.data()), n * sizeof(int32_t));
   out += serialize_state(s);
-  write_file_atomic(path, out);
+  return out;
 }
 
-bool load_prompt_cache(const Engine& eng, const std::string& path, std::vector<int32_t>* tokens,
-                       SequenceState* s, std::string* why) {
-  if (!file_exists(path)) {
-    *why = "no such file (it will be written)";
-    return false;
-  }
-  try {
-    const std::string b = read_file(path);
-    HYMBA_CHECK(b.size() >= 24 && std::memcmp(b.data(), kMagic, 8) == 0, "not a hymba prompt cache");
-    uint64_t tag, n;
-    std::memcpy(&tag, b.data() + 8, 8);
-    std::memcpy(&n, b.data() + 16, 8);
-    HYMBA_CHECK(tag == eng.model_tag(), "saved with another model, --quantize or --cache-type");
-    HYMBA_CHECK(n <= (b.size() - 24) / sizeof(int32_t), "truncated");
-    std::vector<int32_t> t(static_cast<size_t>(n));
-    if (n > 0) std::memcpy(t.data(), b.data() + 24, size_t(n) * sizeof(int32_t));
-    SequenceState loaded = *s;
-    deserialize_state(loaded, b.substr(24 + size_t(n) * sizeof(int32_t)));
-    HYMBA_CHECK(loaded.n_pos == s->n_pos + int64_t(n), "state position does not match its token count");
-    *tokens = std::move(t);
-    *s = std::move(loaded);
-    return true;
-  } catch (const Error& e) {
-    *why = e.what();
-    return false;
-  }
+void decode_prompt_cache(uint64_t model_tag, const std::string& b, std::vector<int32_t>* tokens,
+                         SequenceState* s) {
+  HYMBA_CHECK(b.size() >= 24 && std::memcmp(b.data(), kMagic, 8) == 0, "not a hymba prompt cache");
+  uint64_t tag, n;
+  std::memcpy(&tag, b.data() + 8, 8);
+  std::memcpy(&n, b.data() + 16, 8);
+  HYMBA_CHECK(tag == model_tag, "saved with another model, --quantize or --cache-type");
+  HYMBA_CHECK(n <= (b.size() - 24) / sizeof(int32_t), "truncated");
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  if (n > 0) std::memcpy(t.data(), b.data() + 24, size_t(n) * sizeof(int32_t));
+  SequenceState loaded = *s;
+  deserialize_state(loaded, b.substr(24 + size_t(n) * sizeof(int32_t)));
+  HYMBA_CHECK(loaded.n_pos == s->n_pos + int64_t(n), "state position does not match its token count");
+  *tokens = std::move(t);
+  *s = std::move(loaded);
 }
 
 }  // namespace hymba

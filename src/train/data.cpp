@@ -111,7 +111,7 @@ TokenFile::TokenFile(const std::string& path) : path_(path) {
   if (std::memcmp(h.magic, kMagic, 8) != 0) bad("not a token file (bad magic)");
   if (h.version != kVersion) bad("unsupported token file version " + std::to_string(h.version));
   if (h.width != 2 && h.width != 4) bad("bad id width " + std::to_string(h.width));
-  if (h.vocab == 0) bad("vocab size 0");
+  if (h.vocab == 0 || h.vocab > (uint32_t(1) << 31)) bad("vocab size " + std::to_string(h.vocab) + " outside [1, 2^31]");
   if (h.count > (bytes - sizeof(Header)) / h.width || sizeof(Header) + h.count * h.width != bytes)
     bad("size " + std::to_string(bytes) + " bytes does not match the header's " + std::to_string(h.count) +
         " ids (truncated?)");
@@ -135,13 +135,18 @@ TokenFile::TokenFile(TokenFile&& o) noexcept
 }
 
 int32_t TokenFile::operator[](int64_t i) const {
-  if (width_ == 2) {
-    uint16_t x;
-    std::memcpy(&x, ids_ + size_t(i) * 2, 2);
-    return int32_t(x);
-  }
   uint32_t x;
-  std::memcpy(&x, ids_ + size_t(i) * 4, 4);
+  if (width_ == 2) {
+    uint16_t y;
+    std::memcpy(&y, ids_ + size_t(i) * 2, 2);
+    x = y;
+  } else {
+    std::memcpy(&x, ids_ + size_t(i) * 4, 4);
+  }
+  // Checked here, not at open: a scan would read the whole (possibly huge) file up front.
+  if (int64_t(x) >= vocab_)
+    fail(path_ + ": id " + std::to_string(x) + " at position " + std::to_string(i) + " is outside the vocab [0, " +
+         std::to_string(vocab_) + ") of its header (damaged file?)");
   return int32_t(x);
 }
 

@@ -96,6 +96,26 @@ TEST(TokenFile, Errors) {
   EXPECT_NE(error_of([&] { TokenFile f(d / "t.tok"); }).find("truncated"), std::string::npos);
 }
 
+// Found by fuzz/token_file_fuzz.cpp: ids past the header's vocab reached the trainer's embedding
+// lookup unchecked; a header vocab past 2^31 made ids negative.
+TEST(TokenFileBadInput, RejectsIdsOutsideItsVocab) {
+  TempDir d;
+  write_token_file(d / "v.tok", std::vector<int32_t>{1, 2, 3, 4}, 10);
+  std::string raw = read_file(d / "v.tok");
+  raw[kTokenFileHeaderBytes + 2 * 2] = 10;  // third id (uint16) := 10, the vocab size
+  write_text(d / "v.tok", raw);
+  TokenFile f(d / "v.tok");
+  EXPECT_EQ(f[1], 2);
+  EXPECT_NE(error_of([&] { (void)f.read_all(); }).find("id 10 at position 2 is outside the vocab [0, 10)"),
+            std::string::npos);
+  uint64_t rng = 7;
+  std::vector<int32_t> in(3), tg(3);
+  EXPECT_THROW(TokenWindows(d / "v.tok").sample(1, 3, rng, in.data(), tg.data()), Error);
+  raw[24] = raw[25] = raw[26] = char(0xff), raw[27] = char(0xff);  // vocab 2^32-1
+  write_text(d / "v.tok", raw);
+  EXPECT_NE(error_of([&] { TokenFile g(d / "v.tok"); }).find("outside [1, 2^31]"), std::string::npos);
+}
+
 TEST(Rng, BelowIsInRangeAndCoversIt) {
   uint64_t s = 42;
   std::vector<int> hits(7, 0);
