@@ -18,7 +18,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       case 0:
       case 1: {
         const auto p = cli::parse_completion(b, data[0] % 4 == 1, *tok);
-        fuzz::require(!p.req.prompt.empty(), "a parsed request has a prompt");
+        fuzz::require(!p.choices.empty(), "a parsed request has a choice");
+        for (const auto& c : p.choices) {
+          fuzz::require(!c.prompt.empty(), "every choice has a prompt");
+          for (int32_t id : c.prompt) fuzz::require(id >= 0 && id < tok->vocab_size(), "prompt ids in vocab");
+        }
         break;
       }
       case 2:

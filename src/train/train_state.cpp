@@ -4,6 +4,7 @@
 
 #include "base/error.h"
 #include "io/files.h"
+#include "io/json_num.h"
 
 namespace hymba {
 
@@ -26,19 +27,24 @@ nlohmann::json train_state_to_json(const TrainState& s) {
 TrainState train_state_from_json(const nlohmann::json& j, const std::string& what) {
   TrainState s;
   try {
+    const auto num = [&](const nlohmann::json& o, const char* key, auto* out) {
+      HYMBA_CHECK(json_number(o.at(key), out), what + ": '" + key + "' is not a number in range");
+    };
     HYMBA_CHECK(j.value("format", "") == "hymba-train-state", what + ": not a hymba training state");
-    HYMBA_CHECK(j.at("version").get<int>() == 1, what + ": unsupported version");
-    s.step = j.at("step").get<int64_t>();
+    int version = 0;
+    num(j, "version", &version);
+    HYMBA_CHECK(version == 1, what + ": unsupported version");
+    num(j, "step", &s.step);
     s.data_rng = std::stoull(j.at("data_rng").get<std::string>());
-    s.tokens_seen = j.at("tokens_seen").get<int64_t>();
+    num(j, "tokens_seen", &s.tokens_seen);
     const auto& sc = j.at("schedule");
     s.schedule.kind = parse_lr_schedule(sc.at("kind").get<std::string>());
-    s.schedule.max_lr = sc.at("max_lr").get<float>();
-    s.schedule.min_lr = sc.at("min_lr").get<float>();
-    s.schedule.total_steps = sc.at("total_steps").get<int64_t>();
-    s.schedule.warmup_frac = sc.at("warmup_frac").get<double>();
-    s.schedule.warmup_steps = sc.at("warmup_steps").get<int64_t>();
-    s.schedule.decay_frac = sc.at("decay_frac").get<double>();
+    num(sc, "max_lr", &s.schedule.max_lr);
+    num(sc, "min_lr", &s.schedule.min_lr);
+    num(sc, "total_steps", &s.schedule.total_steps);
+    num(sc, "warmup_frac", &s.schedule.warmup_frac);
+    num(sc, "warmup_steps", &s.schedule.warmup_steps);
+    num(sc, "decay_frac", &s.schedule.decay_frac);
     if (j.contains("run")) s.run = j["run"];
   } catch (const nlohmann::json::exception& e) {
     fail(what + ": " + e.what());

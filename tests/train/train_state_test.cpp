@@ -48,5 +48,27 @@ TEST(TrainState, SaveLoadRoundTrip) {
   EXPECT_THROW(load_train_state(dir, opt2), Error);
 }
 
+// A number the field's type cannot hold (1e300 as a float learning rate, 1e30 as the int
+// version) was static_cast: undefined behaviour. Refused naming the key.
+TEST(TrainStateBadInput, RejectsNumbersOutOfRange) {
+  TrainState s;
+  s.step = 5;
+  const nlohmann::json good = train_state_to_json(s);
+  EXPECT_EQ(train_state_from_json(good, "t.json").step, 5);
+  for (auto [key, value] : {std::pair<const char*, double>{"max_lr", 1e300}, {"total_steps", 1e30}}) {
+    nlohmann::json j = good;
+    j["schedule"][key] = value;
+    try {
+      (void)train_state_from_json(j, "t.json");
+      ADD_FAILURE() << key << " accepted";
+    } catch (const Error& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("t.json: '") + key + "' is not a number in range");
+    }
+  }
+  nlohmann::json j = good;
+  j["version"] = 1e30;
+  EXPECT_THROW((void)train_state_from_json(j, "t.json"), Error);
+}
+
 }  // namespace
 }  // namespace hymba
