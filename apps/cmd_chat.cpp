@@ -12,6 +12,7 @@
 #include "command.h"
 #include "common.h"
 #include "runtime/chat_template.h"
+#include "runtime/chat_tokens.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
 #include "runtime/tokenizer.h"
@@ -29,20 +30,6 @@ struct Opts : ModelFlags {
   GenerateParams gen;
   int64_t seed = -1;
 };
-
-// Tokens of `text` as they appear inside a longer conversation that ends with "\n" before it:
-// encode "\n" + text and drop the leading tokens that spell the newline (SentencePiece would
-// otherwise add its dummy-prefix space, which the whole-conversation encoding does not have).
-std::vector<int32_t> encode_after_newline(const Tokenizer& tok, const std::string& text) {
-  auto ids = tok.encode("\n" + text, false);
-  size_t k = 0;
-  while (k < ids.size()) {
-    std::string head = tok.decode(std::vector<int32_t>(ids.begin(), ids.begin() + long(k + 1)));
-    if (head.find('\n') != std::string::npos) { ++k; break; }
-    ++k;
-  }
-  return std::vector<int32_t>(ids.begin() + long(k), ids.end());
-}
 
 // Ctrl-C as in llama.cpp's interactive mode: while a reply is being generated it stops the reply
 // (the conversation goes on); at the prompt, or pressed twice, it exits.

@@ -1,0 +1,211 @@
+#include "train/finetune.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include "base/error.h"
+#include "io/files.h"
+#include "model/adapter.h"
+#include "model/hymba.h"
+#include "runtime/tokenizer.h"
+#include "train/adapter.h"
+#include "train/checkpoint.h"
+#include "train/params.h"
+#include "train/sft.h"
+#include "train/step.h"
+#include "train/train_state.h"
+#include "train/trainer.h"
+
+namespace hymba {
+
+namespace fs = std::filesystem;
+
+namespace {
+double now_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+FinetuneResult finetune(const FinetuneOptions& o) {
+  // Everything that can be refused is checked before any step.
+  HYMBA_CHECK(o.method == "full" || o.method == "lora" || o.method == "dora",
+              "--method must be full, lora or dora (got '" + o.method + "')");
+  const bool adapters = o.method != "full";
+  HYMBA_CHECK(!(o.q8 && !adapters), "--quantize q8 needs --method lora or dora (the base is frozen)");
+  HYMBA_CHECK(o.seq_len >= 2 && o.grad_accum >= 1 && o.epochs >= 1, "--seq-len >= 2, --grad-accum >= 1, --epochs >= 1");
+  HYMBA_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction must be in [0, 1)");
+  HYMBA_CHECK(!o.out.empty(), "--out is required");
+  std::error_code ec;
+  fs::create_directories(o.out, ec);
+  HYMBA_CHECK(!ec, "cannot create output folder " + o.out + ": " + ec.message());
+  const std::string ck = current_checkpoint(o.out);
+  if (o.resume) HYMBA_CHECK(!ck.empty(), "--resume: no checkpoint in " + o.out);
+  else HYMBA_CHECK(ck.empty(), "--out " + o.out + " already holds a run: pass --resume to continue it, "
+                               "or choose another folder");
+
+  clean_stale_checkpoints(o.out);
+  auto tok = Tokenizer::load(o.model);
+  std::vector<SftExample> all = load_sft_jsonl(o.data, *tok, o.seq_len);
+  // Held-out split: a seeded shuffle, the first val_fraction of it.
+  std::vector<int64_t> order(all.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = int64_t(i);
+  std::mt19937_64 rng(o.seed);
+  std::shuffle(order.begin(), order.end(), rng);
+  const size_t n_val = size_t(double(all.size()) * o.val_fraction);
+  HYMBA_CHECK(n_val < all.size(), "--val-fraction leaves no training conversations");
+  std::vector<SftExample> train, val;
+  for (size_t i = 0; i < order.size(); ++i) (i < n_val ? val : train).push_back(all[size_t(order[i])]);
+  const auto packs = pack_examples(train, o.packing ? o.seq_len : 1);
+  const int64_t per_epoch = (int64_t(packs.size()) + o.grad_accum - 1) / o.grad_accum;
+  int64_t total = per_epoch * o.epochs;
+  if (o.max_steps > 0) total = std::min(total, o.max_steps);
+
+  // The model: a frozen base with adapters, or every parameter in F32.
+  std::unique_ptr<Checkpoint> base;
+  ParamArena arena;
+  AdapterSet ad;
+  Weights frozen;
+  if (adapters) {
+    base = load_checkpoint(o.model);
+    if (o.q8) quantize_weights_q8(*base);
+    if (o.resume) {
+      ad = load_peft_adapter(ck, base->config, base->weights);
+      ad.enable_grad();
+    } else {
+      AdapterConfig ac;
+      ac.rank = o.rank, ac.alpha = o.alpha, ac.dora = o.method == "dora";
+      ac.targets = parse_targets(o.targets);
+      ad = init_adapters(base->config, base->weights, ac, o.seed);
+    }
+    frozen.layers.resize(base->weights.layers.size());
+  } else {
+    arena = arena_from_checkpoint(o.resume ? ck : o.model);
+  }
+  const Config& c = adapters ? base->config : arena.config;
+  HymbaModel model(c, adapters ? base->weights : arena.w);
+  if (adapters) model.set_adapters(&ad.view, &ad.gview);
+  const Weights& grads = adapters ? frozen : arena.g;
+  float* params = adapters ? ad.data.data() : arena.data.data();
+  float* gradbuf = adapters ? ad.grad.data() : arena.grad.data();
+  AdamW opt(adapters ? adapter_groups(ad) : param_groups(arena),
+            int64_t(adapters ? ad.data.size() : arena.data.size()), o.adamw);
+
+  TrainState ts;
+  ts.schedule = o.schedule;
+  ts.schedule.total_steps = total;
+  const nlohmann::json run = {{"method", o.method}, {"data", o.data}, {"seq_len", o.seq_len},
+                              {"grad_accum", o.grad_accum}, {"epochs", o.epochs}, {"seed", o.seed},
+                              {"val_fraction", o.val_fraction}, {"packing", o.packing}};
+  if (o.resume) {
+    ts = load_train_state(ck, opt);
+    for (const auto& [k, v] : run.items())
+      HYMBA_CHECK(ts.run.contains(k) && ts.run[k] == v,
+                  "--resume: --" + k + " differs from the run in " + o.out + " (" + ts.run.value(k, nlohmann::json()).dump() + ")");
+  }
+  ts.run = run;
+  int64_t& step = ts.step;
+
+  // Micro-batch k of the whole run: pack k mod |packs| of epoch k / |packs|, epochs reshuffled.
+  auto pack_of = [&](int64_t k) -> const std::vector<int64_t>& {
+    const int64_t np = int64_t(packs.size()), epoch = k / np;
+    std::vector<int64_t> perm(static_cast<size_t>(np));
+    for (int64_t i = 0; i < np; ++i) perm[size_t(i)] = i;
+    std::mt19937_64 r(o.seed * 1000003ull + uint64_t(epoch));
+    std::shuffle(perm.begin(), perm.end(), r);
+    return packs[size_t(perm[size_t(k % np)])];
+  };
+  auto refs = [&](const std::vector<SftExample>& ex, const std::vector<int64_t>& idx) {
+    std::vector<SeqRef> s;
+    for (int64_t i : idx) s.push_back({ex[size_t(i)].inputs.data(), ex[size_t(i)].targets.data(),
+                                       int64_t(ex[size_t(i)].inputs.size())});
+    return s;
+  };
+  auto eval_val = [&]() -> double {
+    if (val.empty()) return -1;
+    double sum = 0;
+    int64_t cnt = 0;
+    for (const auto& p : pack_examples(val, o.seq_len)) {
+      int64_t k = 0;
+      const double l = loss_only(model, refs(val, p), &k);
+      sum += l * double(k), cnt += k;
+    }
+    return cnt ? sum / double(cnt) : -1;
+  };
+
+  std::string csv = o.resume && fs::exists(ck + "/metrics.csv") ? read_file(ck + "/metrics.csv")
+                                                                 : "step,loss,lr,grad_norm,tokens_per_s,val_loss\n";
+  auto save = [&]() {
+    const std::string dir = begin_checkpoint(o.out, step);
+    if (adapters) save_peft_adapter(ad, dir, fs::absolute(o.model).string());
+    else save_arena_checkpoint(arena, dir, DType::F32);
+    copy_tokenizer_files(o.model, dir);
+    write_file_atomic(dir + "/metrics.csv", csv);
+    save_train_state(dir, ts, opt);
+    commit_checkpoint(o.out, dir, step, 1);
+  };
+
+  if (!o.quiet)
+    std::fprintf(stderr, "finetune: %s, %zu train / %zu validation conversations in %zu packed rows, "
+                 "%lld steps, %lld trainable parameters\n", o.method.c_str(), train.size(), val.size(),
+                 packs.size(), (long long)total, (long long)(adapters ? ad.data.size() : arena.data.size()));
+  FinetuneResult r;
+  r.total_steps = total;
+  const double t0 = now_s();
+  const int64_t step0 = step;
+  int64_t session_tokens = 0;
+  while (step < total) {
+    std::fill(gradbuf, gradbuf + (adapters ? ad.grad.size() : arena.grad.size()), 0.0f);
+    // The step's loss is the mean over all its assistant tokens: each micro-batch is weighted
+    // by its share of them.
+    int64_t step_count = 0, step_tokens = 0;
+    for (int k = 0; k < o.grad_accum; ++k)
+      for (int64_t i : pack_of(step * o.grad_accum + k)) step_count += train[size_t(i)].counted();
+    double loss = 0;
+    for (int k = 0; k < o.grad_accum; ++k) {
+      const auto s = refs(train, pack_of(step * o.grad_accum + k));
+      int64_t cnt = 0;
+      for (const auto& q : s) cnt += std::count_if(q.targets, q.targets + q.n, [](int32_t t) { return t >= 0; }), step_tokens += q.n;
+      const float w = step_count ? float(double(cnt) / double(step_count)) : 0.0f;
+      loss += w * loss_and_grads(model, grads, s, w);
+    }
+    HYMBA_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
+                                         std::to_string(step) + " (try a lower --lr)");
+    const float lr = ts.schedule.lr(step);
+    const double gnorm = opt.step(params, gradbuf, lr);
+    ++step;
+    ts.tokens_seen += step_tokens, session_tokens += step_tokens;
+    if (step == step0 + 1) r.first_loss = loss;
+    r.last_loss = loss;
+    double v = -1;
+    if ((o.eval_every > 0 && step % o.eval_every == 0) || step == total) v = eval_val(), r.val_loss = v;
+    const double el = std::max(now_s() - t0, 1e-9);
+    const double tps = double(session_tokens) / el;
+    char row[160];
+    std::snprintf(row, sizeof row, "%lld,%.6f,%.6g,%.4f,%.1f,%.6f\n", (long long)step, loss, lr, gnorm, tps, v);
+    csv += row;
+    if (!o.quiet && (step % o.log_every == 0 || step == total || v >= 0)) {
+      const double rate = double(step - step0) / el;
+      std::fprintf(stderr, "step %lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %.0fs",
+                   (long long)step, (long long)total, loss, lr, gnorm, tps, double(total - step) / std::max(rate, 1e-9));
+      if (v >= 0) std::fprintf(stderr, " | val %.4f", v);
+      std::fprintf(stderr, "\n");
+    }
+    if (g_train_stop.load() || (o.stop_after > 0 && step >= o.stop_after && step < total)) {
+      r.interrupted = true;
+      break;
+    }
+    if (o.save_every > 0 && step % o.save_every == 0 && step < total) save();
+  }
+  save();
+  r.steps_done = step;
+  if (!o.quiet)
+    std::fprintf(stderr, "%s at step %lld; %s in %s\n", r.interrupted ? "interrupted, saved" : "done",
+                 (long long)step, adapters ? "adapter" : "model", o.out.c_str());
+  return r;
+}
+
+}  // namespace hymba

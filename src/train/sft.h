@@ -1,0 +1,30 @@
+// Supervised fine-tuning data: JSONL rows of OpenAI-style conversations
+//   {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": "..."}, ...]}
+// rendered with the model's chat template (src/runtime/chat_tokens.h), the loss on the
+// assistant's tokens only, and packing of several conversations into one training row.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/tokenizer.h"
+
+namespace hymba {
+
+struct SftExample {
+  std::vector<int32_t> inputs, targets;  // next-token pairs; targets -1 outside assistant replies
+  int64_t row = 0;                       // 1-based line of the JSONL file
+  int64_t counted() const;
+};
+
+// Every row checked before any training: a row that is not JSON, has no "messages" list, a
+// message without string role/content, an unknown role, an empty assistant reply, no assistant
+// reply at all, or more than max_tokens tokens is refused with "FILE:ROW: why".
+std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer& tok,
+                                       int64_t max_tokens);
+
+// Greedy in-order packing: each pack is a list of example indices whose lengths sum to at most
+// `capacity` tokens (the meta tokens of each conversation come on top).
+std::vector<std::vector<int64_t>> pack_examples(const std::vector<SftExample>& ex, int64_t capacity);
+
+}  // namespace hymba
