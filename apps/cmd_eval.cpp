@@ -18,6 +18,7 @@
 #include "eval/plot.h"
 #include "eval/recall.h"
 #include "io/files.h"
+#include "model/config.h"
 #include "runtime/engine.h"
 #include "runtime/tokenizer.h"
 
@@ -198,10 +199,8 @@ void run_mqar(const Opts& o) {
   if (!o.make_data.empty()) {
     int64_t vocab = 0;
     {
-      const auto cfg = nlohmann::json::parse(read_file(dir + "/config.json"), nullptr, false);
-      HYMBA_CHECK(!cfg.is_discarded() && cfg.contains("vocab_size"), dir + "/config.json: no vocab_size");
-      vocab = cfg["vocab_size"].get<int64_t>();
-      mo.bos = cfg.value("bos_token_id", 1), mo.eos = cfg.value("eos_token_id", 2);
+      const Config c = load_config(dir + "/config.json");  // validated as every command validates it
+      vocab = c.vocab_size, mo.bos = int32_t(c.bos_token_id), mo.eos = int32_t(c.eos_token_id);
     }
     recall::mqar_write_data(o.make_data, mo, o.train_samples, o.val_samples, vocab);
     std::printf("mqar: wrote %lld training and %lld validation samples (%lld pairs, %lld tokens each) to %s\n",

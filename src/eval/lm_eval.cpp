@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "io/files.h"
+#include "io/json_num.h"
 
 namespace hymba::lmeval {
 
@@ -76,7 +77,8 @@ std::vector<std::string> str_list(const Row& r, const json& v, const std::string
 // An integer label (datasets writes some as strings: hellaswag's "label", winogrande's "answer").
 int64_t int_field(const Row& r, const std::string& name) {
   const json& v = field(r, name);
-  if (v.is_number_integer()) return v.get<int64_t>();
+  int64_t x = 0;
+  if (json_number(v, &x)) return x;
   if (v.is_string()) {
     const std::string s = v.get<std::string>();
     char* end = nullptr;
