@@ -33,13 +33,18 @@ void run(Opts& o) {
   finetune(o.f);
 }
 
-Register reg("finetune", "Supervised fine-tuning on chat JSONL: full, LoRA or DoRA (PEFT files)", [](CLI::App& sub) {
-  auto o = std::make_shared<Opts>();
+void add_options(CLI::App& sub, const std::shared_ptr<Opts>& o, bool dpo) {
   auto& f = o->f;
-  f.schedule.max_lr = 2e-4f;
+  f.schedule.max_lr = dpo ? 5e-5f : 2e-4f;
   f.adamw.weight_decay = 0.0f;
+  if (dpo) f.dpo_beta = 0.1;
   sub.add_option("-m,--model", f.model, "base model folder (default: the bundled model)");
-  sub.add_option("--data", f.data, "JSONL, one {\"messages\": [{\"role\", \"content\"}, ...]} per line")->required();
+  if (dpo) {
+    sub.add_option("--data", f.data, "JSONL, one {\"prompt\": text or messages, \"chosen\": text, \"rejected\": text} per line")->required();
+    sub.add_option("--beta", f.dpo_beta, "DPO beta (default 0.1)")->check(CLI::PositiveNumber);
+  } else {
+    sub.add_option("--data", f.data, "JSONL, one {\"messages\": [{\"role\", \"content\"}, ...]} per line")->required();
+  }
   sub.add_option("--out", f.out, "run folder: checkpoint-STEP/ (adapter_config.json + adapter_model.safetensors, or the full model), latest, links")->required();
   sub.add_option("--method", f.method, "full, lora (default) or dora")->capture_default_str();
   sub.add_option("--rank,-r", f.rank, "adapter rank r (default 8)");
@@ -47,19 +52,19 @@ Register reg("finetune", "Supervised fine-tuning on chat JSONL: full, LoRA or Do
   sub.add_option("--target", f.targets, "modules to adapt: in_proj,out_proj,x_proj,dt_proj,gate_proj,up_proj,down_proj, mlp, all")
       ->capture_default_str();
   sub.add_option("--quantize", o->quantize, "frozen base in memory: none or q8 (QLoRA-style; lora/dora only)");
-  sub.add_option("--seq-len", f.seq_len, "tokens per packed row; longer conversations are refused (default 1024)");
-  sub.add_flag("--no-packing", o->no_packing, "one conversation per row");
+  sub.add_option("--seq-len", f.seq_len, "tokens per row; longer conversations are refused (default 1024)");
+  if (!dpo) sub.add_flag("--no-packing", o->no_packing, "one conversation per row");
   sub.add_option("--epochs", f.epochs, "passes over the data (default 1)");
   sub.add_option("--max-steps", f.max_steps, "stop after this many optimizer steps");
-  sub.add_option("--grad-accum", f.grad_accum, "packed rows per optimizer step (default 1)");
-  sub.add_option("--lr", f.schedule.max_lr, "peak learning rate (default 2e-4)");
+  sub.add_option("--grad-accum", f.grad_accum, dpo ? "pairs per optimizer step (default 1)" : "packed rows per optimizer step (default 1)");
+  sub.add_option("--lr", f.schedule.max_lr, dpo ? "peak learning rate (default 5e-5)" : "peak learning rate (default 2e-4)");
   sub.add_option("--min-lr", f.schedule.min_lr, "final learning rate (default 0)");
   sub.add_option("--schedule", o->schedule, "cosine (default), constant or wsd");
   sub.add_option("--warmup-ratio", o->warmup_ratio, "warm-up fraction of the steps (default 0.03)");
   sub.add_option("--warmup-steps", o->warmup_steps, "warm-up steps (overrides --warmup-ratio)");
   sub.add_option("--weight-decay", f.adamw.weight_decay, "AdamW weight decay (default 0)");
   sub.add_option("--clip", f.adamw.clip_norm, "gradient-norm clip, 0 = off (default 1)");
-  sub.add_option("--val-fraction", f.val_fraction, "held-out share of the conversations for validation (default 0)");
+  sub.add_option("--val-fraction", f.val_fraction, "held-out share of the data for validation (default 0)");
   sub.add_option("--eval-every", f.eval_every, "validate every N steps (default: at the end)");
   sub.add_option("--save-every", f.save_every, "checkpoint every N steps (default: at the end)");
   sub.add_option("--log-every", f.log_every, "progress line every N steps (default 1)");
@@ -68,6 +73,13 @@ Register reg("finetune", "Supervised fine-tuning on chat JSONL: full, LoRA or Do
   sub.add_option("--seed", f.seed, "seed for adapter init, split and order (default 1)");
   sub.add_option("-t,--threads", o->threads, "threads (default: all cores; keep it fixed across a resume)");
   sub.callback([o] { run(*o); });
+}
+
+Register reg("finetune", "Supervised fine-tuning on chat JSONL: full, LoRA or DoRA (PEFT files)", [](CLI::App& sub) {
+  add_options(sub, std::make_shared<Opts>(), false);
+});
+Register reg_dpo("dpo", "DPO on preference pairs (TRL's loss and metrics): full, LoRA or DoRA", [](CLI::App& sub) {
+  add_options(sub, std::make_shared<Opts>(), true);
 });
 
 }  // namespace

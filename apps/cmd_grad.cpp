@@ -10,6 +10,7 @@
 #include "model/adapter.h"
 #include "model/hymba.h"
 #include "train/params.h"
+#include "train/dpo.h"
 #include "train/step.h"
 
 namespace hymba::cli {
@@ -17,6 +18,7 @@ namespace {
 
 struct Opts {
   std::string model, batch, out, lora;
+  double dpo_beta = 0.0;
   int threads = 0;
 };
 
@@ -56,10 +58,18 @@ void run(const Opts& o) {
     ad = load_peft_adapter(o.lora, ck->config, ck->weights);
     ad.enable_grad();
     HymbaModel m(ck->config, ck->weights);
-    m.set_adapters(&ad.view, &ad.gview);
     Weights frozen;
     frozen.layers.resize(ck->weights.layers.size());
-    loss = loss_and_grads(m, frozen, in.data(), tg.data(), B, L);
+    if (o.dpo_beta > 0) {  // sequence 0 chosen, 1 rejected; the reference is the base (adapters off)
+      HYMBA_CHECK(B == 2, "--dpo: give two sequences, chosen;rejected");
+      DpoPair p{{in.data(), tg.data(), L}, {in.data() + L, tg.data() + L, L}};
+      p.ref_chosen = sequence_logp(m, p.chosen), p.ref_rejected = sequence_logp(m, p.rejected);
+      m.set_adapters(&ad.view, &ad.gview);
+      loss = dpo_loss_and_grads(m, frozen, std::span<const DpoPair>(&p, 1), o.dpo_beta).loss;
+    } else {
+      m.set_adapters(&ad.view, &ad.gview);
+      loss = loss_and_grads(m, frozen, in.data(), tg.data(), B, L);
+    }
     for (const auto& t : ad.tensors) out.push_back({t.name, DType::F32, t.shape, ad.grad.data() + t.offset});
   } else {
     a = arena_from_checkpoint(o.model);
@@ -81,6 +91,7 @@ Register reg("grad", "Loss and parameter gradients of one batch (debugging, test
   sub.add_option("--batch", o->batch, "sequences of ids: '1,2,3;4,5,6' (inputs [:-1], targets [1:])")->required();
   sub.add_option("-o,--out", o->out, "output .safetensors")->required();
   sub.add_option("--lora", o->lora, "PEFT adapter folder: gradients of the adapter tensors, base frozen");
+  sub.add_option("--dpo", o->dpo_beta, "with --lora: the DPO loss with this beta (batch: chosen;rejected, reference = the base)");
   sub.add_option("-t,--threads", o->threads, "threads");
   sub.callback([o] { run(*o); });
 });

@@ -14,6 +14,7 @@
 #include "runtime/tokenizer.h"
 #include "train/adapter.h"
 #include "train/checkpoint.h"
+#include "train/dpo.h"
 #include "train/params.h"
 #include "train/sft.h"
 #include "train/step.h"
@@ -49,17 +50,31 @@ FinetuneResult finetune(const FinetuneOptions& o) {
 
   clean_stale_checkpoints(o.out);
   auto tok = Tokenizer::load(o.model);
-  std::vector<SftExample> all = load_sft_jsonl(o.data, *tok, o.seq_len);
+  const bool dpo = o.dpo_beta > 0;
+  std::vector<SftExample> all;
+  std::vector<PreferencePair> all_pairs;
+  if (dpo) all_pairs = load_preference_jsonl(o.data, *tok, o.seq_len);
+  else all = load_sft_jsonl(o.data, *tok, o.seq_len);
+  const size_t n_all = dpo ? all_pairs.size() : all.size();
   // Held-out split: a seeded shuffle, the first val_fraction of it.
-  std::vector<int64_t> order(all.size());
+  std::vector<int64_t> order(n_all);
   for (size_t i = 0; i < order.size(); ++i) order[i] = int64_t(i);
   std::mt19937_64 rng(o.seed);
   std::shuffle(order.begin(), order.end(), rng);
-  const size_t n_val = size_t(double(all.size()) * o.val_fraction);
-  HYMBA_CHECK(n_val < all.size(), "--val-fraction leaves no training conversations");
+  const size_t n_val = size_t(double(n_all) * o.val_fraction);
+  HYMBA_CHECK(n_val < n_all, "--val-fraction leaves no training data");
   std::vector<SftExample> train, val;
-  for (size_t i = 0; i < order.size(); ++i) (i < n_val ? val : train).push_back(all[size_t(order[i])]);
-  const auto packs = pack_examples(train, o.packing ? o.seq_len : 1);
+  std::vector<PreferencePair> train_pairs, val_pairs;
+  for (size_t i = 0; i < order.size(); ++i) {
+    if (dpo) (i < n_val ? val_pairs : train_pairs).push_back(all_pairs[size_t(order[i])]);
+    else (i < n_val ? val : train).push_back(all[size_t(order[i])]);
+  }
+  // DPO: one preference pair per micro-batch.
+  std::vector<std::vector<int64_t>> packs;
+  if (dpo)
+    for (int64_t i = 0; i < int64_t(train_pairs.size()); ++i) packs.push_back({i});
+  else
+    packs = pack_examples(train, o.packing ? o.seq_len : 1);
   const int64_t per_epoch = (int64_t(packs.size()) + o.grad_accum - 1) / o.grad_accum;
   int64_t total = per_epoch * o.epochs;
   if (o.max_steps > 0) total = std::min(total, o.max_steps);
@@ -87,6 +102,24 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   }
   const Config& c = adapters ? base->config : arena.config;
   HymbaModel model(c, adapters ? base->weights : arena.w);
+  // DPO's reference log-probabilities, once: the base model (adapters off; for full fine-tuning
+  // the model before any step, which a resumed run reloads from --model).
+  auto seq = [](const SftExample& e) { return SeqRef{e.inputs.data(), e.targets.data(), int64_t(e.inputs.size())}; };
+  auto ref_logps = [&](HymbaModel& m, std::vector<PreferencePair>& ps) {
+    for (auto& p : ps) {
+      p.ref_chosen = sequence_logp(m, seq(p.chosen));
+      p.ref_rejected = sequence_logp(m, seq(p.rejected));
+    }
+  };
+  if (dpo) {
+    if (!adapters && o.resume) {
+      ParamArena start = arena_from_checkpoint(o.model);
+      HymbaModel m0(start.config, start.w);
+      ref_logps(m0, train_pairs), ref_logps(m0, val_pairs);
+    } else {
+      ref_logps(model, train_pairs), ref_logps(model, val_pairs);
+    }
+  }
   if (adapters) model.set_adapters(&ad.view, &ad.gview);
   const Weights& grads = adapters ? frozen : arena.g;
   float* params = adapters ? ad.data.data() : arena.data.data();
@@ -99,7 +132,8 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   ts.schedule.total_steps = total;
   const nlohmann::json run = {{"method", o.method}, {"data", o.data}, {"seq_len", o.seq_len},
                               {"grad_accum", o.grad_accum}, {"epochs", o.epochs}, {"seed", o.seed},
-                              {"val_fraction", o.val_fraction}, {"packing", o.packing}};
+                              {"val_fraction", o.val_fraction}, {"packing", o.packing},
+                              {"dpo_beta", o.dpo_beta}};
   if (o.resume) {
     ts = load_train_state(ck, opt);
     for (const auto& [k, v] : run.items())
@@ -124,7 +158,21 @@ FinetuneResult finetune(const FinetuneOptions& o) {
                                        int64_t(ex[size_t(i)].inputs.size())});
     return s;
   };
+  auto pair_of = [&](const PreferencePair& p) {
+    return DpoPair{seq(p.chosen), seq(p.rejected), p.ref_chosen, p.ref_rejected};
+  };
   auto eval_val = [&]() -> double {
+    if (dpo) {
+      if (val_pairs.empty()) return -1;
+      double sum = 0;
+      for (const auto& p : val_pairs) {
+        const DpoPair q = pair_of(p);
+        const double z = o.dpo_beta * ((sequence_logp(model, q.chosen) - q.ref_chosen) -
+                                       (sequence_logp(model, q.rejected) - q.ref_rejected));
+        sum += std::log1p(std::exp(-z));
+      }
+      return sum / double(val_pairs.size());
+    }
     if (val.empty()) return -1;
     double sum = 0;
     int64_t cnt = 0;
@@ -137,7 +185,8 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   };
 
   std::string csv = o.resume && fs::exists(ck + "/metrics.csv") ? read_file(ck + "/metrics.csv")
-                                                                 : "step,loss,lr,grad_norm,tokens_per_s,val_loss\n";
+                                                                 : std::string("step,loss,lr,grad_norm,tokens_per_s,val_loss") +
+                                                                       (dpo ? ",rewards/chosen,rewards/rejected,rewards/accuracies,rewards/margins,logps/chosen,logps/rejected\n" : "\n");
   auto save = [&]() {
     const std::string dir = begin_checkpoint(o.out, step);
     if (adapters) save_peft_adapter(ad, dir, fs::absolute(o.model).string());
@@ -149,9 +198,10 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   };
 
   if (!o.quiet)
-    std::fprintf(stderr, "finetune: %s, %zu train / %zu validation conversations in %zu packed rows, "
-                 "%lld steps, %lld trainable parameters\n", o.method.c_str(), train.size(), val.size(),
-                 packs.size(), (long long)total, (long long)(adapters ? ad.data.size() : arena.data.size()));
+    std::fprintf(stderr, "%s: %s, %zu train / %zu validation %s in %zu rows, %lld steps, %lld trainable parameters\n",
+                 dpo ? "dpo" : "finetune", o.method.c_str(), dpo ? train_pairs.size() : train.size(),
+                 dpo ? val_pairs.size() : val.size(), dpo ? "pairs" : "conversations", packs.size(),
+                 (long long)total, (long long)(adapters ? ad.data.size() : arena.data.size()));
   FinetuneResult r;
   r.total_steps = total;
   const double t0 = now_s();
@@ -162,10 +212,19 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     // The step's loss is the mean over all its assistant tokens: each micro-batch is weighted
     // by its share of them.
     int64_t step_count = 0, step_tokens = 0;
-    for (int k = 0; k < o.grad_accum; ++k)
-      for (int64_t i : pack_of(step * o.grad_accum + k)) step_count += train[size_t(i)].counted();
     double loss = 0;
-    for (int k = 0; k < o.grad_accum; ++k) {
+    DpoStats ds;
+    for (int k = 0; dpo && k < o.grad_accum; ++k) {
+      const PreferencePair& p = train_pairs[size_t(pack_of(step * o.grad_accum + k)[0])];
+      const DpoPair q = pair_of(p);
+      ds.add(dpo_loss_and_grads(model, grads, std::span<const DpoPair>(&q, 1), o.dpo_beta,
+                                1.0f / float(o.grad_accum)));
+      step_tokens += q.chosen.n + q.rejected.n;
+    }
+    if (dpo) loss = ds.loss;
+    for (int k = 0; !dpo && k < o.grad_accum; ++k)
+      for (int64_t i : pack_of(step * o.grad_accum + k)) step_count += train[size_t(i)].counted();
+    for (int k = 0; !dpo && k < o.grad_accum; ++k) {
       const auto s = refs(train, pack_of(step * o.grad_accum + k));
       int64_t cnt = 0;
       for (const auto& q : s) cnt += std::count_if(q.targets, q.targets + q.n, [](int32_t t) { return t >= 0; }), step_tokens += q.n;
@@ -184,13 +243,22 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     if ((o.eval_every > 0 && step % o.eval_every == 0) || step == total) v = eval_val(), r.val_loss = v;
     const double el = std::max(now_s() - t0, 1e-9);
     const double tps = double(session_tokens) / el;
-    char row[160];
-    std::snprintf(row, sizeof row, "%lld,%.6f,%.6g,%.4f,%.1f,%.6f\n", (long long)step, loss, lr, gnorm, tps, v);
+    char row[320];
+    std::snprintf(row, sizeof row, "%lld,%.6f,%.6g,%.4f,%.1f,%.6f", (long long)step, loss, lr, gnorm, tps, v);
     csv += row;
+    if (dpo) {
+      std::snprintf(row, sizeof row, ",%.6f,%.6f,%.4f,%.6f,%.4f,%.4f", ds.reward_chosen, ds.reward_rejected,
+                    ds.accuracy, ds.margin, ds.logp_chosen, ds.logp_rejected);
+      csv += row;
+    }
+    csv += "\n";
     if (!o.quiet && (step % o.log_every == 0 || step == total || v >= 0)) {
       const double rate = double(step - step0) / el;
       std::fprintf(stderr, "step %lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %.0fs",
                    (long long)step, (long long)total, loss, lr, gnorm, tps, double(total - step) / std::max(rate, 1e-9));
+      if (dpo)
+        std::fprintf(stderr, " | rewards/chosen %.3f | rewards/rejected %.3f | rewards/accuracies %.2f | rewards/margins %.3f",
+                     ds.reward_chosen, ds.reward_rejected, ds.accuracy, ds.margin);
       if (v >= 0) std::fprintf(stderr, " | val %.4f", v);
       std::fprintf(stderr, "\n");
     }

@@ -35,6 +35,7 @@ struct FinetuneOptions {
   bool resume = false;
   uint64_t seed = 1;
   bool quiet = false;
+  double dpo_beta = 0.0;  // > 0: DPO on preference pairs (src/train/dpo.h) instead of SFT
 };
 
 struct FinetuneResult {

@@ -15,14 +15,49 @@ int64_t SftExample::counted() const {
   return k;
 }
 
-std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer& tok,
-                                       int64_t max_tokens) {
-  std::ifstream f(path);
-  HYMBA_CHECK(f.good(), "cannot read " + path);
-  std::vector<SftExample> out;
+namespace {
+
+std::vector<ChatMessage> parse_messages(const nlohmann::json& list, const std::string& where) {
+  std::vector<ChatMessage> msgs;
+  int k = 0;
+  for (const auto& m : list) {
+    const std::string mw = where + "message " + std::to_string(k++) + ": ";
+    HYMBA_CHECK(m.is_object() && m.contains("role") && m["role"].is_string() &&
+                    m.contains("content") && m["content"].is_string(),
+                mw + "needs string \"role\" and \"content\"");
+    const std::string role = m["role"].get<std::string>();
+    HYMBA_CHECK(role == "system" || role == "user" || role == "assistant" || role == "tool",
+                mw + "unknown role \"" + role + "\" (system, user, assistant, tool)");
+    const std::string content = m["content"].get<std::string>();
+    if (role == "assistant") HYMBA_CHECK(!strip_ws(content).empty(), mw + "empty assistant reply");
+    msgs.push_back({role, content});
+  }
+  return msgs;
+}
+
+// Next-token pairs of `ct`, counted where marked and at or after token `from`.
+SftExample to_example(const ChatTokens& ct, int64_t from, int64_t row, int64_t max_tokens,
+                      const std::string& where) {
+  const int64_t n = int64_t(ct.ids.size());
+  HYMBA_CHECK(n >= 2, where + "too short");
+  HYMBA_CHECK(n - 1 <= max_tokens, where + std::to_string(n - 1) + " tokens, longer than --seq-len " +
+                                       std::to_string(max_tokens));
+  SftExample e;
+  e.row = row;
+  e.inputs.assign(ct.ids.begin(), ct.ids.end() - 1);
+  e.targets.resize(size_t(n - 1));
+  for (int64_t i = 0; i + 1 < n; ++i)
+    e.targets[size_t(i)] = ct.assistant[size_t(i + 1)] && i + 1 >= from ? ct.ids[size_t(i + 1)] : -1;
+  return e;
+}
+
+template <class F>
+void each_row(const std::string& path, F f) {
+  std::ifstream in(path);
+  HYMBA_CHECK(in.good(), "cannot read " + path);
   std::string line;
   int64_t row = 0;
-  while (std::getline(f, line)) {
+  while (std::getline(in, line)) {
     ++row;
     const std::string where = path + ":" + std::to_string(row) + ": ";
     if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
@@ -32,41 +67,65 @@ std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer&
     } catch (const nlohmann::json::exception& e) {
       throw Error(where + "not valid JSON (" + e.what() + ")");
     }
+    f(j, row, where);
+  }
+}
+
+}  // namespace
+
+std::vector<PreferencePair> load_preference_jsonl(const std::string& path, const Tokenizer& tok,
+                                                  int64_t max_tokens) {
+  std::vector<PreferencePair> out;
+  each_row(path, [&](const nlohmann::json& j, int64_t row, const std::string& where) {
+    HYMBA_CHECK(j.is_object(), where + "not a JSON object");
+    const char* pk = j.contains("prompt") ? "prompt" : "messages";
+    HYMBA_CHECK(j.contains(pk), where + "no \"prompt\" (or \"messages\")");
+    std::vector<ChatMessage> prompt;
+    if (j[pk].is_string()) prompt.push_back({"user", j[pk].get<std::string>()});
+    else if (j[pk].is_array()) prompt = parse_messages(j[pk], where + pk + ": ");
+    HYMBA_CHECK(!prompt.empty(), where + "\"" + pk + "\" must be a string or a non-empty message list");
+    const size_t prefix = tokenize_chat(tok, prompt, false).ids.size();
+    auto completion = [&](const char* key) {
+      HYMBA_CHECK(j.contains(key), where + "no \"" + std::string(key) + "\"");
+      std::string text;
+      if (j[key].is_string()) {
+        text = j[key].get<std::string>();
+      } else {
+        HYMBA_CHECK(j[key].is_array(), where + "\"" + key + "\" must be a string or [assistant message]");
+        const auto m = parse_messages(j[key], where + key + ": ");
+        HYMBA_CHECK(m.size() == 1 && m[0].role == "assistant",
+                    where + "\"" + key + "\" must hold one assistant message");
+        text = m[0].content;
+      }
+      HYMBA_CHECK(!strip_ws(text).empty(), where + "empty \"" + key + "\" completion");
+      auto msgs = prompt;
+      msgs.push_back({"assistant", text});
+      return to_example(tokenize_chat(tok, msgs, true), int64_t(prefix), row, max_tokens,
+                        where + key + ": ");
+    };
+    PreferencePair p;
+    p.row = row;
+    p.chosen = completion("chosen");
+    p.rejected = completion("rejected");
+    out.push_back(std::move(p));
+  });
+  HYMBA_CHECK(!out.empty(), path + ": no preference pairs");
+  return out;
+}
+
+std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer& tok,
+                                       int64_t max_tokens) {
+  std::vector<SftExample> out;
+  each_row(path, [&](const nlohmann::json& j, int64_t row, const std::string& where) {
     HYMBA_CHECK(j.is_object() && j.contains("messages") && j["messages"].is_array() &&
                     !j["messages"].empty(),
                 where + "no \"messages\" list");
-    std::vector<ChatMessage> msgs;
+    const auto msgs = parse_messages(j["messages"], where);
     bool any_assistant = false;
-    int k = 0;
-    for (const auto& m : j["messages"]) {
-      const std::string mw = where + "message " + std::to_string(k++) + ": ";
-      HYMBA_CHECK(m.is_object() && m.contains("role") && m["role"].is_string() &&
-                      m.contains("content") && m["content"].is_string(),
-                  mw + "needs string \"role\" and \"content\"");
-      const std::string role = m["role"].get<std::string>();
-      HYMBA_CHECK(role == "system" || role == "user" || role == "assistant" || role == "tool",
-                  mw + "unknown role \"" + role + "\" (system, user, assistant, tool)");
-      const std::string content = m["content"].get<std::string>();
-      if (role == "assistant") {
-        HYMBA_CHECK(!strip_ws(content).empty(), mw + "empty assistant reply");
-        any_assistant = true;
-      }
-      msgs.push_back({role, content});
-    }
+    for (const auto& m : msgs) any_assistant |= m.role == "assistant";
     HYMBA_CHECK(any_assistant, where + "no assistant reply to learn from");
-    const ChatTokens ct = tokenize_chat(tok, msgs, /*eos_at_end=*/true);
-    const int64_t n = int64_t(ct.ids.size());
-    HYMBA_CHECK(n >= 2, where + "too short");
-    HYMBA_CHECK(n - 1 <= max_tokens, where + std::to_string(n - 1) + " tokens, longer than --seq-len " +
-                                         std::to_string(max_tokens));
-    SftExample e;
-    e.row = row;
-    e.inputs.assign(ct.ids.begin(), ct.ids.end() - 1);
-    e.targets.resize(size_t(n - 1));
-    for (int64_t i = 0; i + 1 < n; ++i)
-      e.targets[size_t(i)] = ct.assistant[size_t(i + 1)] ? ct.ids[size_t(i + 1)] : -1;
-    out.push_back(std::move(e));
-  }
+    out.push_back(to_example(tokenize_chat(tok, msgs, /*eos_at_end=*/true), 0, row, max_tokens, where));
+  });
   HYMBA_CHECK(!out.empty(), path + ": no conversations");
   return out;
 }

@@ -23,6 +23,17 @@ struct SftExample {
 std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer& tok,
                                        int64_t max_tokens);
 
+// Preference pairs for DPO: JSONL rows {"prompt": "text" | [messages], "chosen": "text" |
+// [assistant message], "rejected": same} ("messages" is accepted for "prompt"). Both completions
+// follow the rendered prompt; targets only on the completion (+ EOS). Errors name FILE:ROW.
+struct PreferencePair {
+  SftExample chosen, rejected;
+  int64_t row = 0;
+  double ref_chosen = 0, ref_rejected = 0;  // Σ log p under the reference model (the trainer's)
+};
+std::vector<PreferencePair> load_preference_jsonl(const std::string& path, const Tokenizer& tok,
+                                                  int64_t max_tokens);
+
 // Greedy in-order packing: each pack is a list of example indices whose lengths sum to at most
 // `capacity` tokens (the meta tokens of each conversation come on top).
 std::vector<std::vector<int64_t>> pack_examples(const std::vector<SftExample>& ex, int64_t capacity);

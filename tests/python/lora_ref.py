@@ -112,3 +112,24 @@ def merged(model, adapter, cfg):
     with torch.no_grad():
         params, _ = apply(model, adapter, cfg)
         return {k: v.detach().numpy() for k, v in params.items()}
+
+
+def dpo_gradients(model, adapter, cfg, batch, beta):
+    """TRL's sigmoid DPO loss of one pair (batch row 0 chosen, row 1 rejected, every next token
+    counted), the reference being the base model; -> (loss, dict PEFT key -> gradient)."""
+    import torch.nn.functional as F
+    batch = np.asarray(batch, np.int64)
+    ids, tg = batch[:, :-1], torch.as_tensor(batch[:, 1:])
+
+    def logps(params):
+        ref = hymba_ref.HymbaReference(model.config, params)
+        ref.cfg = model.cfg
+        lp = torch.log_softmax(ref.forward(ids), -1)
+        return lp.gather(-1, tg[..., None])[..., 0].sum(-1)          # [2]
+    with torch.no_grad():
+        r = logps(model.params)
+    params, leaves = apply(model, adapter, cfg)
+    p = logps(params)
+    loss = -F.logsigmoid(beta * ((p[0] - r[0]) - (p[1] - r[1])))
+    loss.backward()
+    return float(loss.detach()), {k: v.grad.numpy() for k, v in leaves.items()}

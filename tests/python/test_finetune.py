@@ -2,7 +2,8 @@
 PEFT adapter that `generate --lora` and `merge` accept; an interrupted run resumed with --resume
 ends with the same adapter bytes as an uninterrupted one; full fine-tuning writes a model folder;
 bad data (row without messages, unknown role, empty reply, too long) and bad options are refused
-naming the row, with a non-zero exit and no checkpoint written."""
+naming the row, with a non-zero exit and no checkpoint written. hymba dpo: starts at the reference
+(loss ln 2), the margin grows, TRL's metric names; a bad pair is named."""
 import json
 import os
 import sys
@@ -86,6 +87,31 @@ def main():
         check(f"Bad data ({name}) refused naming row 4 before any step",
               r.returncode == 1 and ":4: " in r.stderr and why in r.stderr and "step " not in r.stderr
               and not os.path.exists(os.path.join(out, "latest")), r.stderr.strip()[-200:])
+    # DPO: the policy starts at the reference (loss ln 2 at step 1), the margin grows; TRL's metrics.
+    pairs = os.path.join(work, "dpo.jsonl")
+    write(pairs, [{"prompt": f"Quote verse {i}.", "chosen": "In the beginning God created the heaven and the earth.",
+                   "rejected": "In the beginning God created the sea."} for i in range(6)])
+    for method in ("lora", "full"):
+        out = os.path.join(work, "dpo-" + method)
+        r = U.run(["dpo", "-m", MODEL, "--data", pairs, "--out", out, "--method", method, "--max-steps", "3",
+                   "--lr", "1e-3" if method == "lora" else "1e-5", "--warmup-steps", "1", "--seq-len", "96", "-t", "2"])
+        if not check(f"dpo {method}: runs", r.returncode == 0, r.stderr.strip()[-300:]):
+            continue
+        rows = [l.split(",") for l in open(os.path.join(out, "metrics.csv")).read().split()]
+        head, rows = rows[0], rows[1:]
+        col = {k: i for i, k in enumerate(head)}
+        check(f"dpo {method}: TRL metric names in metrics.csv",
+              all(k in col for k in ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                                     "logps/chosen", "logps/rejected")), ",".join(head))
+        check(f"dpo {method}: step 1 loss is ln 2 (policy == reference)", abs(float(rows[0][col["loss"]]) - 0.6931472) < 1e-4,
+              rows[0][col["loss"]])
+        m = [float(x[col["rewards/margins"]]) for x in rows]
+        check(f"dpo {method}: the reward margin grows", m[-1] > m[0], f"{m}")
+    p = os.path.join(work, "bad-dpo.jsonl")
+    write(p, [{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "chosen": "b"}])
+    r = U.run(["dpo", "-m", MODEL, "--data", p, "--out", os.path.join(work, "bad-dpo")])
+    check("Bad DPO row without \"rejected\" named", r.returncode == 1 and ":2: " in r.stderr and "rejected" in r.stderr,
+          r.stderr.strip()[-200:])
     r = ft(data, os.path.join(work, "bad-method"), "--method", "qlora")
     check("Bad --method refused", r.returncode == 1 and "--method" in r.stderr, r.stderr.strip()[-200:])
     r = ft(data, os.path.join(work, "bad-target"), "--target", "q_proj")

@@ -3,7 +3,8 @@ matmuls, float32) against PyTorch autograd over the float64 reference with the a
 substituted (tests/python/lora_ref.py), for dL/dA, dL/dB and the DoRA magnitude, on every target
 module (in_proj, x_proj, dt_proj, out_proj, gate/up/down), on F32 and BF16 bases (the bf16 base is
 never widened as a whole: its backward goes through matview_backward_input). The DoRA norm is
-detached as in PEFT: the test also shows the engine's gradient is the detached one and not the
+detached as in PEFT, and the DPO loss (TRL's sigmoid form, reference = the base with the adapters
+off) and its gradients are checked the same way. The test also shows the engine's gradient is the detached one and not the
 one through the norm (they differ by more than the tolerance). Tolerance per tensor:
 max |engine - ref| <= 1e-3 * max |ref| + 1e-6; loss within 1e-5 relative.
 """
@@ -82,6 +83,22 @@ def main():
             e = np.abs(np.asarray(eng[k], np.float64) - gref[k]).max() / np.abs(gref[k]).max()
             check(f"{name}: the norm is detached (PEFT), not differentiated", d > 10 * max(e, 1e-4),
                   f"{k}: through-the-norm differs by {d:.2e}, engine vs detached {e:.2e}")
+    # DPO (TRL's sigmoid loss, reference = the base with adapters off) on a LoRA and a DoRA adapter.
+    ckpt = os.path.join(work, "base-f32")
+    model = hymba_ref.load(ckpt)
+    for name, dora in (("dpo-lora", False), ("dpo-dora", True)):
+        adapter = lora_ref.random_adapter(model, ALL, 4, 8.0, dora, seed=20 + dora)
+        adir = os.path.join(work, name)
+        lora_ref.write_peft(adir, adapter, 4, 8.0, dora, ALL)
+        out = os.path.join(adir, "g.safetensors")
+        res = U.run(["grad", "-m", ckpt, "--lora", adir, "--dpo", "0.1", "--batch", spec, "-o", out])
+        if not check(f"{name}: hymba grad --dpo", res.returncode == 0, res.stderr.strip()[-300:]):
+            continue
+        pcfg, _ = lora_ref.read_peft(adir)
+        loss_r, gref = lora_ref.dpo_gradients(model, adapter, pcfg, batch, 0.1)
+        loss_e = float(res.stdout.split()[-1])
+        check(f"{name}: DPO loss", abs(loss_e - loss_r) <= 1e-4 * abs(loss_r) + 1e-6, f"engine {loss_e:.9g} ref {loss_r:.9g}")
+        compare(f"{name}: DPO gradients vs autograd", hymba_ref.read_safetensors(out)[0], gref)
     return R.finish()
 
 
