@@ -7,6 +7,7 @@ PKGS=(
   libsentencepiece-dev sentencepiece
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev
+  openmpi-bin libopenmpi-dev
   python3-torch python3-numpy
   nodejs
   bible-kjv-text bible-kjv gnuplot-nox

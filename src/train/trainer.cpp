@@ -15,6 +15,7 @@
 #include "model/hymba.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/dist.h"
 #include "train/params.h"
 #include "train/step.h"
 #include "train/train_state.h"
@@ -85,12 +86,23 @@ TrainResult train(const TrainOptions& o) {
   HYMBA_CHECK(!o.out.empty(), "--out is required");
   HYMBA_CHECK(o.batch >= 1 && o.seq_len >= 1 && o.grad_accum >= 1 && o.steps >= 1,
               "--batch, --seq-len, --grad-accum and --steps must be >= 1");
+  // Data parallel (mpirun -np K): every rank draws the same global batch and computes its share
+  // of the rows; gradients are summed over ranks; rank 0 alone writes.
+  const DistInfo& dp = dist();
+  HYMBA_CHECK(o.batch >= dp.size, "--batch " + std::to_string(o.batch) + " is smaller than the " +
+                                      std::to_string(dp.size) + " MPI ranks (each needs a row)");
+  const int64_t row_lo = int64_t(o.batch) * dp.rank / dp.size, row_hi = int64_t(o.batch) * (dp.rank + 1) / dp.size;
+  if (dp.size > 1 && dp.root() && !o.quiet)
+    std::fprintf(stderr, "data parallel over %d MPI ranks: %lld rows of each batch per rank\n", dp.size,
+                 (long long)(row_hi - row_lo));
   // Everything that can be refused is checked before any work.
   std::error_code ec;
   fs::create_directories(o.out, ec);
   HYMBA_CHECK(!ec, "cannot create output folder " + o.out + ": " + ec.message());
-  write_file_atomic(o.out + "/.write-test", std::string("ok"));
-  fs::remove(o.out + "/.write-test");
+  if (dp.root()) {
+    write_file_atomic(o.out + "/.write-test", std::string("ok"));
+    fs::remove(o.out + "/.write-test");
+  }
   const std::string ck = current_checkpoint(o.out);
   if (o.resume) HYMBA_CHECK(!ck.empty(), "--resume: no checkpoint (train_state.json) in " + o.out);
   else HYMBA_CHECK(ck.empty(), "--out " + o.out + " already holds a training run: pass --resume to "
@@ -101,7 +113,7 @@ TrainResult train(const TrainOptions& o) {
   HYMBA_CHECK(train_data.num_tokens() > o.seq_len + 1,
               "training data " + o.data + "/train.tok has fewer tokens than --seq-len + 2");
 
-  clean_stale_checkpoints(o.out);
+  if (dp.root()) clean_stale_checkpoints(o.out);
   ParamArena arena;
   if (o.resume) {
     arena = arena_from_checkpoint(ck);
@@ -137,6 +149,7 @@ TrainResult train(const TrainOptions& o) {
   const LrSchedule& sched = ts.schedule;
   int64_t& step = ts.step;
   uint64_t& data_rng = ts.data_rng;
+  dist_broadcast(arena.data.data(), arena.data.size());  // identical start on every rank
   HymbaModel model(c, arena.w);
 
   std::string csv_text = o.resume && fs::exists(ck + "/metrics.csv") ? read_file(ck + "/metrics.csv")
@@ -169,6 +182,7 @@ TrainResult train(const TrainOptions& o) {
   const std::string tokenizer_from = !o.tokenizer.empty() ? o.tokenizer
                                      : fs::exists(o.out + "/tokenizer.model") ? o.out : std::string();
   auto save = [&]() {
+    if (!dp.root()) return;
     const std::string dir = begin_checkpoint(o.out, step);
     save_arena_checkpoint(arena, dir, DType::F32);
     if (!tokenizer_from.empty()) copy_tokenizer_files(tokenizer_from, dir);
@@ -187,12 +201,30 @@ TrainResult train(const TrainOptions& o) {
   const int64_t first_step = step;
   double t_log = now_s();
   int64_t tokens_since_log = 0;
+  double comm_since_log = 0;  // seconds in the gradient all-reduce (incl. waiting for slower ranks)
   while (step < o.steps) {
     arena.zero_grad();
     double loss = 0;
     for (int k = 0; k < o.grad_accum; ++k) {
       train_data.sample(o.batch, o.seq_len, data_rng, in.data(), tg.data());
-      loss += loss_and_grads(model, arena, in.data(), tg.data(), o.batch, o.seq_len) / o.grad_accum;
+      // This rank's rows, weighted by their share of the batch's counted targets, so that the sum
+      // over ranks is the mean over the whole batch (one rank: weight 1, as before).
+      int64_t mine = 0, all = 0;
+      for (int64_t i = 0; i < int64_t(tg.size()); ++i)
+        if (tg[size_t(i)] >= 0) ++all, mine += (i >= row_lo * o.seq_len && i < row_hi * o.seq_len);
+      const float w = all ? float(double(mine) / double(all)) : 0.0f;
+      const size_t at = size_t(row_lo * o.seq_len);
+      const double l = loss_and_grads(model, arena, in.data() + at, tg.data() + at, row_hi - row_lo, o.seq_len, w);
+      loss += (dp.size == 1 ? l : l * w) / o.grad_accum;
+    }
+    if (dp.size > 1) {
+      const double t0 = now_s();
+      dist_sum(arena.grad.data(), arena.grad.size());
+      double shared[2] = {loss, g_train_stop.load() ? 1.0 : 0.0};  // a Ctrl-C on any rank stops all
+      dist_sum(shared, 2);
+      loss = shared[0];
+      if (shared[1] > 0) g_train_stop = true;
+      comm_since_log += now_s() - t0;
     }
     HYMBA_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
                                          std::to_string(step) + " (try a lower --lr)");
@@ -203,20 +235,21 @@ TrainResult train(const TrainOptions& o) {
     tokens_since_log += tokens_per_step;
     r.last_loss = loss;
     double val = -1;
-    if (o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps)) val = eval_val(), r.last_val_loss = val;
+    if (dp.root() && o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps)) val = eval_val(), r.last_val_loss = val;
     const double now = now_s();
     const double tps = double(tokens_since_log) / std::max(now - t_log, 1e-9);
     char row[160];
     std::snprintf(row, sizeof row, "%lld,%.6f,%.6g,%.4f,%.1f,%.6f\n", (long long)step, loss, lr, gnorm, tps, val);
     csv_text += row;
-    if (!o.quiet && (step % o.log_every == 0 || step == o.steps || val >= 0)) {
+    if (dp.root() && !o.quiet && (step % o.log_every == 0 || step == o.steps || val >= 0)) {
       const double rate = double(step - first_step) / std::max(now - t_start, 1e-9);
       std::fprintf(stderr, "step %lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %s",
                    (long long)step, (long long)o.steps, loss, lr, gnorm, tps,
                    fmt_eta(double(o.steps - step) / std::max(rate, 1e-9)).c_str());
       if (val >= 0) std::fprintf(stderr, " | val %.4f (ppl %.2f)", val, std::exp(val));
+      if (dp.size > 1) std::fprintf(stderr, " | allreduce %.0f%%", 100 * comm_since_log / std::max(now - t_log, 1e-9));
       std::fprintf(stderr, "\n");
-      t_log = now, tokens_since_log = 0;
+      t_log = now, tokens_since_log = 0, comm_since_log = 0;
     }
     if (g_train_stop.load() || (o.stop_after > 0 && step >= o.stop_after && step < o.steps)) {
       r.interrupted = true;
@@ -225,8 +258,9 @@ TrainResult train(const TrainOptions& o) {
     if (o.save_every > 0 && step % o.save_every == 0 && step < o.steps) save();
   }
   save();
+  dist_barrier();  // the other ranks end once rank 0's checkpoint is complete
   r.steps_done = step;
-  if (!o.quiet)
+  if (dp.root() && !o.quiet)
     std::fprintf(stderr, "%s at step %lld; checkpoint in %s\n",
                  r.interrupted ? "interrupted, saved" : "done", (long long)step, o.out.c_str());
   return r;
