@@ -28,6 +28,7 @@
 #include "runtime/chat_template.h"
 #include "runtime/engine.h"
 #include "runtime/scheduler.h"
+#include "runtime/state_store.h"
 #include "runtime/tokenizer.h"
 #include "server_net.h"
 #include "server_request.h"
@@ -44,6 +45,8 @@ struct Opts : ModelFlags {
   int64_t cache_ram_mib = 1024, max_body = 16 << 20;
   int threads_http = 256, backlog = 512, timeout = 30, keep_alive = 5, keep_alive_max = 100;
   int max_queue = 256, request_timeout = 600, shutdown_timeout = 10;
+  std::string state_store;
+  int state_store_ttl = 3600, state_store_max_mib = 256;
 };
 
 // A reply other than 400 (BadRequest, server_request.h) and 200.
@@ -97,8 +100,8 @@ const std::map<std::string, std::string> kEndpoints = {
 
 class Server {
  public:
-  Server(const Opts& o, Engine& eng, const Tokenizer& tok, ConnectionPool& pool)
-      : o_(o), eng_(eng), tok_(tok), pool_(pool), sched_(eng, tok, sched_opts(o)) {
+  Server(const Opts& o, Engine& eng, const Tokenizer& tok, ConnectionPool& pool, StateStore* store)
+      : o_(o), eng_(eng), tok_(tok), pool_(pool), sched_(eng, tok, sched_opts(o, store)) {
     name_ = o.alias.empty() ? std::filesystem::path(eng.dir()).filename().string() : o.alias;
     if (name_.empty()) name_ = "hymba";
     const int64_t trained = eng.config().max_position_embeddings;
@@ -109,8 +112,9 @@ class Server {
   }
   int64_t ctx() const { return ctx_; }
 
-  static SchedulerOptions sched_opts(const Opts& o) {
+  static SchedulerOptions sched_opts(const Opts& o, StateStore* store) {
     SchedulerOptions s;
+    s.store = store;
     s.max_parallel = o.parallel;
     s.max_queue = o.max_queue;
     s.max_snapshots = o.cache_prompts;
@@ -226,6 +230,8 @@ class Server {
     metric("hymba_prefix_cache_hits_total", "counter", "Prompts that continued from a kept state.", s.prefix_hits);
     metric("hymba_prefix_cache_states", "gauge", "Kept states.", s.snapshots);
     metric("hymba_prefix_cache_bytes", "gauge", "Bytes of kept states.", s.snapshot_bytes);
+    metric("hymba_state_store_hits_total", "counter", "Prompts that continued from a state in --state-store.", s.store_hits);
+    metric("hymba_state_store_errors_total", "counter", "Failed --state-store reads and writes.", s.store_errors);
     metric("hymba_http_busy_threads", "gauge", "Connection threads serving a client.", pool_.busy());
     return o.str();
   }
@@ -512,7 +518,10 @@ void run(const Opts& o) {
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
     listen_fd = sock;
   });
-  Server srv(o, *eng, *tok, *pool);
+  std::unique_ptr<StateStore> store;
+  if (!o.state_store.empty())
+    store = connect_state_store(o.state_store, o.state_store_ttl, size_t(o.state_store_max_mib) << 20);
+  Server srv(o, *eng, *tok, *pool, store.get());
   srv.routes(http);
   int port = o.port;
   errno = 0;
@@ -591,6 +600,11 @@ Register reg("server", "OpenAI-compatible HTTP server with continuous batching",
                  "seconds a completion may take, queueing included; then HTTP 504 (default 600, 0 = none)");
   sub.add_option("--shutdown-timeout", o->shutdown_timeout,
                  "on SIGTERM/SIGINT, seconds running requests get to finish before they are ended (default 10)");
+  sub.add_option("--state-store", o->state_store,
+                 "redis://HOST:PORT: kept states are also written there (with a TTL) and looked up there, so "
+                 "replicas behind a load balancer continue each other's prompts");
+  sub.add_option("--state-store-ttl", o->state_store_ttl, "seconds a state stays in --state-store (default 3600)");
+  sub.add_option("--state-store-max-mb", o->state_store_max_mib, "larger states are not stored, MiB (default 256)");
   sub.callback([o] { run(*o); });
 });
 

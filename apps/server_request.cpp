@@ -45,8 +45,18 @@ std::vector<int32_t> encode_chat(const std::vector<ChatMessage>& msgs, const Tok
       if (pre.size() < ids.size() && std::equal(pre.begin(), pre.end(), ids.begin())) boundaries->push_back(pre.size());
     };
     mark();
-    for (const auto& m : msgs)
-      if (m.role != "system") text += render_turn(m), mark();
+    for (const auto& m : msgs) {
+      if (m.role == "system") continue;
+      if (m.role == "assistant") {
+        // Where the request that produced this reply stopped keeping (all but the last token of
+        // its prompt): found there, e.g. on another replica's --state-store.
+        const auto pre = tok.encode(text + generation_prompt(), false);
+        if (pre.size() > 1 && pre.size() <= ids.size() && std::equal(pre.begin(), pre.end(), ids.begin()))
+          boundaries->push_back(pre.size() - 1);
+      }
+      text += render_turn(m);
+      mark();
+    }
     return ids;
   } catch (const BadRequest&) {
     throw;

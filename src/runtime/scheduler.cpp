@@ -93,6 +93,7 @@ Scheduler::Scheduler(Engine& eng, const Tokenizer& tok, SchedulerOptions opts) :
   opts_.max_parallel = std::max(1, opts_.max_parallel);
   opts_.max_queue = std::max(0, opts_.max_queue);
   opts_.max_snapshots = std::max(0, opts_.max_snapshots);
+  if (opts_.store) model_tag_ = eng_.model_tag();
   worker_ = std::thread([this] { loop(); });
 }
 
@@ -157,6 +158,8 @@ Scheduler::Stats Scheduler::stats() const {
   s.snapshots = n_snapshots_;
   s.snapshot_bytes = n_snapshot_bytes_;
   s.busy_seconds = double(busy_us_) * 1e-6;
+  s.store_hits = n_store_hits_;
+  s.store_errors = opts_.store ? opts_.store->errors() : 0;
   return s;
 }
 
@@ -203,8 +206,10 @@ void Scheduler::loop() {
   running_.clear();
 }
 
-void Scheduler::keep(std::vector<int32_t> tokens, const SequenceState& state) {
-  if (opts_.max_snapshots == 0 || tokens.empty()) return;
+void Scheduler::keep(std::vector<int32_t> tokens, const SequenceState& state, bool to_store) {
+  if (tokens.empty()) return;
+  if (opts_.store && to_store) opts_.store->put(state_key(model_tag_, tokens), encode_state_entry(model_tag_, tokens, state));
+  if (opts_.max_snapshots == 0) return;
   const size_t bytes = state.bytes() + tokens.size() * sizeof(int32_t);
   if (bytes > opts_.max_snapshot_bytes) return;
   for (auto it = snapshots_.begin(); it != snapshots_.end(); ++it)
@@ -243,6 +248,11 @@ void Scheduler::start(Active& a) {
   } else {
     a.seq = eng_.new_sequence();
   }
+  size_t restored = 0;
+  if (opts_.store && restore_from_store(a, from, &restored)) {
+    if (from == 0) ++n_hits_;
+    from = restored;
+  }
   a.job->n_cached = int64_t(from);
   n_cached_ += int64_t(from);
   n_prompt_ += int64_t(p.size());
@@ -262,6 +272,34 @@ void Scheduler::start(Active& a) {
     keep(std::vector<int32_t>(p.begin(), p.begin() + int64_t(k)), a.seq);
     cur = k;
   }
+}
+
+// The longest state another replica (or this one) stored for a prefix of this prompt longer than
+// `from`, looked up at the points a request keeps states at.
+bool Scheduler::restore_from_store(Active& a, size_t from, size_t* restored) {
+  const auto& p = a.req.prompt;
+  const size_t end = p.size() - 1;
+  std::vector<size_t> at;
+  for (size_t k : a.req.keep_at)
+    if (k > from && k <= end) at.push_back(k);
+  if (opts_.cache_block > 0)
+    for (size_t k = (from / opts_.cache_block + 1) * opts_.cache_block; k <= end; k += opts_.cache_block) at.push_back(k);
+  if (end > from) at.push_back(end);
+  std::sort(at.rbegin(), at.rend());
+  at.erase(std::unique(at.begin(), at.end()), at.end());
+  for (size_t k : at) {
+    const std::vector<int32_t> prefix(p.begin(), p.begin() + int64_t(k));
+    const auto v = opts_.store->get(state_key(model_tag_, prefix));
+    if (!v) continue;
+    SequenceState s = eng_.new_sequence();
+    if (!decode_state_entry(*v, model_tag_, prefix, s)) continue;  // damaged or foreign: process instead
+    a.seq = std::move(s);
+    keep(prefix, a.seq, false);
+    ++n_store_hits_;
+    *restored = k;
+    return true;
+  }
+  return false;
 }
 
 void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {

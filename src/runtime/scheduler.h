@@ -26,6 +26,7 @@
 #include "base/error.h"
 #include "runtime/engine.h"
 #include "runtime/generate.h"
+#include "runtime/state_store.h"
 #include "runtime/tokenizer.h"
 
 namespace hymba {
@@ -86,6 +87,7 @@ struct SchedulerOptions {
   int max_snapshots = 32;        // kept states for prefix reuse (0: none)
   size_t max_snapshot_bytes = size_t(1) << 30;
   size_t cache_block = 256;      // also keep a state every this many prompt tokens (0: no)
+  StateStore* store = nullptr;   // kept states also go there, and are looked up there (replicas)
 };
 
 class Scheduler {
@@ -102,6 +104,7 @@ class Scheduler {
     int64_t running = 0, waiting = 0;
     int64_t prompt_tokens = 0, cached_tokens = 0, generated_tokens = 0;
     int64_t prefix_lookups = 0, prefix_hits = 0, snapshots = 0, snapshot_bytes = 0;
+    int64_t store_hits = 0, store_errors = 0;  // --state-store
     double busy_seconds = 0;  // wall time the worker spent in forwards
   };
   Stats stats() const;
@@ -116,7 +119,8 @@ class Scheduler {
   void loop();
   void step(std::vector<std::unique_ptr<Active>>& active);
   void start(Active& a);  // a fresh or reused state for a new request, all but its last prompt token fed
-  void keep(std::vector<int32_t> tokens, const SequenceState& state);
+  void keep(std::vector<int32_t> tokens, const SequenceState& state, bool to_store = true);
+  bool restore_from_store(Active& a, size_t from, size_t* restored);
 
   Engine& eng_;
   const Tokenizer& tok_;
@@ -129,7 +133,8 @@ class Scheduler {
   std::vector<std::shared_ptr<Job>> running_;  // under mu_, for cancel_all and stats
   bool stop_ = false;
   std::atomic<int64_t> n_prompt_{0}, n_cached_{0}, n_generated_{0}, n_lookups_{0}, n_hits_{0};
-  std::atomic<int64_t> n_snapshots_{0}, n_snapshot_bytes_{0}, busy_us_{0};
+  std::atomic<int64_t> n_snapshots_{0}, n_snapshot_bytes_{0}, busy_us_{0}, n_store_hits_{0};
+  uint64_t model_tag_ = 0;
   std::thread worker_;
 };
 
