@@ -80,6 +80,16 @@ state = {"format": "hymba-train-state", "version": 1, "step": 10, "data_rng": "1
 put("train_state", "wsd", json.dumps(state, indent=2))
 state["schedule"].update(kind="cosine", warmup_steps=5)
 put("train_state", "cosine", json.dumps(state))
+# JSONL training rows: first byte even = SFT conversations, odd = DPO preference pairs
+sft = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who made the light?"},
+                     {"role": "assistant", "content": "God."}]},
+       {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                     {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Hello again."}]}]
+put("jsonl", "sft", "\x00" + "\n".join(json.dumps(r) for r in sft) + "\n")
+dpo = [{"prompt": "And God said", "chosen": " Let there be light.", "rejected": " nothing."},
+       {"prompt": [{"role": "user", "content": "Name a river."}], "chosen": [{"role": "assistant", "content": "Jordan"}],
+        "rejected": [{"role": "assistant", "content": "Light"}]}]
+put("jsonl", "dpo", "\x01" + "\n".join(json.dumps(r) for r in dpo) + "\n")
 # prompt caches written by `hymba generate --prompt-cache` on a random tests/configs/tiny-hymba.json
 # model (vocab widened to the kjv tokenizer's), tag field set to the target's kTag
 with tempfile.TemporaryDirectory() as tmp:
