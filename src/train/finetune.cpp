@@ -204,6 +204,8 @@ FinetuneResult finetune(const FinetuneOptions& o) {
                  (long long)total, (long long)(adapters ? ad.data.size() : arena.data.size()));
   FinetuneResult r;
   r.total_steps = total;
+  if (step == 0 && !o.quiet && (dpo ? !val_pairs.empty() : !val.empty()))
+    std::fprintf(stderr, "step 0 | val %.4f\n", eval_val());  // the starting point, for comparison
   const double t0 = now_s();
   const int64_t step0 = step;
   int64_t session_tokens = 0;
