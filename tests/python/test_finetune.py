@@ -43,7 +43,7 @@ def main():
         r = ft(data, out, "--method", method, "--rank", "4", "--max-steps", "4", "--val-fraction", "0.2", "--lr", "2e-3")
         if not check(f"{method}: runs", r.returncode == 0, r.stderr.strip()[-300:]):
             continue
-        losses = [float(l.split("loss ")[1].split()[0]) for l in r.stderr.splitlines() if l.startswith("step ")]
+        losses = [float(l.split("loss ")[1].split()[0]) for l in r.stderr.splitlines() if l.startswith("step ") and "| loss " in l]
         check(f"{method}: training loss goes down", len(losses) == 4 and losses[-1] < losses[0],
               f"{losses[0]:.3f} -> {losses[-1]:.3f}" if losses else r.stderr[-200:])
         check(f"{method}: validation loss reported", "| val " in r.stderr, r.stderr.strip().splitlines()[-2])
