@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <memory>
 #include <filesystem>
+#include <fstream>
 #include <random>
 #include <unistd.h>
 
@@ -65,6 +66,15 @@ std::unique_ptr<Checkpoint> random_checkpoint(const std::string& config_path, DT
   ck->bf16_store.shrink_to_fit();
   ck->weights = bind_weights(ck->config, refs);
   return ck;
+}
+
+// This process's anonymous memory on transparent huge pages (/proc/self/smaps_rollup), in MiB.
+double huge_page_mib() {
+  std::ifstream f("/proc/self/smaps_rollup");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("AnonHugePages:", 0) == 0) return std::atof(line.c_str() + 14) / 1024.0;
+  return 0;
 }
 
 int64_t weight_bytes_per_token(const Weights& w) {
@@ -192,16 +202,20 @@ void run(const Opts& o) {
               "-p, -n and --batch must be >= 1, --depth >= 0");
   const EngineOptions eo = o.engine_options();
   std::unique_ptr<Engine> eng;
-  std::string what;
+  std::string what, load_how = "random";
+  const double t_load = now_s();
   if (!o.random_config.empty()) {
     const DType wt = parse_cache_type(o.weight_type);
     eng = std::make_unique<Engine>(random_checkpoint(o.random_config, wt), eo);
     what = "random " + o.random_config + " (" + o.weight_type + " weights)";
   } else {
     const std::string dir = o.dir();
-    eng = Engine::load(dir, eo);
+    eng = Engine::load(dir, eo);  // exactly as generate and server load it
     what = dir;
+    load_how = std::string(eo.io.mmap ? "mmap" : "read") + (eo.io.mlock ? "+mlock" : "");
   }
+  const double load_s = now_s() - t_load;
+  const double huge_mib = huge_page_mib();
   const auto& c = eng->config();
   std::mt19937 g(7);
   auto ids = [&](int64_t n) {
@@ -260,12 +274,14 @@ void run(const Opts& o) {
                         {"cache_type", o.cache_type}, {"quantize", o.quantize}, {"prefill_tok_s", pp}, {"decode_tok_s", tg},
                         {"decode_weight_gb_s", decode_gbs}, {"prefill_gflop_s", prefill_gflops},
                         {"peak_rss_mib", peak_mib}, {"machine_read_gb_s", peak_bw},
+                        {"load", load_how}, {"load_s", load_s}, {"huge_page_mib", huge_mib},
                         {"machine_sgemm_gflop_s", peak_gemm}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
   std::printf("model: %s, %lld params, %d threads, cache %s, quantize %s\n", what.c_str(),
               (long long)params, num_threads(), o.cache_type.c_str(), o.quantize.c_str());
+  std::printf("load     %-8s %9.2f s  (%.0f MiB on 2 MiB pages)\n", load_how.c_str(), load_s, huge_mib);
   std::printf("prefill  pp%-6lld %9.2f tok/s  %7.1f GFLOP/s", (long long)o.n_prompt, pp, prefill_gflops);
   if (peak_gemm > 0) std::printf("  = %.2f of sgemm peak (%.1f GFLOP/s)", prefill_gflops / peak_gemm, peak_gemm);
   std::printf("\ndecode   tg%-6lld %9.2f tok/s  (batch %lld, depth %lld)  weights %.2f GB/s",

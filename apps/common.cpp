@@ -88,6 +88,8 @@ EngineOptions ModelFlags::engine_options() const {
   eo.cache_dtype = parse_cache_type(cache_type);
   eo.q8_weights = parse_quantize(quantize);
   if (!lora.empty()) parse_lora(lora, &eo.lora, &eo.lora_scale);
+  eo.io.mmap = mmap || (eo.q8_weights && !no_mmap);
+  eo.io.mlock = mlock;
   return eo;
 }
 
@@ -97,6 +99,11 @@ void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type) {
   sub.add_option("--quantize", f.quantize, kQuantizeHelp);
   sub.add_option("--lora", f.lora, "PEFT LoRA/DoRA adapter folder, applied without merging; DIR:scale scales it");
   sub.add_option("-t,--threads", f.threads, "threads (default: all cores)");
+  sub.add_flag("--mmap", f.mmap,
+               "map the weight files (instant start, shared page cache) instead of reading them "
+               "into huge-page memory (faster, steadier decode); default with --quantize");
+  sub.add_flag("--no-mmap", f.no_mmap, "read the weight files into memory (the default without --quantize)");
+  sub.add_flag("--mlock", f.mlock, "keep the weights locked in RAM (needs `ulimit -l`)");
 }
 
 void apply_threads(int n) {

@@ -19,8 +19,11 @@ DType parse_cache_type(const std::string& s);
 struct ModelFlags {
   std::string model, cache_type = "bf16", quantize = "none", lora;
   int threads = 0;
+  // How the weights get into memory (src/io/safetensors.h): read by default, mapped with --mmap
+  // or with --quantize (the stored copy is then dropped as it is converted) unless --no-mmap.
+  bool mmap = false, no_mmap = false, mlock = false;
   std::string dir() const;                // -m, else the default model
-  EngineOptions engine_options() const;   // --cache-type, --quantize and --lora
+  EngineOptions engine_options() const;   // --cache-type, --quantize, --lora, --mmap, --mlock
 };
 // with_cache_type = false for commands that compute with an f32 cache (logits, perplexity).
 void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type = true);

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <set>
 
@@ -25,15 +26,42 @@ int64_t TensorInfo::numel() const {
   return n;
 }
 
-// A read-only mmap of one file.
+// One file's bytes: a read-only mmap of it, or an anonymous copy.
 struct SafetensorsFile::Mapping {
   std::string path;
   const uint8_t* base = nullptr;
   size_t size = 0;
+  HugeBuffer copy;  // the bytes when read (not mapped)
   ~Mapping() {
-    if (base && size) ::munmap(const_cast<uint8_t*>(base), size);
+    if (base && !copy.data()) ::munmap(const_cast<uint8_t*>(base), size);
   }
 };
+
+constexpr size_t kHugePage = size_t(2) << 20;
+
+HugeBuffer::HugeBuffer(size_t n) {
+  if (n == 0) return;
+  // Over-allocate by one huge page and trim to a 2 MiB aligned region of whole huge pages.
+  const size_t len = (n + kHugePage - 1) / kHugePage * kHugePage;
+  void* raw = ::mmap(nullptr, len + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED)
+    fail("cannot allocate " + std::to_string(n) + " bytes: " + std::strerror(errno));
+  const uintptr_t r = uintptr_t(raw), a = (r + kHugePage - 1) / kHugePage * kHugePage;
+  if (a > r) ::munmap(raw, a - r);
+  if (r + kHugePage > a) ::munmap(reinterpret_cast<void*>(a + len), r + kHugePage - a);
+  p_ = reinterpret_cast<uint8_t*>(a);
+  n_ = n;
+  mapped_ = len;
+  ::madvise(p_, len, MADV_HUGEPAGE);
+}
+
+HugeBuffer::~HugeBuffer() {
+  if (p_) ::munmap(p_, mapped_);
+}
+
+void HugeBuffer::make_read_only() {
+  if (p_) ::mprotect(p_, mapped_, PROT_READ);
+}
 
 SafetensorsFile::~SafetensorsFile() = default;
 
@@ -52,8 +80,8 @@ std::string shape_str(const std::vector<int64_t>& s) {
   return r + "]";
 }
 
-// Maps `path` read-only; checks only that it is a regular file of at least 8 bytes.
-void map_file(const std::string& path, const uint8_t** base, size_t* size) {
+// Opens `path`; checks only that it is a regular file of at least 8 bytes. Returns fd and size.
+int open_checked(const std::string& path, size_t* size) {
   int fd = ::open(path.c_str(), O_RDONLY);
   if (fd < 0) fail("cannot open safetensors file " + path + ": " + std::strerror(errno));
   struct stat st;
@@ -66,11 +94,50 @@ void map_file(const std::string& path, const uint8_t** base, size_t* size) {
     fail("safetensors file " + path + ": file too short (" + std::to_string(st.st_size) +
          " bytes, need at least 8 for the header length)");
   }
-  void* p = ::mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (p == MAP_FAILED) fail("cannot mmap " + path + ": " + std::strerror(errno));
-  *base = static_cast<const uint8_t*>(p);
   *size = size_t(st.st_size);
+  return fd;
+}
+
+// `path` into memory: mapped, or read into a HugeBuffer.
+void load_file(const std::string& path, const LoadOptions& o, const uint8_t** base, size_t* size,
+               HugeBuffer* copy) {
+  const int fd = open_checked(path, size);
+  void* p = MAP_FAILED;
+  if (o.mmap) {
+    p = ::mmap(nullptr, *size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      fail("cannot mmap " + path + ": " + std::strerror(errno));
+    }
+    // Read-ahead of the whole file now rather than 128 KiB at a time during the first tokens.
+    ::madvise(p, *size, MADV_WILLNEED);
+  } else {
+    try {
+      *copy = HugeBuffer(*size);
+    } catch (const Error& e) {
+      ::close(fd);
+      fail("cannot read " + path + " into memory (try --mmap): " + e.what());
+    }
+    p = copy->data();
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    size_t done = 0;
+    while (done < *size) {
+      const ssize_t r = ::read(fd, copy->data() + done, std::min<size_t>(*size - done, size_t(1) << 30));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) {
+        const std::string why = r < 0 ? std::strerror(errno) : "unexpected end of file";
+        ::close(fd);
+        fail("cannot read safetensors file " + path + ": " + why);
+      }
+      done += size_t(r);
+    }
+    copy->make_read_only();
+  }
+  ::close(fd);
+  if (o.mlock && ::mlock(p, *size) != 0)
+    std::fprintf(stderr, "warning: --mlock: cannot lock %s in memory (%s); raise `ulimit -l`\n",
+                 path.c_str(), std::strerror(errno));
+  *base = static_cast<const uint8_t*>(p);
 }
 
 // Reads a non-negative integer from a JSON value (safetensors writes unsigned numbers).
@@ -178,12 +245,14 @@ void parse_header(const std::string& path, const uint8_t* base, size_t size,
 
 }  // namespace
 
-std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path_or_dir) {
+std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path_or_dir,
+                                                       const LoadOptions& opts) {
   std::unique_ptr<SafetensorsFile> f(new SafetensorsFile());
+  f->opts_ = opts;
   auto add_file = [&](const std::string& path) {
     auto m = std::make_unique<Mapping>();
     m->path = path;
-    map_file(path, &m->base, &m->size);
+    load_file(path, opts, &m->base, &m->size, &m->copy);
     const uint8_t* base = m->base;
     size_t size = m->size;
     f->maps_.push_back(std::move(m));

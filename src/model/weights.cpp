@@ -118,10 +118,10 @@ Weights bind_weights(const Config& c, const std::vector<ParamRef>& data) {
 
 Checkpoint::~Checkpoint() = default;
 
-std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir) {
+std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOptions& io) {
   auto ck = std::make_unique<Checkpoint>();
   ck->config = load_config(dir + "/config.json");
-  ck->file = SafetensorsFile::open(dir);
+  ck->file = SafetensorsFile::open(dir, io);
   const Config& c = ck->config;
   const auto specs = param_specs(c);
   std::vector<ParamRef> refs;
@@ -181,7 +181,8 @@ int quantize_weights_q8(Checkpoint& ck) {
   int n = 0;
   auto q8 = [&](MatView& m) {
     if (m.dtype == DType::Q8 || m.rows <= 0 || m.cols <= 0 || m.cols % kQ8Block != 0) return;
-    std::vector<int8_t> q(size_t(m.rows * m.cols));
+    HugeBuffer qb(size_t(m.rows * m.cols));
+    int8_t* q = reinterpret_cast<int8_t*>(qb.data());
     std::vector<float> sc(size_t(m.rows * (m.cols / kQ8Block)));
     const MatView src = m;
     int64_t bad_row = -1;  // exceptions must not leave the parallel region
@@ -192,7 +193,7 @@ int quantize_weights_q8(Checkpoint& ck) {
       for (int64_t r = 0; r < src.rows; ++r) {
         try {
           matrow_to_f32(row.data(), src, r);
-          quantize_q8(q.data() + r * src.cols, sc.data() + r * (src.cols / kQ8Block), row.data(), src.cols);
+          quantize_q8(q + r * src.cols, sc.data() + r * (src.cols / kQ8Block), row.data(), src.cols);
         } catch (const Error&) {
 #pragma omp critical
           bad_row = r;
@@ -202,11 +203,14 @@ int quantize_weights_q8(Checkpoint& ck) {
     HYMBA_CHECK(bad_row < 0, "quantize to Q8: row " + std::to_string(bad_row) + " of a " +
                                  std::to_string(src.rows) + "x" + std::to_string(src.cols) +
                                  " matrix has a non-finite weight");
-    // The stored copy is not read again (the embedding lookup faults its rows back in).
-    if (ck.file) ck.file->release_pages(src.data, size_t(src.rows * src.cols) * dtype_size(src.dtype));
-    ck.q8_store.push_back(std::move(q));
+    // The stored copy is not read again, except the embedding table of a tied head (an mmap
+    // faults its rows back in; a copy read into memory would read zeros).
+    if (ck.file && (ck.file->mapped() || src.data != ck.weights.embed.data))
+      ck.file->release_pages(src.data, size_t(src.rows * src.cols) * dtype_size(src.dtype));
+    qb.make_read_only();
+    ck.q_store.push_back(std::move(qb));
     ck.f32_store.push_back(std::move(sc));
-    m.data = ck.q8_store.back().data();
+    m.data = ck.q_store.back().data();
     m.scales = ck.f32_store.back().data();
     m.dtype = DType::Q8;
     ++n;

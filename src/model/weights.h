@@ -5,12 +5,11 @@
 #include <string>
 #include <vector>
 
+#include "io/safetensors.h"
 #include "model/config.h"
 #include "ops/matmul.h"
 
 namespace hymba {
-
-class SafetensorsFile;
 
 struct LayerWeights {
   const float* input_norm = nullptr;  // [H]            input_layernorm.weight
@@ -71,12 +70,13 @@ struct Checkpoint {
   std::unique_ptr<SafetensorsFile> file;
   std::vector<std::vector<float>> f32_store;     // owned widened copies
   std::vector<std::vector<uint16_t>> bf16_store;  // owned bf16 matrices (random models for bench)
-  std::vector<std::vector<int8_t>> q8_store;      // owned Q8 matrices (scales in f32_store)
+  std::vector<HugeBuffer> q_store;                // owned quantized matrices (Q8 scales in f32_store)
   Weights weights;
   ~Checkpoint();
 };
-// Loads and validates (every name and shape of param_specs; error names the tensor).
-std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir);
+// Loads and validates (every name and shape of param_specs; error names the tensor). `io` picks
+// reading into huge-page memory (default) or mmap, and mlock (src/io/safetensors.h).
+std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOptions& io = {});
 
 // 8-bit weights for inference: replaces every linear layer whose width is a multiple of
 // kQ8Block (for Hymba-1.5B all but dt_proj, whose width is the dt rank 100) and the LM head by a

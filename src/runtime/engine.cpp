@@ -16,7 +16,7 @@ std::unique_ptr<Checkpoint> prepared(std::unique_ptr<Checkpoint> ck, const Engin
 }  // namespace
 
 std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions& opts) {
-  auto e = std::make_unique<Engine>(load_checkpoint(dir), opts);
+  auto e = std::make_unique<Engine>(load_checkpoint(dir, opts.io), opts);
   e->dir_ = dir;
   return e;
 }

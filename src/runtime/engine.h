@@ -18,6 +18,7 @@ struct EngineOptions {
   bool q8_weights = false;          // quantize the linear layers to 8 bits at load (--quantize q8)
   std::string lora;                 // PEFT adapter folder applied beside the base (--lora), or ""
   float lora_scale = 1.0f;          // multiplies the adapter's lora_alpha / r (--lora DIR:scale)
+  LoadOptions io;                   // --mmap / --no-mmap / --mlock (src/io/safetensors.h)
 };
 
 class Engine {
