@@ -119,7 +119,7 @@ void run(const Opts& o) {
   apply_threads(o.threads);
   HYMBA_CHECK(!o.text.empty(), "--text FILE is required");
   HYMBA_CHECK(o.max_tokens >= 2, "--max-tokens must be at least 2");
-  HYMBA_CHECK(parse_quantize(o.quantize) == false, "analyze reads the weights as stored (--quantize is not supported)");
+  HYMBA_CHECK(parse_quantize(o.quantize) == DType::F32, "analyze reads the weights as stored (--quantize is not supported)");
   const std::string dir = o.dir();
   const std::string text = read_file(o.text);
   HYMBA_CHECK(!text.empty(), o.text + ": empty file");

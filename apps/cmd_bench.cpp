@@ -78,10 +78,7 @@ double huge_page_mib() {
 }
 
 int64_t weight_bytes_per_token(const Weights& w) {
-  auto mb = [](const MatView& m) {
-    return m.rows * m.cols * int64_t(dtype_size(m.dtype)) +
-           (m.scales ? m.rows * (m.cols / kQ8Block) * int64_t(sizeof(float)) : 0);
-  };
+  auto mb = [](const MatView& m) { return int64_t(quant_matrix_bytes(m.dtype, m.rows, m.cols)); };
   int64_t b = mb(w.lm_head);
   for (const auto& l : w.layers) {
     b += mb(l.in_proj) + mb(l.out_proj) + mb(l.gate) + mb(l.up) + mb(l.down);

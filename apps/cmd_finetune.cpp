@@ -26,7 +26,9 @@ void run(Opts& o) {
   o.f.schedule.kind = parse_lr_schedule(o.schedule);
   o.f.schedule.warmup_frac = o.warmup_ratio;
   o.f.schedule.warmup_steps = o.warmup_steps;
-  o.f.q8 = parse_quantize(o.quantize);
+  const DType qt = parse_quantize(o.quantize);
+  HYMBA_CHECK(qt != DType::Q4_0, "finetune: --quantize supports none or q8_0 (q4_0 bases are not trained on)");
+  o.f.q8 = qt == DType::Q8;
   o.f.packing = !o.no_packing;
   if (o.f.model.empty()) o.f.model = default_model_dir();
   std::signal(SIGINT, [](int) { g_train_stop.store(true); });

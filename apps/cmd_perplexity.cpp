@@ -27,15 +27,7 @@ struct Opts : ModelFlags {
 void run(const Opts& o) {
   apply_threads(o.threads);
   const std::string dir = o.dir();
-  HYMBA_CHECK(o.file.empty() != o.tokens.empty(), "give exactly one of -f FILE or --tokens FILE.tok");
-  std::vector<int32_t> ids;
-  if (!o.file.empty()) {
-    const std::string text = read_file(o.file);
-    HYMBA_CHECK(!text.empty(), o.file + ": empty file");
-    ids = Tokenizer::load(dir)->encode(text, true);
-  } else {
-    ids = TokenFile(o.tokens).read_all();
-  }
+  const std::vector<int32_t> ids = read_eval_tokens(dir, o.file, o.tokens);
   EngineOptions eo = o.engine_options();
   eo.cache_dtype = DType::F32;
   auto eng = Engine::load(dir, eo);

@@ -5,6 +5,10 @@
 #include <filesystem>
 
 #include "base/error.h"
+#include "io/files.h"
+#include "ops/quant.h"
+#include "runtime/tokenizer.h"
+#include "train/data.h"
 #include "ops/threads.h"
 
 #ifndef HYMBA_DEFAULT_MODEL_DIR
@@ -41,10 +45,11 @@ DType parse_cache_type(const std::string& s) {
   fail("--cache-type must be bf16, f16 or f32 (got '" + s + "')");
 }
 
-bool parse_quantize(const std::string& s) {
-  if (s == "none") return false;
-  if (s == "q8") return true;
-  fail("--quantize must be none or q8 (got '" + s + "')");
+DType parse_quantize(const std::string& s) {
+  DType t;
+  if (s == "none") return DType::F32;
+  if (quant_from_name(s, &t)) return t;
+  fail("--quantize must be none, q8_0 (q8) or q4_0 (got '" + s + "')");
 }
 
 std::string default_model_dir() {
@@ -86,9 +91,9 @@ void parse_lora(const std::string& s, std::string* dir, float* scale) {
 EngineOptions ModelFlags::engine_options() const {
   EngineOptions eo;
   eo.cache_dtype = parse_cache_type(cache_type);
-  eo.q8_weights = parse_quantize(quantize);
+  eo.quantize = parse_quantize(quantize);
   if (!lora.empty()) parse_lora(lora, &eo.lora, &eo.lora_scale);
-  eo.io.mmap = mmap || (eo.q8_weights && !no_mmap);
+  eo.io.mmap = mmap || (eo.quantize != DType::F32 && !no_mmap);
   eo.io.mlock = mlock;
   return eo;
 }
@@ -104,6 +109,15 @@ void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type) {
                "into huge-page memory (faster, steadier decode); default with --quantize");
   sub.add_flag("--no-mmap", f.no_mmap, "read the weight files into memory (the default without --quantize)");
   sub.add_flag("--mlock", f.mlock, "keep the weights locked in RAM (needs `ulimit -l`)");
+}
+
+std::vector<int32_t> read_eval_tokens(const std::string& dir, const std::string& file,
+                                      const std::string& tokens) {
+  HYMBA_CHECK(file.empty() != tokens.empty(), "give exactly one of -f FILE or --tokens FILE.tok");
+  if (!tokens.empty()) return TokenFile(tokens).read_all();
+  const std::string text = read_file(file);
+  HYMBA_CHECK(!text.empty(), file + ": empty file");
+  return Tokenizer::load(dir)->encode(text, true);
 }
 
 void apply_threads(int n) {

@@ -28,15 +28,21 @@ struct ModelFlags {
 // with_cache_type = false for commands that compute with an f32 cache (logits, perplexity).
 void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type = true);
 
-// --quantize: "none" -> false, "q8" -> true (8-bit linear layers, EngineOptions::q8_weights).
-bool parse_quantize(const std::string& s);
+// --quantize: "none" -> F32 (as stored), "q8"/"q8_0" -> Q8, "q4_0" -> Q4_0
+// (EngineOptions::quantize).
+DType parse_quantize(const std::string& s);
 inline constexpr const char* kQuantizeHelp =
-    "weights in memory: none (as stored, default) or q8 (8-bit blocks of 32, about half the bytes "
-    "of bf16 per decoded token)";
+    "quantize the weights at load: none (as stored, default), q8_0 (alias q8: 8-bit blocks of 32, "
+    "0.56x the bytes of bf16 per token) or q4_0 (4-bit blocks of 32, 0.28x); `hymba quantize` "
+    "writes such a model once";
 // "DIR" or "DIR:scale" (--lora) -> folder and scale; the folder must hold a PEFT adapter.
 void parse_lora(const std::string& s, std::string* dir, float* scale);
 // The model folder to use when -m is not given: $HYMBA_MODEL, else the bundled default model.
 std::string default_model_dir();
+// Token ids of held-out text: -f FILE through the model's tokenizer (BOS first), or --tokens
+// FILE.tok from `hymba tokenize`; exactly one must be given.
+std::vector<int32_t> read_eval_tokens(const std::string& model_dir, const std::string& file,
+                                      const std::string& tokens);
 // Sets the thread count (0 = all cores).
 void apply_threads(int n);
 

@@ -13,6 +13,8 @@ const char* dtype_name(DType t) {
     case DType::I32: return "I32";
     case DType::I64: return "I64";
     case DType::Q8: return "Q8";
+    case DType::U8: return "U8";
+    case DType::Q4_0: return "Q4_0";
   }
   return "?";
 }
@@ -20,7 +22,8 @@ const char* dtype_name(DType t) {
 bool dtype_from_name(const std::string& s, DType* out) {
   static const struct { const char* n; DType t; } kNames[] = {
       {"F32", DType::F32}, {"BF16", DType::BF16}, {"F16", DType::F16},
-      {"F64", DType::F64}, {"I32", DType::I32},   {"I64", DType::I64}};
+      {"F64", DType::F64}, {"I32", DType::I32},   {"I64", DType::I64},
+      {"U8", DType::U8}};
   for (auto& e : kNames)
     if (s == e.n) { *out = e.t; return true; }
   return false;

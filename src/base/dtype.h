@@ -6,9 +6,10 @@
 
 namespace hymba {
 
-// Q8 is in memory only (never read from a file): int8 weights with one F32 scale per block of
-// kQ8Block consecutive elements of a row (src/ops/quant.h), llama.cpp's Q8_0 with F32 scales.
-enum class DType : uint8_t { F32, BF16, F16, F64, I32, I64, Q8 };
+// Q8 and Q4_0 are block-quantized weights (src/ops/quant.h): int8 codes with one F32 scale per
+// block of 32 (llama.cpp's Q8_0 with F32 scales), and llama.cpp's Q4_0 blocks. In files they are
+// U8 tensors with metadata naming the format (src/model/weights.h).
+enum class DType : uint8_t { F32, BF16, F16, F64, I32, I64, Q8, U8, Q4_0 };
 
 inline size_t dtype_size(DType t) {
   switch (t) {
@@ -16,6 +17,8 @@ inline size_t dtype_size(DType t) {
     case DType::BF16: case DType::F16: return 2;
     case DType::F64: case DType::I64: return 8;
     case DType::Q8: return 1;  // the int8 payload; the scales are held apart
+    case DType::U8: return 1;
+    case DType::Q4_0: return 0;  // not whole bytes per element: see quant_row_bytes()
   }
   return 0;
 }

@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <cstring>
 #include <unordered_map>
 
 #include "base/error.h"
@@ -78,9 +79,10 @@ Weights bind_weights(const Config& c, const std::vector<ParamRef>& data) {
     const size_t* i = find(n);
     if (!i) return {};
     const DType t = data[*i].dtype;
-    if (t != DType::F32 && t != DType::BF16 && t != DType::F16)
-      fail("bind_weights: tensor '" + n + "' has dtype " + dtype_name(t) + " (need F32, BF16 or F16)");
-    return MatView{data[*i].data, t, specs[*i].shape[0], specs[*i].shape[1]};
+    if (t != DType::F32 && t != DType::BF16 && t != DType::F16 && t != DType::Q8 && t != DType::Q4_0)
+      fail("bind_weights: tensor '" + n + "' has dtype " + dtype_name(t) +
+           " (need F32, BF16, F16, Q8 or Q4_0)");
+    return quantized_view(data[*i].data, t, specs[*i].shape[0], specs[*i].shape[1]);
   };
   Weights w;
   w.embed = mat("model.embed_tokens.weight");
@@ -118,6 +120,56 @@ Weights bind_weights(const Config& c, const std::vector<ParamRef>& data) {
 
 Checkpoint::~Checkpoint() = default;
 
+std::vector<std::pair<std::string, const MatView*>> named_matrices(const Weights& w) {
+  std::vector<std::pair<std::string, const MatView*>> v = {{"model.embed_tokens.weight", &w.embed},
+                                                           {"lm_head.weight", &w.lm_head}};
+  for (size_t l = 0; l < w.layers.size(); ++l) {
+    const LayerWeights& L = w.layers[l];
+    const std::string pre = "model.layers." + std::to_string(l) + ".";
+    for (auto [n, m] : {std::pair{"mamba.in_proj.weight", &L.in_proj}, {"mamba.x_proj.0.weight", &L.x_proj},
+                        {"mamba.dt_proj.0.weight", &L.dt_proj}, {"mamba.out_proj.weight", &L.out_proj},
+                        {"moe.experts.0.gate_proj.weight", &L.gate}, {"moe.experts.0.up_proj.weight", &L.up},
+                        {"moe.experts.0.down_proj.weight", &L.down}})
+      if (m->data) v.emplace_back(pre + n, m);
+  }
+  return v;
+}
+
+MatView quantized_view(const void* data, DType t, int64_t rows, int64_t cols) {
+  MatView m{data, t, rows, cols};
+  if (t == DType::Q8)  // planar: the codes, then the scales (src/ops/quant.h)
+    m.scales = reinterpret_cast<const float*>(static_cast<const int8_t*>(data) + rows * cols);
+  return m;
+}
+
+namespace {
+// A U8 tensor holding matrix `name` [rows, cols] in the block format its metadata names: checks
+// the format and byte count, and copies it to aligned memory if the file leaves it unaligned.
+ParamRef quantized_ref(Checkpoint& ck, const std::string& dir, const std::string& name,
+                       const TensorInfo& t, int64_t rows, int64_t cols) {
+  const std::string where = "checkpoint " + dir + ": tensor '" + name + "'";
+  const auto& md = ck.file->metadata();
+  auto it = md.find(kQuantMetaPrefix + name);
+  if (it == md.end())
+    fail(where + " is U8 but the file's metadata has no '" + kQuantMetaPrefix + name +
+         "' naming its format (written by `hymba quantize`?)");
+  DType q;
+  if (!quant_from_name(it->second, &q))
+    fail(where + ": unknown quantization format '" + it->second + "' (q8_0, q4_0)");
+  if (!quant_fits(q, cols))
+    fail(where + ": width " + std::to_string(cols) + " does not fit format " + it->second);
+  const size_t bytes = quant_matrix_bytes(q, rows, cols);
+  const std::vector<int64_t> want = {rows, int64_t(bytes / size_t(rows))};
+  if (t.shape != want)
+    fail(where + " (" + it->second + ") has shape " + shape_str(t.shape) + ", expected " + shape_str(want));
+  if (reinterpret_cast<uintptr_t>(t.data) % 4 == 0) return {t.data, q};
+  HugeBuffer& b = ck.q_store.emplace_back(bytes);
+  std::memcpy(b.data(), t.data, bytes);
+  b.make_read_only();
+  return {b.data(), q};
+}
+}  // namespace
+
 std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOptions& io) {
   auto ck = std::make_unique<Checkpoint>();
   ck->config = load_config(dir + "/config.json");
@@ -132,6 +184,7 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOp
   for (auto& [name, t] : ck->file->tensors()) {
     if (expected.count(name)) continue;
     if (name == "lm_head.weight" && c.tie_word_embeddings) continue;  // tied: HF may still save it
+                                                                       // (or a quantized head)
     fail("checkpoint " + dir + ": unexpected tensor '" + name + "' " + shape_str(t.shape) +
          " (not implied by config.json)");
   }
@@ -140,6 +193,10 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOp
     if (!t)
       fail("checkpoint " + dir + ": missing tensor '" + s.name + "' (expected shape " +
            shape_str(s.shape) + ")");
+    if (s.matrix && t->dtype == DType::U8) {  // a quantized matrix (hymba quantize)
+      refs.push_back(quantized_ref(*ck, dir, s.name, *t, s.shape[0], s.shape[1]));
+      continue;
+    }
     if (t->shape != s.shape)
       fail("checkpoint " + dir + ": tensor '" + s.name + "' has shape " + shape_str(t->shape) +
            ", expected " + shape_str(s.shape));
@@ -170,6 +227,11 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOp
     }
   }
   ck->weights = bind_weights(c, refs);
+  const TensorInfo* head = c.tie_word_embeddings ? ck->file->find("lm_head.weight") : nullptr;
+  if (head && head->dtype == DType::U8) {  // a tied head quantized apart from the embedding
+    const ParamRef r = quantized_ref(*ck, dir, "lm_head.weight", *head, c.vocab_size, c.hidden_size);
+    ck->weights.lm_head = quantized_view(r.data, r.dtype, c.vocab_size, c.hidden_size);
+  }
   return ck;
 }
 
@@ -177,14 +239,18 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOp
 
 namespace hymba {
 
-int quantize_weights_q8(Checkpoint& ck) {
+int quantize_weights(Checkpoint& ck, DType type) {
+  HYMBA_CHECK(type == DType::Q8 || type == DType::Q4_0,
+              std::string("quantize_weights: not a block format: ") + dtype_name(type));
   int n = 0;
-  auto q8 = [&](MatView& m) {
-    if (m.dtype == DType::Q8 || m.rows <= 0 || m.cols <= 0 || m.cols % kQ8Block != 0) return;
-    HugeBuffer qb(size_t(m.rows * m.cols));
-    int8_t* q = reinterpret_cast<int8_t*>(qb.data());
-    std::vector<float> sc(size_t(m.rows * (m.cols / kQ8Block)));
+  auto quantize = [&](MatView& m, DType t) {
+    if (m.dtype == DType::Q8 || m.dtype == DType::Q4_0 || m.rows <= 0 || m.cols <= 0 ||
+        !quant_fits(t, m.cols))
+      return;
+    HugeBuffer qb(quant_matrix_bytes(t, m.rows, m.cols));
     const MatView src = m;
+    const size_t stride = quant_row_stride(t, src.cols);
+    float* scales = reinterpret_cast<float*>(qb.data() + size_t(src.rows) * stride);  // Q8 only
     int64_t bad_row = -1;  // exceptions must not leave the parallel region
 #pragma omp parallel
     {
@@ -193,32 +259,36 @@ int quantize_weights_q8(Checkpoint& ck) {
       for (int64_t r = 0; r < src.rows; ++r) {
         try {
           matrow_to_f32(row.data(), src, r);
-          quantize_q8(q + r * src.cols, sc.data() + r * (src.cols / kQ8Block), row.data(), src.cols);
+          uint8_t* dst = qb.data() + size_t(r) * stride;
+          if (t == DType::Q8)
+            quantize_q8(reinterpret_cast<int8_t*>(dst), scales + r * (src.cols / kQ8Block), row.data(), src.cols);
+          else
+            quantize_q4_0(reinterpret_cast<BlockQ4_0*>(dst), row.data(), src.cols);
         } catch (const Error&) {
 #pragma omp critical
           bad_row = r;
         }
       }
     }
-    HYMBA_CHECK(bad_row < 0, "quantize to Q8: row " + std::to_string(bad_row) + " of a " +
-                                 std::to_string(src.rows) + "x" + std::to_string(src.cols) +
+    HYMBA_CHECK(bad_row < 0, std::string("quantize to ") + quant_name(t) + ": row " + std::to_string(bad_row) +
+                                 " of a " + std::to_string(src.rows) + "x" + std::to_string(src.cols) +
                                  " matrix has a non-finite weight");
     // The stored copy is not read again, except the embedding table of a tied head (an mmap
     // faults its rows back in; a copy read into memory would read zeros).
     if (ck.file && (ck.file->mapped() || src.data != ck.weights.embed.data))
-      ck.file->release_pages(src.data, size_t(src.rows * src.cols) * dtype_size(src.dtype));
+      ck.file->release_pages(src.data, quant_matrix_bytes(src.dtype, src.rows, src.cols));
     qb.make_read_only();
     ck.q_store.push_back(std::move(qb));
-    ck.f32_store.push_back(std::move(sc));
-    m.data = ck.q_store.back().data();
-    m.scales = ck.f32_store.back().data();
-    m.dtype = DType::Q8;
+    m = quantized_view(ck.q_store.back().data(), t, src.rows, src.cols);
     ++n;
   };
   Weights& w = ck.weights;
-  for (auto& l : w.layers)
-    for (MatView* m : {&l.in_proj, &l.x_proj, &l.dt_proj, &l.out_proj, &l.gate, &l.up, &l.down}) q8(*m);
-  q8(w.lm_head);
+  for (auto& l : w.layers) {
+    for (MatView* m : {&l.in_proj, &l.out_proj, &l.gate, &l.up, &l.down}) quantize(*m, type);
+    if (type == DType::Q8)
+      for (MatView* m : {&l.x_proj, &l.dt_proj}) quantize(*m, type);
+  }
+  quantize(w.lm_head, DType::Q8);
   return n;
 }
 

@@ -34,12 +34,37 @@ HWY_INLINE hn::Vec<DF> LoadQ8(DF df, const int8_t* w, const float* sc, int64_t k
   const hn::Rebind<int8_t, DF> d8;
   return hn::Mul(hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, w + k))), hn::Set(df, sc[k / kQ8Block]));
 }
+// Q4_0 rows: the lanes k.. of one block (the lane count divides 16, so they are all low or all
+// high nibbles), code - 8 times the block's F16 scale.
+HWY_INLINE hn::Vec<DF> LoadQ4(DF df, const BlockQ4_0* row, int64_t k) {
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<uint8_t, DF> d8;
+  const BlockQ4_0& b = row[k / kQ4Block];
+  const int64_t j = k % kQ4Block;
+  auto v = hn::PromoteTo(di, hn::LoadU(d8, b.qs + (j & (kQ4Block / 2 - 1))));
+  v = j < kQ4Block / 2 ? hn::And(v, hn::Set(di, 15)) : hn::ShiftRight<4>(v);
+  return hn::Mul(hn::ConvertTo(df, hn::Sub(v, hn::Set(di, 8))), hn::Set(df, f16_to_f32(b.d)));
+}
 template <class T>
 HWY_INLINE hn::Vec<DF> LoadRow(DF df, const T* w, const float*, int64_t k) { return LoadW(df, w + k); }
 HWY_INLINE hn::Vec<DF> LoadRow(DF df, const int8_t* w, const float* sc, int64_t k) { return LoadQ8(df, w, sc, k); }
+HWY_INLINE hn::Vec<DF> LoadRow(DF df, const BlockQ4_0* w, const float*, int64_t k) { return LoadQ4(df, w, k); }
 template <class T>
 HWY_INLINE float RowAt(const T* w, const float*, int64_t k) { return ToF(w[k]); }
 HWY_INLINE float RowAt(const int8_t* w, const float* sc, int64_t k) { return sc[k / kQ8Block] * float(w[k]); }
+HWY_INLINE float RowAt(const BlockQ4_0* w, const float*, int64_t k) {
+  const BlockQ4_0& b = w[k / kQ4Block];
+  const int64_t j = k % kQ4Block, h = kQ4Block / 2;
+  return f16_to_f32(b.d) * float((j < h ? (b.qs[j] & 15) : (b.qs[j - h] >> 4)) - 8);
+}
+// Where element k of a row starts (for prefetching), and the row stride in units of T.
+template <class T>
+HWY_INLINE const void* ElemAddr(const T* w, int64_t k) { return w + k; }
+HWY_INLINE const void* ElemAddr(const BlockQ4_0* w, int64_t k) { return w + k / kQ4Block; }
+template <class T>
+constexpr int64_t RowStride(int64_t K) { return K; }
+template <>
+constexpr int64_t RowStride<BlockQ4_0>(int64_t K) { return K / kQ4Block; }
 
 // out[m, n] (=|+=) Σ_k in[m, k]·w[n, k] for R weight rows n0.. and MC inputs m0..: each weight
 // vector is loaded (and widened) once and used MC times. Summation order is fixed by K and the
@@ -51,6 +76,7 @@ HWY_INLINE void Tile(float* out, int64_t N, const float* in, const T* w, const f
   const DF df;
   const int64_t NL = int64_t(hn::Lanes(df));
   const int64_t KB = K / kQ8Block;  // scales per row (Q8)
+  const int64_t ld = RowStride<T>(K);
   hn::Vec<DF> acc[R][MC];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < MC; ++j) acc[r][j] = hn::Zero(df);
@@ -61,15 +87,15 @@ HWY_INLINE void Tile(float* out, int64_t N, const float* in, const T* w, const f
     for (int r = 0; r < R; ++r) {
       // The next tile's rows (contiguous after ours): short row streams defeat the hardware
       // prefetcher, and without this the GEMV reaches only ~60% of DRAM bandwidth.
-      hwy::Prefetch(w + (r + R) * K + k);
-      const auto wv = LoadRow(df, w + r * K, sc ? sc + r * KB : nullptr, k);
+      hwy::Prefetch(ElemAddr(w + (r + R) * ld, k));
+      const auto wv = LoadRow(df, w + r * ld, sc ? sc + r * KB : nullptr, k);
       for (int j = 0; j < MC; ++j) acc[r][j] = hn::MulAdd(wv, x[j], acc[r][j]);
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int j = 0; j < MC; ++j) {
       float s = hn::GetLane(hn::SumOfLanes(df, acc[r][j]));
-      for (int64_t kk = k; kk < K; ++kk) s += RowAt(w + r * K, sc ? sc + r * KB : nullptr, kk) * in[j * K + kk];
+      for (int64_t kk = k; kk < K; ++kk) s += RowAt(w + r * ld, sc ? sc + r * KB : nullptr, kk) * in[j * K + kk];
       if (bias) s += bias[r];
       float& o = out[j * N + r];
       o = accumulate ? o + s : s;
@@ -84,12 +110,12 @@ HWY_INLINE void RowsMC(float* out, int64_t N, const float* in, const T* w, const
                        int64_t K, const float* bias, int64_t n0, int64_t n1, bool acc) {
   // 4 rows x 1-2 inputs, or 2 rows x 3-4: at most 8 accumulators fit AVX2's 16 registers.
   constexpr int R = MC <= 2 ? 4 : 2;
-  const int64_t KB = K / kQ8Block;
+  const int64_t KB = K / kQ8Block, ld = RowStride<T>(K);
   int64_t n = n0;
   for (; n + R <= n1; n += R)
-    Tile<R, MC>(out + n, N, in, w + n * K, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
+    Tile<R, MC>(out + n, N, in, w + n * ld, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
   for (; n < n1; ++n)
-    Tile<1, MC>(out + n, N, in, w + n * K, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
+    Tile<1, MC>(out + n, N, in, w + n * ld, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
 }
 
 template <typename T>
@@ -123,6 +149,9 @@ void GemvRange(float* out, const float* in, const void* w, int dtype, const floa
     case DType::Q8:
       GemvRangeT(out, in, static_cast<const int8_t*>(w), sc, bias, M, N, K, n0, n1, acc);
       break;
+    case DType::Q4_0:
+      GemvRangeT(out, in, static_cast<const BlockQ4_0*>(w), nullptr, bias, M, N, K, n0, n1, acc);
+      break;
     default:
       GemvRangeT(out, in, static_cast<const float*>(w), nullptr, bias, M, N, K, n0, n1, acc);
       break;
@@ -138,13 +167,18 @@ void WidenT(float* dst, const T* src, int64_t n) {
   for (; i < n; ++i) dst[i] = ToF(src[i]);
 }
 
-// dst[i] = float(src[i]) for n elements of BF16 or F16, or of Q8 (n a multiple of kQ8Block,
-// sc the scales of src's first block).
+// dst[i] = float(src[i]) for n elements of BF16 or F16, or of Q8 / Q4_0 (n a multiple of the
+// block, sc the Q8 scales of src's first block).
 void Widen(float* dst, const void* src, int dtype, const float* sc, int64_t n) {
   if (DType(dtype) == DType::BF16) {
     WidenT(dst, static_cast<const hwy::bfloat16_t*>(src), n);
   } else if (DType(dtype) == DType::F16) {
     WidenT(dst, static_cast<const hwy::float16_t*>(src), n);
+  } else if (DType(dtype) == DType::Q4_0) {
+    const DF df;
+    const int64_t NL = int64_t(hn::Lanes(df));
+    const auto* b = static_cast<const BlockQ4_0*>(src);
+    for (int64_t i = 0; i < n; i += NL) hn::StoreU(LoadQ4(df, b, i), df, dst + i);
   } else {
     const DF df;
     const int64_t NL = int64_t(hn::Lanes(df));
@@ -165,9 +199,13 @@ HWY_EXPORT(Widen);
 namespace {
 
 void check_view(const MatView& W, const char* what) {
-  if (W.dtype != DType::F32 && W.dtype != DType::BF16 && W.dtype != DType::F16 && W.dtype != DType::Q8)
+  if (W.dtype != DType::F32 && W.dtype != DType::BF16 && W.dtype != DType::F16 &&
+      W.dtype != DType::Q8 && W.dtype != DType::Q4_0)
     throw Error(std::string(what) + ": weight dtype " + dtype_name(W.dtype) +
-                " not supported (F32, BF16, F16, Q8)");
+                " not supported (F32, BF16, F16, Q8, Q4_0)");
+  if (W.dtype == DType::Q4_0 && W.cols % kQ4Block != 0)
+    throw Error(std::string(what) + ": Q4_0 weights need a width that is a multiple of " +
+                std::to_string(kQ4Block));
   if (!W.data && W.rows > 0 && W.cols > 0) throw Error(std::string(what) + ": null weight data");
   if (W.dtype == DType::Q8 && (W.cols % kQ8Block != 0 || (!W.scales && W.rows > 0)))
     throw Error(std::string(what) + ": Q8 weights need scales and a width that is a multiple of " +
@@ -222,14 +260,14 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
   if (scratch.size() < size_t(std::min(nb, N) * K)) scratch.resize(size_t(std::min(nb, N) * K));
   const auto widen = HWY_DYNAMIC_DISPATCH(Widen);
   const char* w = static_cast<const char*>(W.data);
-  const size_t esz = dtype_size(W.dtype);
+  const size_t stride = quant_row_stride(W.dtype, K);
   const int nt = num_threads();
   for (int64_t n0 = 0; n0 < N; n0 += nb) {
     const int64_t rows = std::min(nb, N - n0);
     float* s = scratch.data();
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t r = 0; r < rows; r += 16)
-      widen(s + r * K, w + size_t(n0 + r) * size_t(K) * esz, int(W.dtype),
+      widen(s + r * K, w + size_t(n0 + r) * stride, int(W.dtype),
             W.scales ? W.scales + (n0 + r) * (K / kQ8Block) : nullptr, std::min<int64_t>(16, rows - r) * K);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(rows), int(K), 1.0f, in,
                 int(K), s, int(K), beta, out + n0, int(N));
@@ -284,8 +322,7 @@ void matrow_to_f32(float* dst, const MatView& W, int64_t row) {
   if (row < 0 || row >= W.rows)
     throw Error("matrow_to_f32: row " + std::to_string(row) + " out of range [0, " +
                 std::to_string(W.rows) + ")");
-  const size_t esz = dtype_size(W.dtype);
-  const char* src = static_cast<const char*>(W.data) + size_t(row) * size_t(W.cols) * esz;
+  const char* src = static_cast<const char*>(W.data) + size_t(row) * quant_row_stride(W.dtype, W.cols);
   if (W.dtype == DType::F32) std::memcpy(dst, src, size_t(W.cols) * sizeof(float));
   else
     HWY_DYNAMIC_DISPATCH(Widen)(dst, src, int(W.dtype),

@@ -7,8 +7,8 @@
 namespace hymba {
 
 // A weight matrix W[rows, cols] in PyTorch nn.Linear layout (out_features x in_features),
-// row-major, in F32, BF16, F16 or Q8 (int8 data + `scales`, src/ops/quant.h; cols a multiple of
-// kQ8Block). Not owned.
+// row-major, in F32, BF16, F16, Q8 (int8 data + `scales`) or Q4_0 (blocks), src/ops/quant.h
+// (cols a multiple of the block). Not owned.
 struct MatView {
   const void* data = nullptr;
   DType dtype = DType::F32;
@@ -17,7 +17,7 @@ struct MatView {
 };
 
 // out[M, N] = in[M, K] · Wᵀ (+ bias[N] if bias) ; N = W.rows, K = W.cols.
-// With accumulate, out += instead of =. BF16/F16/Q8 weights are widened on the fly (activations
+// With accumulate, out += instead of =. BF16/F16/Q8/Q4_0 weights are widened on the fly (activations
 // stay F32); M == 1 (decode) runs a bandwidth-bound GEMV, larger M goes through BLAS sgemm.
 // Threaded internally; must not be called from inside an OpenMP parallel region.
 void matmul_forward(float* out, const float* in, const MatView& W, const float* bias, int64_t M,

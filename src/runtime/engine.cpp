@@ -10,7 +10,7 @@ namespace hymba {
 namespace {
 std::unique_ptr<Checkpoint> prepared(std::unique_ptr<Checkpoint> ck, const EngineOptions& o) {
   HYMBA_CHECK(ck != nullptr, "Engine: no checkpoint");
-  if (o.q8_weights) quantize_weights_q8(*ck);
+  if (o.quantize != DType::F32) quantize_weights(*ck, o.quantize);
   return ck;
 }
 }  // namespace
@@ -122,7 +122,7 @@ uint64_t Engine::model_tag() const {
   auto mix = [&](const void* p, size_t n) { h = fnv1a64(p, n, h); };
   const auto& c = model_.config();
   for (int64_t x : {c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_memory_tokens, c.sliding_window,
-                    int64_t(opts_.cache_dtype), int64_t(opts_.q8_weights), int64_t(opts_.use_prefix)})
+                    int64_t(opts_.cache_dtype), int64_t(opts_.quantize == DType::Q8 ? 1 : opts_.quantize == DType::Q4_0 ? 2 : 0), int64_t(opts_.use_prefix)})
     mix(&x, sizeof x);
   const auto& w = model_.weights();
   mix(w.final_norm, size_t(c.hidden_size) * sizeof(float));

@@ -15,7 +15,9 @@ struct EngineOptions {
   DType cache_dtype = DType::BF16;  // K/V storage (--cache-type)
   int64_t max_chunk = 512;          // prefill rows per forward (bounds activation memory)
   bool use_prefix = true;           // share the meta-token prefix (false: recompute per sequence)
-  bool q8_weights = false;          // quantize the linear layers to 8 bits at load (--quantize q8)
+  // Block-quantize the linear layers at load (--quantize): DType::Q8 or DType::Q4_0; F32 = no
+  // (the weights as stored, which may already be quantized: `hymba quantize`).
+  DType quantize = DType::F32;
   std::string lora;                 // PEFT adapter folder applied beside the base (--lora), or ""
   float lora_scale = 1.0f;          // multiplies the adapter's lora_alpha / r (--lora DIR:scale)
   LoadOptions io;                   // --mmap / --no-mmap / --mlock (src/io/safetensors.h)

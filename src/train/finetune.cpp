@@ -86,7 +86,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   Weights frozen;
   if (adapters) {
     base = load_checkpoint(o.model);
-    if (o.q8) quantize_weights_q8(*base);
+    if (o.q8) quantize_weights(*base, DType::Q8);
     if (o.resume) {
       ad = load_peft_adapter(ck, base->config, base->weights);
       ad.enable_grad();

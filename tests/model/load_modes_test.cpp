@@ -37,7 +37,7 @@ std::string model_dir() {
 std::vector<float> logits(const LoadOptions& io, bool q8) {
   EngineOptions eo;
   eo.io = io;
-  eo.q8_weights = q8;
+  eo.quantize = q8 ? DType::Q8 : DType::F32;
   auto e = Engine::load(model_dir(), eo);
   auto s = e->new_sequence();
   // Token 5 twice: its embedding row is looked up after the quantizer released what it could.

@@ -1,5 +1,7 @@
-// 8-bit weights: the quantizer's error bound, and matmul_forward / matrow_to_f32 over Q8 views
-// against naive double loops over the dequantized values, on every Highway target.
+// Block-quantized weights (Q8, Q4_0): the quantizers' error bounds, and matmul_forward /
+// matrow_to_f32 over quantized views against naive double loops over the dequantized values
+// (decoded here from the bytes, independently of the library's dequantizers), on every Highway
+// target.
 #include "ops/quant.h"
 
 #include <gtest/gtest.h>
@@ -79,10 +81,27 @@ Q8Matrix make_q8(int64_t N, int64_t K, Rng& rng) {
   return m;
 }
 
-void check_q8_matmul() {
+// Q4_0 blocks and their values, decoded from the bytes by the layout's definition.
+Q8Matrix make_q4_0(int64_t N, int64_t K, Rng& rng) {
+  Q8Matrix m;
+  const std::vector<float> f = rng.vec(size_t(N * K));
+  m.q.resize(size_t(N * K / kQ4Block) * sizeof(BlockQ4_0));
+  quantize_q4_0(reinterpret_cast<BlockQ4_0*>(m.q.data()), f.data(), N * K);
+  m.exact.resize(f.size());
+  for (size_t i = 0; i < f.size(); ++i) {
+    const uint8_t* b = reinterpret_cast<const uint8_t*>(m.q.data()) + (i / 32) * 18;
+    const size_t j = i % 32;
+    const int code = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
+    m.exact[i] = double(f16_to_f32(uint16_t(b[0] | b[1] << 8))) * (code - 8);
+  }
+  m.view = MatView{m.q.data(), DType::Q4_0, N, K};
+  return m;
+}
+
+void check_matmul(DType t) {
   Rng rng(42);
   for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 128}, {129, 32}, {5, 64}, {301, 1600}}) {
-    const Q8Matrix w = make_q8(N, K, rng);
+    const Q8Matrix w = t == DType::Q8 ? make_q8(N, K, rng) : make_q4_0(N, K, rng);
     std::vector<float> row(static_cast<size_t>(K));
     for (int64_t r : {int64_t(0), N / 2, N - 1}) {
       matrow_to_f32(row.data(), w.view, r);
@@ -118,7 +137,50 @@ TEST(QuantQ8, MatmulMatchesNaiveDoubleOnEveryTarget) {
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     hwy::SetSupportedTargetsForTest(target);
     SCOPED_TRACE(hwy::TargetName(target));
-    check_q8_matmul();
+    check_matmul(DType::Q8);
+  }
+}
+
+TEST(QuantQ4_0, ErrorWithinHalfAStepAndExtremeExact) {
+  Rng rng(6);
+  const int64_t n = 64 * kQ4Block;
+  std::vector<float> x = rng.vec(size_t(n), -3.0f, 3.0f);
+  for (int64_t i = 0; i < kQ4Block; ++i) x[size_t(i)] = 0.0f;  // an all-zero block
+  x[size_t(kQ4Block + 5)] = 7.0f;                                 // a positive extreme
+  std::vector<BlockQ4_0> b(size_t(n / kQ4Block));
+  std::vector<float> back(static_cast<size_t>(n));
+  quantize_q4_0(b.data(), x.data(), n);
+  dequantize_q4_0(back.data(), b.data(), n);
+  EXPECT_EQ(f16_to_f32(b[0].d), 0.0f);
+  EXPECT_FLOAT_EQ(f16_to_f32(b[1].d), f16_to_f32(f32_to_f16(-7.0f / 8)));
+  for (int64_t k = 0; k < n; ++k) {
+    const float d = std::fabs(f16_to_f32(b[size_t(k / kQ4Block)].d));
+    // Codes span [-8, 7] steps: values up to 7.5 steps on the far side of the extreme round
+    // within half a step; beyond that (at most one step) is the clamp.
+    EXPECT_LE(std::fabs(x[size_t(k)] - back[size_t(k)]), d * (1.0f + 1e-3f)) << k;
+    if (std::fabs(x[size_t(k)]) <= 7.5f * d)
+      EXPECT_LE(std::fabs(x[size_t(k)] - back[size_t(k)]), 0.5f * d * (1.0f + 1e-3f)) << k;
+  }
+  // The extreme element is reproduced up to the F16 rounding of d.
+  EXPECT_NEAR(back[size_t(kQ4Block + 5)], 7.0f, 7.0f * 1e-3f);
+}
+
+TEST(QuantQ4_0, RejectsBadInput) {
+  std::vector<float> x(40, 1.0f);
+  std::vector<BlockQ4_0> b(2);
+  EXPECT_THROW(quantize_q4_0(b.data(), x.data(), 40), Error);
+  x[3] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(quantize_q4_0(b.data(), x.data(), 32), Error);
+  std::vector<float> out(4), in(40);
+  EXPECT_THROW(matmul_forward(out.data(), in.data(), MatView{b.data(), DType::Q4_0, 1, 40}, nullptr, 1), Error);
+}
+
+TEST(QuantQ4_0, MatmulMatchesNaiveDoubleOnEveryTarget) {
+  TargetGuard guard;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    check_matmul(DType::Q4_0);
   }
 }
 
