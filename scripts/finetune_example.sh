@@ -54,9 +54,8 @@ samples() {  # MODEL [extra flags]
   local m=$1; shift
   for q in "Quote Genesis 1:3" "Quote Genesis 2:7" "Quote Genesis 3:9"; do
     printf '  %s -> ' "$q"
-    "$HYMBA" generate -m "$m" "$@" -n 40 --temp 0 -p $'<extra_id_0>System\n\n<extra_id_1>User\n'"$q"$'\n<extra_id_1>Assistant\n' \
-        --stop $'\n' 2>/dev/null | tail -c +1 | tr -d '\n'
-    echo
+    "$HYMBA" generate -m "$m" "$@" -n 40 --temp 0 --no-display-prompt --stop "<extra_id_1>" \
+        -p $'<extra_id_0>System\n\n<extra_id_1>User\n'"$q"$'\n<extra_id_1>Assistant\n' 2>/dev/null | head -1
   done
 }
 
@@ -76,4 +75,4 @@ echo "  base:      $(heldout_loss "$BASE")"
 echo "  after SFT: $(heldout_loss "$WORK/sft-merged")"
 echo "== DPO metrics (first and last step; validation pairs at start and end)"
 head -2 "$WORK/dpo/metrics.csv" | tail -1; tail -1 "$WORK/dpo/metrics.csv"
-echo "SFT ${T1}-${T0}: $((T1 - T0)) s, DPO: $((T2 - T1)) s"
+echo "SFT: $((T1 - T0)) s, DPO: $((T2 - T1)) s"
