@@ -50,7 +50,7 @@ void set_symlink(const std::string& link, const std::string& target) {
 int64_t step_of(const std::string& name) {
   if (name.rfind(kPrefix, 0) != 0) return -1;
   const std::string n = name.substr(std::strlen(kPrefix));
-  if (n.empty() || !std::all_of(n.begin(), n.end(), ::isdigit) || n.size() > 18) return -1;
+  if (n.empty() || !std::all_of(n.begin(), n.end(), [](char ch) { return ch >= '0' && ch <= '9'; }) || n.size() > 18) return -1;
   return std::stoll(n);
 }
 
