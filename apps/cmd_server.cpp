@@ -3,8 +3,13 @@
 // GET /v1/models, POST /v1/completions (a prompt or a list of prompts, as text or token ids;
 // stream, echo, logprobs, n, logit_bias), POST /v1/chat/completions (the Hymba chat template;
 // stream, n, logit_bias), POST /tokenize, POST /detokenize.
+// Adapters: `--lora NAME=DIR[:scale]` (repeatable) loads PEFT adapters over the one base; a
+// request's "model" naming one runs with it, the base name (or no "model") with none (or with
+// the plain `--lora DIR` default). Kept states never cross adapters (see scheduler.h).
 // Every error is an OpenAI-style {"error": {...}} body: 400 bad request, 401 bad API key, 404,
 // 413 body too large, 503 queue full or shutting down (Retry-After), 504 request timeout.
+#include <algorithm>
+#include <cctype>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -47,7 +52,33 @@ struct Opts : ModelFlags {
   int max_queue = 256, request_timeout = 600, shutdown_timeout = 10;
   std::string state_store;
   int state_store_ttl = 3600, state_store_max_mib = 256;
+  std::vector<std::string> loras;  // --lora: DIR[:scale] (the default) or NAME=DIR[:scale]
 };
+
+// Splits --lora values into the default adapter (plain DIR[:scale], at most one) and named ones.
+void parse_server_loras(const std::vector<std::string>& in, std::string* plain,
+                        std::vector<EngineOptions::NamedAdapter>* named) {
+  namespace fs = std::filesystem;
+  for (const auto& v : in) {
+    const size_t eq = v.find('=');
+    const std::string name = eq == std::string::npos ? "" : v.substr(0, eq);
+    const bool is_name = !name.empty() && !fs::exists(v) &&
+                         std::all_of(name.begin(), name.end(), [](char c) {
+                           return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+                         });
+    if (!is_name) {
+      HYMBA_CHECK(plain->empty(), "--lora: at most one adapter without a name (" + *plain + ", " + v +
+                                      "); name the others: --lora NAME=DIR[:scale]");
+      *plain = v;
+      continue;
+    }
+    EngineOptions::NamedAdapter a;
+    a.name = name;
+    parse_lora(v.substr(eq + 1), &a.dir, &a.scale);
+    for (const auto& b : *named) HYMBA_CHECK(b.name != a.name, "--lora: the adapter name " + a.name + " is given twice");
+    named->push_back(a);
+  }
+}
 
 // A reply other than 400 (BadRequest, server_request.h) and 200.
 struct HttpError : Error {
@@ -104,6 +135,10 @@ class Server {
       : o_(o), eng_(eng), tok_(tok), pool_(pool), sched_(eng, tok, sched_opts(o, store)) {
     name_ = o.alias.empty() ? std::filesystem::path(eng.dir()).filename().string() : o.alias;
     if (name_.empty()) name_ = "hymba";
+    for (const auto& a : eng.options().adapters) {
+      HYMBA_CHECK(a.name != name_, "--lora " + a.name + "=...: the name is the base model's (--alias)");
+      adapters_.push_back(a.name);
+    }
     const int64_t trained = eng.config().max_position_embeddings;
     ctx_ = o.ctx_size > 0 ? o.ctx_size : trained;
     std::stringstream keys(o.api_key);
@@ -141,9 +176,11 @@ class Server {
       res.set_content(metrics(), "text/plain; version=0.0.4");
     });
     s.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-      reply(res, 200, {{"object", "list"},
-                       {"data", json::array({{{"id", name_}, {"object", "model"}, {"owned_by", "hymba.cpp"},
-                                              {"max_model_len", ctx_}}})}});
+      json data = json::array({{{"id", name_}, {"object", "model"}, {"owned_by", "hymba.cpp"}, {"max_model_len", ctx_}}});
+      for (const auto& a : eng_.options().adapters)  // as vLLM lists LoRA modules
+        data.push_back({{"id", a.name}, {"object", "model"}, {"owned_by", "hymba.cpp"}, {"root", a.dir},
+                        {"parent", name_}, {"max_model_len", ctx_}});
+      reply(res, 200, {{"object", "list"}, {"data", data}});
     });
     s.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { guarded(q, r, false); });
     s.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { guarded(q, r, true); });
@@ -293,9 +330,27 @@ class Server {
     return {{"content", content}};
   }
 
-  json chunk_json(const std::string& id, bool chat, const json& choices) const {
+  json chunk_json(const std::string& id, bool chat, const json& choices, int adapter) const {
     return {{"id", id}, {"object", chat ? "chat.completion.chunk" : "text_completion"},
-            {"created", std::time(nullptr)}, {"model", name_}, {"choices", choices}};
+            {"created", std::time(nullptr)}, {"model", model_name(adapter)}, {"choices", choices}};
+  }
+
+  const std::string& model_name(int adapter) const { return adapter == 0 ? name_ : adapters_[size_t(adapter - 1)]; }
+
+  // The Engine variant a request's "model" names: the base name or none -> 0 (the default), an
+  // adapter's name -> it. With adapters loaded, any other name is an error (a misspelt adapter
+  // must not silently get the base); without, the name is not checked (as before, llama-server
+  // style: clients such as lm-eval send their own).
+  int pick_adapter(const json& body) const {
+    if (!body.contains("model") || body["model"].is_null()) return 0;
+    if (!body["model"].is_string()) throw BadRequest("'model' must be a string");
+    const std::string m = body["model"].get<std::string>();
+    for (size_t i = 0; i < adapters_.size(); ++i)
+      if (adapters_[i] == m) return int(i) + 1;
+    if (m == name_ || adapters_.empty()) return 0;
+    std::string known = name_;
+    for (const auto& a : adapters_) known += ", " + a;
+    throw HttpError(404, "the model '" + m + "' does not exist (this server has: " + known + "; GET /v1/models)");
   }
 
   // Each prompt counts once, however many samples (n) were drawn from it.
@@ -331,7 +386,10 @@ class Server {
     lim.ctx = ctx_;
     lim.max_choices = size_t(std::max(1, o_.max_queue));
     lim.request_timeout_s = o_.request_timeout;
-    auto p = std::make_shared<ParsedCompletion>(parse_completion(parse_body(q.body), chat, tok_, lim));
+    const json body = parse_body(q.body);
+    const int adapter = pick_adapter(body);
+    auto p = std::make_shared<ParsedCompletion>(parse_completion(body, chat, tok_, lim));
+    for (auto& r : p->choices) r.adapter = adapter;
     auto sub = std::make_shared<Submitted>();
     try {
       for (auto& r : p->choices) sub->jobs.push_back(sched_.submit(r));
@@ -351,13 +409,13 @@ class Server {
       auto st = std::make_shared<Progress>();
       res.set_chunked_content_provider(
           "text/event-stream",
-          [this, sub, p, id, chat, fd, st](size_t, httplib::DataSink& sink) {
+          [this, sub, p, id, chat, fd, st, adapter](size_t, httplib::DataSink& sink) {
             auto send = [&](const json& j) {
               const std::string s = "data: " + j.dump() + "\n\n";
               return sink.write(s.data(), s.size());
             };
             auto chunk = [&](json choice) {
-              json c = chunk_json(id, chat, json::array({std::move(choice)}));
+              json c = chunk_json(id, chat, json::array({std::move(choice)}), adapter);
               if (p->include_usage) c["usage"] = nullptr;
               return send(c);
             };
@@ -369,7 +427,7 @@ class Server {
             };
             if (st->choice == sub->jobs.size()) {  // every choice sent
               if (p->include_usage) {
-                json c = chunk_json(id, chat, json::array());
+                json c = chunk_json(id, chat, json::array(), adapter);
                 c["usage"] = usage_json(sub->jobs, p->n);
                 send(c);
               }
@@ -449,7 +507,7 @@ class Server {
       }
       choices.push_back(std::move(choice));
     }
-    json out = chunk_json(id, chat, choices);
+    json out = chunk_json(id, chat, choices, adapter);
     out["object"] = chat ? "chat.completion" : "text_completion";
     out["usage"] = usage_json(sub->jobs, p->n);
     reply(res, 200, out);
@@ -462,6 +520,7 @@ class Server {
   ConnectionPool& pool_;
   Scheduler sched_;
   std::string name_;
+  std::vector<std::string> adapters_;  // names of Engine variants 1.. (--lora NAME=DIR)
   int64_t ctx_ = 0;
   std::vector<std::string> keys_;
   std::atomic<int64_t> counter_{0}, in_flight_{0};
@@ -494,7 +553,12 @@ void run(const Opts& o) {
   HYMBA_CHECK(o.ctx_size >= 0, "--ctx-size must be >= 0");
   const std::string dir = o.dir();
   auto tok = Tokenizer::load(dir);
-  auto eng = Engine::load(dir, o.engine_options());
+  Opts eo_flags = o;
+  std::vector<EngineOptions::NamedAdapter> named;
+  parse_server_loras(o.loras, &eo_flags.lora, &named);
+  EngineOptions eo = eo_flags.engine_options();
+  eo.adapters = named;
+  auto eng = Engine::load(dir, eo);
   const int64_t trained = eng->config().max_position_embeddings;
   if (o.ctx_size > trained)
     std::fprintf(stderr,
@@ -572,6 +636,11 @@ void run(const Opts& o) {
 Register reg("server", "OpenAI-compatible HTTP server with continuous batching", [](CLI::App& sub) {
   auto o = std::make_shared<Opts>();
   add_model_flags(sub, *o);
+  sub.remove_option(sub.get_option("--lora"));  // the server's takes several
+  sub.add_option("--lora", o->loras,
+                 "PEFT LoRA/DoRA adapter, repeatable. NAME=DIR[:scale]: requests whose \"model\" is NAME use it "
+                 "(listed in /v1/models; the base weights are shared); DIR[:scale] without a name: used by the "
+                 "other requests (at most one)");
   sub.add_option("--host", o->host, "address to listen on (default 127.0.0.1)");
   sub.add_option("--port", o->port, "port (default 8080; 0 = any free port, printed on stderr); a port in use is an error");
   sub.add_option("--parallel,--np", o->parallel, "sequences decoded together (default 4)");

@@ -16,7 +16,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "python"))
 os.environ.setdefault("HYMBA_BIN", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "build", "hymba"))
 import serverlib as S  # noqa: E402
-from test_server_state_store import free_port, resp  # noqa: E402
+from serverlib import free_port, resp  # noqa: E402
 
 
 def main():

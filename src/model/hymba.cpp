@@ -78,18 +78,21 @@ void HymbaModel::forward(float* x, std::span<const ForwardItem> items, ModelActs
   }
 }
 
-void HymbaModel::set_adapters(const Adapters* a, const AdapterGrads* g) {
+void HymbaModel::set_adapters(const Adapters* a, const AdapterGrads* g,
+                              std::vector<std::vector<float>>* norms) {
   HYMBA_CHECK(!a || a->layers.size() == plan_.size(), "adapters: wrong number of layers");
   HYMBA_CHECK(!g || (a && g->layers.size() == plan_.size()), "adapter gradients: wrong number of layers");
   adapters_ = a, adapter_grads_ = g;
-  dora_norm_.assign(a ? plan_.size() * kNumSlots : 0, {});
+  ext_dora_norm_ = norms;
+  if (!norms) own_dora_norm_.clear();
+  dora_norm().resize(a ? plan_.size() * kNumSlots : 0);
 }
 
 void HymbaModel::linear_forward(int l, Slot s, float* out, const float* in, const MatView& W,
                                 const float* bias, int64_t T, bool accumulate, bool fresh) {
   if (!adapters_) return matmul_forward(out, in, W, bias, T, accumulate);
   const LoraView& a = adapters_->layers[size_t(l)][size_t(s)];
-  std::vector<float>& norm = dora_norm_[size_t(l) * kNumSlots + size_t(s)];
+  std::vector<float>& norm = dora_norm()[size_t(l) * kNumSlots + size_t(s)];
   if (a.dora() && (fresh || norm.empty())) {
     norm.resize(size_t(W.rows));
     dora_row_norms(norm.data(), W, a);
@@ -102,7 +105,7 @@ void HymbaModel::linear_backward(int l, Slot s, float* dinp, float* dW, float* d
   static const LoraView kNone;
   const LoraView& a = adapters_ ? adapters_->layers[size_t(l)][size_t(s)] : kNone;
   const LoraGrad ga = adapter_grads_ ? adapter_grads_->layers[size_t(l)][size_t(s)] : LoraGrad{};
-  const float* norm = adapters_ ? dora_norm_[size_t(l) * kNumSlots + size_t(s)].data() : nullptr;
+  const float* norm = adapters_ ? dora_norm()[size_t(l) * kNumSlots + size_t(s)].data() : nullptr;
   adapted_backward(dinp, dW, dbias, ga, dout, inp, W, a, norm, T);
 }
 

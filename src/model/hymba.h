@@ -88,7 +88,10 @@ class HymbaModel {
   // Low-rank adapters beside the base linears (src/model/adapter.h; null = none). With grads,
   // backward also accumulates the adapters' gradients. `grads` of backward may then have null
   // views (a frozen base: only input gradients flow). The caller keeps both alive.
-  void set_adapters(const Adapters* a, const AdapterGrads* g = nullptr);
+  // `norms`: where the adapters' DoRA norms are cached (the caller's, so that switching between
+  // several adapters keeps each one's); null = the model's own, cleared here.
+  void set_adapters(const Adapters* a, const AdapterGrads* g = nullptr,
+                    std::vector<std::vector<float>>* norms = nullptr);
 
  private:
   void layer_forward(int l, float* x, std::span<const ForwardItem> items, const int32_t* pos,
@@ -112,7 +115,9 @@ class HymbaModel {
   std::vector<std::vector<float>> frozen_A_;  // [layer] -> [D, N] after freeze_weights()
   const Adapters* adapters_ = nullptr;
   const AdapterGrads* adapter_grads_ = nullptr;
-  std::vector<std::vector<float>> dora_norm_;  // [l * kNumSlots + s] -> [out]
+  std::vector<std::vector<float>> own_dora_norm_;  // [l * kNumSlots + s] -> [out]
+  std::vector<std::vector<float>>* ext_dora_norm_ = nullptr;  // set_adapters(.., norms)
+  std::vector<std::vector<float>>& dora_norm() { return ext_dora_norm_ ? *ext_dora_norm_ : own_dora_norm_; }
 };
 
 }  // namespace hymba

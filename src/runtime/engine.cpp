@@ -24,19 +24,39 @@ std::unique_ptr<Engine> Engine::load(const std::string& dir, const EngineOptions
 Engine::Engine(std::unique_ptr<Checkpoint> ckpt, const EngineOptions& opts)
     : ckpt_(prepared(std::move(ckpt), opts)), model_(ckpt_->config, ckpt_->weights), opts_(opts) {
   HYMBA_CHECK(opts_.max_chunk > 0, "max_chunk must be positive");
-  if (!opts_.lora.empty()) {  // before the prefix: the meta tokens go through the adapted layers
-    adapter_ = std::make_unique<AdapterSet>(load_peft_adapter(opts_.lora, ckpt_->config, ckpt_->weights));
-    adapter_->set_user_scale(opts_.lora_scale);
-    model_.set_adapters(&adapter_->view);
-  }
   model_.freeze_weights();
-  if (opts_.use_prefix) prefix_ = model_.compute_prefix(opts_.cache_dtype);
+  auto add = [&](const std::string& dir, float scale) {
+    Variant v;
+    if (!dir.empty()) {
+      v.adapter = std::make_unique<AdapterSet>(load_peft_adapter(dir, ckpt_->config, ckpt_->weights));
+      v.adapter->set_user_scale(scale);
+      v.scale = scale;
+    }
+    variants_.push_back(std::move(v));
+    // The prefix too: the meta tokens go through the adapted layers.
+    if (opts_.use_prefix) {
+      select(int(variants_.size()) - 1);
+      variants_.back().prefix = model_.compute_prefix(opts_.cache_dtype);
+    }
+  };
+  add(opts_.lora, opts_.lora_scale);
+  for (const auto& a : opts_.adapters) add(a.dir, a.scale);
+  select(0);
 }
 
-SequenceState Engine::new_sequence() {
+void Engine::select(int variant) {
+  HYMBA_CHECK(variant >= 0 && variant < num_variants(), "no adapter variant " + std::to_string(variant));
+  if (variant == current_) return;
+  Variant& v = variants_[size_t(variant)];
+  model_.set_adapters(v.adapter ? &v.adapter->view : nullptr, nullptr, &v.dora_norms);
+  current_ = variant;
+}
+
+SequenceState Engine::new_sequence(int variant) {
+  select(variant);
   const auto& c = model_.config();
   CacheOptions co{opts_.cache_dtype, false};
-  if (prefix_) return make_sequence_state(c, model_.plan(), prefix_, co);
+  if (const auto& p = variants_[size_t(variant)].prefix) return make_sequence_state(c, model_.plan(), p, co);
   // No shared prefix: run the meta tokens through this sequence's own state. Its caches must
   // keep the meta K/V beyond the window, so it gets a private prefix.
   auto own = model_.compute_prefix(opts_.cache_dtype);
@@ -44,8 +64,10 @@ SequenceState Engine::new_sequence() {
 }
 
 void Engine::eval(std::span<SequenceState* const> seqs, std::span<const std::vector<int32_t>> tokens,
-                  std::vector<float>* last_logits, std::vector<std::vector<float>>* all_logits) {
+                  std::vector<float>* last_logits, std::vector<std::vector<float>>* all_logits,
+                  int variant) {
   HYMBA_CHECK(seqs.size() == tokens.size(), "eval: one token list per sequence");
+  select(variant);
   const auto& c = model_.config();
   const int64_t H = c.hidden_size, V = c.vocab_size;
   const size_t B = seqs.size();
@@ -109,15 +131,17 @@ void Engine::eval(std::span<SequenceState* const> seqs, std::span<const std::vec
   }
 }
 
-std::vector<float> Engine::eval_one(SequenceState& s, const std::vector<int32_t>& tokens) {
+std::vector<float> Engine::eval_one(SequenceState& s, const std::vector<int32_t>& tokens, int variant) {
   SequenceState* seqs[1] = {&s};
   std::vector<float> out;
   eval(std::span<SequenceState* const>(seqs, 1), std::span<const std::vector<int32_t>>(&tokens, 1),
-       &out);
+       &out, nullptr, variant);
   return out;
 }
 
-uint64_t Engine::model_tag() const {
+uint64_t Engine::model_tag(int variant) const {
+  HYMBA_CHECK(variant >= 0 && variant < num_variants(), "no adapter variant " + std::to_string(variant));
+  const Variant& v = variants_[size_t(variant)];
   uint64_t h = kFnv1a64Offset;
   auto mix = [&](const void* p, size_t n) { h = fnv1a64(p, n, h); };
   const auto& c = model_.config();
@@ -131,12 +155,15 @@ uint64_t Engine::model_tag() const {
     matrow_to_f32(row.data(), w.lm_head, r);
     mix(row.data(), row.size() * sizeof(float));
   }
-  if (adapter_) {
-    mix(adapter_->data.data(), adapter_->data.size() * sizeof(float));
-    mix(&opts_.lora_scale, sizeof(float));
+  if (v.adapter) {
+    mix(v.adapter->data.data(), v.adapter->data.size() * sizeof(float));
+    mix(&v.scale, sizeof(float));
+    const float s = v.adapter->cfg.scale();
+    const int32_t kind = int32_t(v.adapter->cfg.dora) * 2 + int32_t(v.adapter->cfg.rslora);
+    mix(&s, sizeof s), mix(&kind, sizeof kind);
   }
-  if (prefix_) {
-    const std::string p = serialize_state(*prefix_);
+  if (v.prefix) {
+    const std::string p = serialize_state(*v.prefix);
     mix(p.data(), p.size());
   }
   return h;

@@ -93,7 +93,8 @@ Scheduler::Scheduler(Engine& eng, const Tokenizer& tok, SchedulerOptions opts) :
   opts_.max_parallel = std::max(1, opts_.max_parallel);
   opts_.max_queue = std::max(0, opts_.max_queue);
   opts_.max_snapshots = std::max(0, opts_.max_snapshots);
-  if (opts_.store) model_tag_ = eng_.model_tag();
+  if (opts_.store)
+    for (int v = 0; v < eng_.num_variants(); ++v) model_tags_.push_back(eng_.model_tag(v));
   worker_ = std::thread([this] { loop(); });
 }
 
@@ -117,6 +118,7 @@ std::shared_ptr<Job> Scheduler::submit(CompletionRequest r) {
     HYMBA_CHECK(b >= -100 && b <= 100, "logit_bias: values must be in [-100, 100]");
   }
   HYMBA_CHECK(r.top_logprobs <= 20, "logprobs: at most 20");
+  HYMBA_CHECK(r.adapter >= 0 && r.adapter < eng_.num_variants(), "no adapter " + std::to_string(r.adapter));
   Generation check(tok_, r.params, 0, r.prompt.back(), {});  // throws on bad parameters
   (void)check;
   auto job = std::make_shared<Job>();
@@ -206,19 +208,22 @@ void Scheduler::loop() {
   running_.clear();
 }
 
-void Scheduler::keep(std::vector<int32_t> tokens, const SequenceState& state, bool to_store) {
+void Scheduler::keep(int adapter, std::vector<int32_t> tokens, const SequenceState& state, bool to_store) {
   if (tokens.empty()) return;
-  if (opts_.store && to_store) opts_.store->put(state_key(model_tag_, tokens), encode_state_entry(model_tag_, tokens, state));
+  if (opts_.store && to_store) {
+    const uint64_t tag = model_tags_[size_t(adapter)];
+    opts_.store->put(state_key(tag, tokens), encode_state_entry(tag, tokens, state));
+  }
   if (opts_.max_snapshots == 0) return;
   const size_t bytes = state.bytes() + tokens.size() * sizeof(int32_t);
   if (bytes > opts_.max_snapshot_bytes) return;
   for (auto it = snapshots_.begin(); it != snapshots_.end(); ++it)
-    if (it->tokens == tokens) {
+    if (it->adapter == adapter && it->tokens == tokens) {
       snapshot_bytes_ -= it->bytes;
       snapshots_.erase(it);
       break;
     }
-  snapshots_.push_front({std::move(tokens), state, bytes});
+  snapshots_.push_front({adapter, std::move(tokens), state, bytes});
   snapshot_bytes_ += bytes;
   while (int(snapshots_.size()) > opts_.max_snapshots || snapshot_bytes_ > opts_.max_snapshot_bytes) {
     snapshot_bytes_ -= snapshots_.back().bytes;
@@ -233,7 +238,8 @@ void Scheduler::start(Active& a) {
   // The longest kept state whose tokens start this prompt, leaving at least its last token.
   auto best = snapshots_.end();
   for (auto it = snapshots_.begin(); it != snapshots_.end(); ++it)
-    if (it->tokens.size() < p.size() && std::equal(it->tokens.begin(), it->tokens.end(), p.begin()) &&
+    if (it->adapter == a.req.adapter && it->tokens.size() < p.size() &&
+        std::equal(it->tokens.begin(), it->tokens.end(), p.begin()) &&
         (best == snapshots_.end() || it->tokens.size() > best->tokens.size()))
       best = it;
   size_t from = 0;
@@ -246,7 +252,7 @@ void Scheduler::start(Active& a) {
     snapshots_.erase(best);
     snapshots_.push_front(std::move(used));
   } else {
-    a.seq = eng_.new_sequence();
+    a.seq = eng_.new_sequence(a.req.adapter);
   }
   size_t restored = 0;
   if (opts_.store && restore_from_store(a, from, &restored)) {
@@ -268,8 +274,8 @@ void Scheduler::start(Active& a) {
   at.erase(std::unique(at.begin(), at.end()), at.end());
   size_t cur = from;
   for (size_t k : at) {
-    eng_.eval_one(a.seq, std::vector<int32_t>(p.begin() + int64_t(cur), p.begin() + int64_t(k)));
-    keep(std::vector<int32_t>(p.begin(), p.begin() + int64_t(k)), a.seq);
+    eng_.eval_one(a.seq, std::vector<int32_t>(p.begin() + int64_t(cur), p.begin() + int64_t(k)), a.req.adapter);
+    keep(a.req.adapter, std::vector<int32_t>(p.begin(), p.begin() + int64_t(k)), a.seq);
     cur = k;
   }
 }
@@ -289,12 +295,13 @@ bool Scheduler::restore_from_store(Active& a, size_t from, size_t* restored) {
   at.erase(std::unique(at.begin(), at.end()), at.end());
   for (size_t k : at) {
     const std::vector<int32_t> prefix(p.begin(), p.begin() + int64_t(k));
-    const auto v = opts_.store->get(state_key(model_tag_, prefix));
+    const uint64_t tag = model_tags_[size_t(a.req.adapter)];
+    const auto v = opts_.store->get(state_key(tag, prefix));
     if (!v) continue;
-    SequenceState s = eng_.new_sequence();
-    if (!decode_state_entry(*v, model_tag_, prefix, s)) continue;  // damaged or foreign: process instead
+    SequenceState s = eng_.new_sequence(a.req.adapter);
+    if (!decode_state_entry(*v, tag, prefix, s)) continue;  // damaged or foreign: process instead
     a.seq = std::move(s);
-    keep(prefix, a.seq, false);
+    keep(a.req.adapter, prefix, a.seq, false);
     ++n_store_hits_;
     *restored = k;
     return true;
@@ -314,9 +321,9 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
   });
   if (active.empty()) return;
 
-  std::vector<SequenceState*> seqs;
-  std::vector<std::vector<int32_t>> feed;
-  std::vector<Active*> who;
+  // Each running sequence's token for this step, fed in one eval per adapter.
+  std::vector<std::vector<int32_t>> feed(active.size());
+  std::vector<const float*> rows(active.size(), nullptr);
   std::vector<std::vector<float>> own_logits(active.size());  // rows computed apart (prompt logprobs)
   for (size_t i = 0; i < active.size(); ++i) {
     Active& a = *active[i];
@@ -324,11 +331,11 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
       a.gen = std::make_unique<Generation>(tok_, a.req.params, eos, a.req.prompt.back(), a.req.prompt);
       a.prefilled = true;
       if (a.req.prompt_logprobs) {  // needs every prompt row's logits: a forward of its own
-        a.seq = eng_.new_sequence();
+        a.seq = eng_.new_sequence(a.req.adapter);
         SequenceState* sp = &a.seq;
         std::vector<std::vector<float>> all;
         eng_.eval(std::span<SequenceState* const>(&sp, 1),
-                  std::span<const std::vector<int32_t>>(&a.req.prompt, 1), nullptr, &all);
+                  std::span<const std::vector<int32_t>>(&a.req.prompt, 1), nullptr, &all, a.req.adapter);
         n_prompt_ += int64_t(a.req.prompt.size());
         const auto& p = a.req.prompt;
         for (size_t t = 0; t < p.size(); ++t) {
@@ -339,26 +346,31 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
           a.job->prompt_events.push_back(std::move(e));
         }
         own_logits[i].assign(all[0].end() - V, all[0].end());
+        rows[i] = own_logits[i].data();
         continue;
       }
       start(a);
-      feed.push_back({a.req.prompt.back()});
+      feed[i] = {a.req.prompt.back()};
     } else {
-      feed.push_back({a.next});
+      feed[i] = {a.next};
     }
-    seqs.push_back(&a.seq);
-    who.push_back(&a);
   }
-  std::vector<float> last;
-  if (!seqs.empty()) eng_.eval(seqs, feed, &last);
+  std::vector<std::vector<float>> last(size_t(eng_.num_variants()));
+  for (int v = 0; v < eng_.num_variants(); ++v) {
+    std::vector<SequenceState*> seqs;
+    std::vector<std::vector<int32_t>> toks;
+    std::vector<size_t> idx;
+    for (size_t i = 0; i < active.size(); ++i)
+      if (!rows[i] && active[i]->req.adapter == v) seqs.push_back(&active[i]->seq), toks.push_back(feed[i]), idx.push_back(i);
+    if (seqs.empty()) continue;
+    eng_.eval(seqs, toks, &last[size_t(v)], nullptr, v);
+    for (size_t k = 0; k < idx.size(); ++k) rows[idx[k]] = last[size_t(v)].data() + k * size_t(V);
+  }
 
-  size_t k = 0;
   std::vector<float> biased;
   for (size_t i = 0; i < active.size(); ++i) {
     Active& a = *active[i];
-    const float* row = nullptr;
-    if (k < who.size() && who[k] == &a) row = last.data() + k++ * size_t(V);
-    else row = own_logits[i].data();
+    const float* row = rows[i];
     if (a.gen->done()) {  // max_tokens 0 (scoring a prompt): nothing to sample
       a.job->finish(a.gen->stop_reason());
       continue;
@@ -380,7 +392,7 @@ void Scheduler::step(std::vector<std::unique_ptr<Active>>& active) {
       // The state has consumed the prompt and every sampled token but this last one.
       std::vector<int32_t> t = a.req.prompt;
       t.insert(t.end(), a.gen->tokens().begin(), a.gen->tokens().end() - 1);
-      keep(std::move(t), a.seq);
+      keep(a.req.adapter, std::move(t), a.seq);
       a.job->finish(a.gen->stop_reason());
     }
   }

@@ -9,6 +9,10 @@
 // copy of the longest kept state that is a prefix of it and feeds only the rest, so requests
 // sharing a system prompt or few-shot examples, and a chat resending its history, are not
 // processed again. Kept states are evicted least recently used first (count and byte bounds).
+// Per-request adapters (Engine variants): a kept state is only reused by a request with the same
+// adapter (and the --state-store key carries the variant's model tag); each step runs one
+// Engine::eval per adapter among the running sequences (grouped: the base weights are read once
+// per group; the adapter's own low-rank product is per group too).
 #pragma once
 #include <atomic>
 #include <chrono>
@@ -38,6 +42,7 @@ struct CompletionRequest {
   bool prompt_logprobs = false;  // also the prompt tokens' logprobs (OpenAI `echo` + `logprobs`)
   std::vector<std::pair<int32_t, float>> logit_bias;  // added to the logits before sampling only
   std::vector<size_t> keep_at;  // prompt lengths worth keeping a state at (message boundaries)
+  int adapter = 0;              // Engine variant: 0 = the default, i = options().adapters[i - 1]
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
@@ -112,6 +117,7 @@ class Scheduler {
  private:
   struct Active;
   struct Snapshot {
+    int adapter = 0;              // the Engine variant the state was computed with
     std::vector<int32_t> tokens;  // what the state has consumed
     SequenceState state;
     size_t bytes = 0;
@@ -119,7 +125,7 @@ class Scheduler {
   void loop();
   void step(std::vector<std::unique_ptr<Active>>& active);
   void start(Active& a);  // a fresh or reused state for a new request, all but its last prompt token fed
-  void keep(std::vector<int32_t> tokens, const SequenceState& state, bool to_store = true);
+  void keep(int adapter, std::vector<int32_t> tokens, const SequenceState& state, bool to_store = true);
   bool restore_from_store(Active& a, size_t from, size_t* restored);
 
   Engine& eng_;
@@ -134,7 +140,7 @@ class Scheduler {
   bool stop_ = false;
   std::atomic<int64_t> n_prompt_{0}, n_cached_{0}, n_generated_{0}, n_lookups_{0}, n_hits_{0};
   std::atomic<int64_t> n_snapshots_{0}, n_snapshot_bytes_{0}, busy_us_{0}, n_store_hits_{0};
-  uint64_t model_tag_ = 0;
+  std::vector<uint64_t> model_tags_;  // per Engine variant (--state-store keys)
   std::thread worker_;
 };
 

@@ -3,9 +3,12 @@ first stderr line), bounded waits, and always stopped (SIGTERM, then SIGKILL).""
 import http.client
 import json
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import threading
+import time
 
 import testlib as U
 
@@ -90,3 +93,69 @@ def metrics(port, headers=None):
                 k, v = line.rsplit(" ", 1)
                 out[k] = float(v)
     return out
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def resp(port, *args):
+    """One Redis command over RESP; returns the reply (str, int, list or None)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"".join([f"*{len(args)}\r\n".encode()] + [b"$%d\r\n%s\r\n" % (len(a), a) for a in
+                                                           (x if isinstance(x, bytes) else str(x).encode() for x in args)]))
+    f = s.makefile("rb")
+
+    def read():
+        line = f.readline().rstrip(b"\r\n")
+        t, rest = line[:1], line[1:]
+        if t in (b"+", b"-"):
+            return rest.decode()
+        if t == b":":
+            return int(rest)
+        if t == b"$":
+            n = int(rest)
+            return None if n < 0 else f.read(n + 2)[:-2]
+        if t == b"*":
+            return [read() for _ in range(int(rest))]
+        raise RuntimeError(f"bad reply {line!r}")
+    try:
+        return read()
+    finally:
+        s.close()
+
+
+class Redis:
+    """A throw-away redis-server (Debian's) on a free loopback port; .up says whether it answers,
+    .url is for --state-store. None of it when redis-server is not installed (.installed False)."""
+
+    def __init__(self):
+        self.installed, self.up, self.proc = bool(shutil.which("redis-server")), False, None
+        if not self.installed:
+            return
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--daemonize", "no"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                self.up = resp(self.port, "PING") == "PONG"
+                break
+            except OSError:
+                time.sleep(0.1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()

@@ -9,11 +9,8 @@ message if it is not installed).
   same and reports nothing cached.
 """
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import serverlib as S  # noqa: E402
@@ -22,114 +19,67 @@ import testlib as U  # noqa: E402
 RES = U.Results()
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def resp(port, *args):
-    """One Redis command over RESP; returns the reply (str, int, list or None)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(b"".join([f"*{len(args)}\r\n".encode()] + [b"$%d\r\n%s\r\n" % (len(a), a) for a in
-                                                           (x if isinstance(x, bytes) else str(x).encode() for x in args)]))
-    f = s.makefile("rb")
-
-    def read():
-        line = f.readline().rstrip(b"\r\n")
-        t, rest = line[:1], line[1:]
-        if t in (b"+", b"-"):
-            return rest.decode()
-        if t == b":":
-            return int(rest)
-        if t == b"$":
-            n = int(rest)
-            return None if n < 0 else f.read(n + 2)[:-2]
-        if t == b"*":
-            return [read() for _ in range(int(rest))]
-        raise RuntimeError(f"bad reply {line!r}")
-    try:
-        return read()
-    finally:
-        s.close()
-
-
 def chat(srv, msgs):
     st, j, _ = srv.request("POST", "/v1/chat/completions", dict(messages=msgs, max_tokens=12, temperature=0))
     return (j["choices"][0]["message"]["content"], j["usage"]["prompt_tokens_details"]["cached_tokens"]) if st == 200 else (None, str(j)[:200])
 
 
 def main():
-    if not shutil.which("redis-server"):
+    redis = S.Redis()
+    if not redis.installed:
         print("[SKIP] redis-server is not installed (scripts/setup.sh installs it)")
         return 0
-    rport = free_port()
-    redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--daemonize", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     servers = []
-    try:
-        up = False
-        for _ in range(100):
-            try:
-                up = resp(rport, "PING") == "PONG"
-                break
-            except OSError:
-                time.sleep(0.1)
-        if not RES.check("redis-server answers", up):
-            return RES.finish()
-        url = f"redis://127.0.0.1:{rport}"
-        common = ["--cache-type", "f32", "--parallel", "2"]
-        a = S.Server("--state-store", url, *common)
-        b = S.Server("--state-store", url, *common)
-        c = S.Server(*common)
-        servers += [a, b, c]
-        if not RES.check("replicas start", a.port and b.port and c.port, a.first + b.first + c.first):
-            return RES.finish()
-        bad = subprocess.run([U.BIN, "server", "--port", "0", "--state-store", f"redis://127.0.0.1:{free_port()}"],
-                             capture_output=True, text=True, timeout=60)
-        RES.check("Reject an unreachable --state-store: clear error, non-zero exit",
-                  bad.returncode != 0 and "cannot connect to redis" in bad.stderr, bad.stderr.strip()[-150:])
-
-        msgs = [{"role": "system", "content": "You answer from the King James Bible, briefly."}]
-        qs = ["Who made the heaven and the earth?", "And what moved upon the waters?", "What did God call the light?"]
-        same, cached_b = True, 0
-        for t, q in enumerate(qs):
-            msgs.append({"role": "user", "content": q})
-            rep = a if t % 2 == 0 else b
-            got, cached = chat(rep, msgs)
-            want, _ = chat(c, msgs)
-            same &= got is not None and got == want
-            if t == 1:
-                cached_b = cached
-            print(f"  turn {t + 1} on {'AB'[t % 2]}: cached {cached}: {got!r} (one replica: {want!r})")
-            msgs.append({"role": "assistant", "content": got or ""})
-        RES.check("chat alternating between replicas equals one replica", same)
-        hits = S.metrics(b.port).get("hymba_state_store_hits_total", 0)
-        RES.check("turn two on B restores A's state from Redis (cached_tokens > 0)", cached_b > 0 and hits >= 1,
-                  f"cached {cached_b}, B's store hits {hits}")
-
-        keys = resp(rport, "KEYS", "hymba:*") or []
-        for k in keys:
-            v = resp(rport, "GET", k)
-            resp(rport, "SET", k, v[:-7] + b"garbage" if v else b"garbage")
-        d = S.Server("--state-store", url, *common)
-        servers.append(d)
-        got, cached = chat(d, msgs[:4])
-        want, _ = chat(c, msgs[:4])
-        m = S.metrics(d.port)
-        RES.check("damaged entries are not used: same reply, nothing cached",
-                  got == want and cached == 0 and m.get("hymba_state_store_hits_total", 1) == 0,
-                  f"{len(keys)} entries damaged; cached {cached}; {got!r} vs {want!r}")
-    finally:
-        for s in servers:
-            s.stop()
-        redis.terminate()
+    with redis:
         try:
-            redis.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            redis.kill()
+            if not RES.check("redis-server answers", redis.up):
+                return RES.finish()
+            url, rport = redis.url, redis.port
+            common = ["--cache-type", "f32", "--parallel", "2"]
+            a = S.Server("--state-store", url, *common)
+            b = S.Server("--state-store", url, *common)
+            c = S.Server(*common)
+            servers += [a, b, c]
+            if not RES.check("replicas start", a.port and b.port and c.port, a.first + b.first + c.first):
+                return RES.finish()
+            bad = subprocess.run([U.BIN, "server", "--port", "0", "--state-store", f"redis://127.0.0.1:{S.free_port()}"],
+                                 capture_output=True, text=True, timeout=60)
+            RES.check("Reject an unreachable --state-store: clear error, non-zero exit",
+                      bad.returncode != 0 and "cannot connect to redis" in bad.stderr, bad.stderr.strip()[-150:])
+
+            msgs = [{"role": "system", "content": "You answer from the King James Bible, briefly."}]
+            qs = ["Who made the heaven and the earth?", "And what moved upon the waters?", "What did God call the light?"]
+            same, cached_b = True, 0
+            for t, q in enumerate(qs):
+                msgs.append({"role": "user", "content": q})
+                rep = a if t % 2 == 0 else b
+                got, cached = chat(rep, msgs)
+                want, _ = chat(c, msgs)
+                same &= got is not None and got == want
+                if t == 1:
+                    cached_b = cached
+                print(f"  turn {t + 1} on {'AB'[t % 2]}: cached {cached}: {got!r} (one replica: {want!r})")
+                msgs.append({"role": "assistant", "content": got or ""})
+            RES.check("chat alternating between replicas equals one replica", same)
+            hits = S.metrics(b.port).get("hymba_state_store_hits_total", 0)
+            RES.check("turn two on B restores A's state from Redis (cached_tokens > 0)", cached_b > 0 and hits >= 1,
+                      f"cached {cached_b}, B's store hits {hits}")
+
+            keys = S.resp(rport, "KEYS", "hymba:*") or []
+            for k in keys:
+                v = S.resp(rport, "GET", k)
+                S.resp(rport, "SET", k, v[:-7] + b"garbage" if v else b"garbage")
+            d = S.Server("--state-store", url, *common)
+            servers.append(d)
+            got, cached = chat(d, msgs[:4])
+            want, _ = chat(c, msgs[:4])
+            m = S.metrics(d.port)
+            RES.check("damaged entries are not used: same reply, nothing cached",
+                      got == want and cached == 0 and m.get("hymba_state_store_hits_total", 1) == 0,
+                      f"{len(keys)} entries damaged; cached {cached}; {got!r} vs {want!r}")
+        finally:
+            for s in servers:
+                s.stop()
     return RES.finish()
 
 
