@@ -336,9 +336,30 @@ def rms_norm(x, w, eps):
     return y if w is None else y * w
 
 
+def act_q8(x):
+    """The engine's 8-bit activations for Q8/Q4_0 weights (src/ops/quant.h, quantize_act_q8): per
+    block of 32 along the last axis, in float32: d = max|x| / 127, q = round_half_even(x * (127 /
+    max|x|)); returns d * q in float64."""
+    a = x.to(torch.float32)
+    blocks = a.reshape(-1, 32)
+    amax = blocks.abs().amax(dim=1, keepdim=True)
+    inv = torch.where(amax > 0, torch.tensor(127.0, dtype=torch.float32) / amax, torch.zeros_like(amax))
+    q = torch.round(blocks * inv)                   # torch.round: half to even, as the engine
+    d = amax / torch.tensor(127.0, dtype=torch.float32)
+    return (d.to(torch.float64) * q.to(torch.float64)).reshape(x.shape)
+
+
+def quantize_inputs(w):
+    """Marks a weight as 8-bit-quantized in the engine: linear() then multiplies act_q8(x)."""
+    w.hymba_forward = lambda x: act_q8(x) @ w.t()
+    return w
+
+
 def linear(x, w, b=None):
-    """x [..., in], w [out, in], b [out] -> [..., out]."""
-    y = x @ w.t()
+    """x [..., in], w [out, in], b [out] -> [..., out]. A weight marked by quantize_inputs (or an
+    adapter on one, see tests/python/lora_ref.py) brings its own product."""
+    fwd = getattr(w, "hymba_forward", None)
+    y = fwd(x) if fwd is not None else x @ w.t()
     return y if b is None else y + b
 
 
@@ -495,7 +516,7 @@ def model_forward(c, w, ids):
     x = rms_norm(x, w["model.final_layernorm.weight"], c.eps)
     x = x[:, c.M:, :]                                                       # meta tokens never output
     head = w["model.embed_tokens.weight"] if c.tie else w["lm_head.weight"]
-    return x @ head.t()
+    return linear(x, head)
 
 
 # =================================================================================================

@@ -4,6 +4,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -19,6 +20,18 @@
 #include <hwy/highway.h>
 
 #include "ops/widen-inl.h"
+
+#ifndef HYMBA_MATMUL_QACTS_
+#define HYMBA_MATMUL_QACTS_  // once, outside the per-target namespaces: the kernels' argument type
+namespace hymba {
+struct QActs {
+  const int8_t* q;
+  const float* d;
+  const int32_t* g;
+  int64_t K;
+};
+}  // namespace hymba
+#endif
 
 HWY_BEFORE_NAMESPACE();
 namespace hymba {
@@ -158,6 +171,170 @@ void GemvRange(float* out, const float* in, const void* w, int dtype, const floa
   }
 }
 
+// ---- Q8/Q4_0 weights times 8-bit activations (quantize_act_q8): int8 dot products per block of
+// 32, scaled by d_w·d_x into F32 sums. x86 (AVX2, AVX-512, VNNI) takes the SIMD path below;
+// every other target the scalar loop, which computes the same integer block sums.
+
+// Activations of M rows: codes q[M, K], scales d[M, K/32], and for Q4_0 (whose codes are
+// unsigned, c = nibble) g[M, K/32, 8] = 8 · the sum of each group of 4 codes, so that
+// Σ (c - 8)·q = Σ c·q - Σ g over a block's 8 groups.
+
+void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, int32_t* g) {
+  const DF df;
+  const hn::RebindToSigned<DF> di;
+  const hn::Rebind<int8_t, DF> d8;
+  const int64_t NL = int64_t(hn::Lanes(df));
+  const int64_t KB = K / kQ8Block;
+  for (int64_t b = 0; b < M * KB; ++b) {
+    const float* xb = x + b * kQ8Block;
+    auto vmax = hn::Zero(df), nan = hn::Zero(df);
+    for (int64_t i = 0; i < kQ8Block; i += NL) {
+      const auto v = hn::LoadU(df, xb + i);
+      vmax = hn::Max(vmax, hn::Abs(v));
+      nan = hn::Add(nan, hn::Mul(v, hn::Zero(df)));  // NaN iff some element is NaN or Inf
+    }
+    float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+    const bool finite = !std::isnan(hn::GetLane(hn::SumOfLanes(df, nan)));
+    if (!finite) amax = 0.0f;
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    d[b] = finite ? amax / 127.0f : NAN;
+    const auto vid = hn::Set(df, id);
+    for (int64_t i = 0; i < kQ8Block; i += NL)
+      hn::StoreU(hn::DemoteTo(d8, hn::NearestInt(hn::Mul(hn::LoadU(df, xb + i), vid))), d8, q + b * kQ8Block + i);
+    if (g) {
+      const int8_t* qb = q + b * kQ8Block;
+      for (int j = 0; j < 8; ++j) g[b * 8 + j] = 8 * (qb[4 * j] + qb[4 * j + 1] + qb[4 * j + 2] + qb[4 * j + 3]);
+    }
+  }
+  (void)di;
+}
+
+#if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+// Σ of 4 adjacent u8·s8 products per int32 lane (u ≤ 127 here, so maddubs cannot saturate).
+HWY_INLINE __m256i Dot4(__m256i u, __m256i s) {
+#if HWY_TARGET == HWY_AVX3_DL
+  return _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
+#else
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+#endif
+}
+HWY_INLINE float HSum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+// R weight rows × MC activation rows; weights decoded once per block and used MC times.
+template <int R, int MC>
+HWY_INLINE void TileQ(float* out, int64_t N, const QActs& a, const void* wp, bool q4, const float* sc,
+                      int64_t K, const float* bias, bool accumulate) {
+  const int64_t KB = K / kQ8Block;
+  __m256 acc[R][MC];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < MC; ++j) acc[r][j] = _mm256_setzero_ps();
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  for (int64_t b = 0; b < KB; ++b) {
+    __m256i xq[MC];
+    __m256 xd[MC];
+    for (int j = 0; j < MC; ++j) {
+      xq[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + j * K + b * kQ8Block));
+      xd[j] = _mm256_broadcast_ss(a.d + j * KB + b);
+    }
+    if (q4) {
+      const BlockQ4_0* w = static_cast<const BlockQ4_0*>(wp);
+      for (int r = 0; r < R; ++r) {
+        const BlockQ4_0& blk = w[r * KB + b];
+        _mm_prefetch(reinterpret_cast<const char*>(&w[(r + R) * KB + b]), _MM_HINT_T0);
+        const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
+        const __m256i c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low4);
+        const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi16(short(blk.d)));
+        for (int j = 0; j < MC; ++j) {
+          const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.g + (j * KB + b) * 8));
+          const __m256i p = _mm256_sub_epi32(Dot4(c, xq[j]), g);
+          acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, xd[j]), _mm256_cvtepi32_ps(p), acc[r][j]);
+        }
+      }
+    } else {
+      const int8_t* w = static_cast<const int8_t*>(wp);
+      for (int r = 0; r < R; ++r) {
+        const int8_t* wr = w + r * K + b * kQ8Block;
+        _mm_prefetch(reinterpret_cast<const char*>(wr + R * K), _MM_HINT_T0);
+        const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
+        const __m256i aw = _mm256_sign_epi8(wq, wq);  // |w|: the unsigned operand; the sign moves to x
+        const __m256 dw = _mm256_broadcast_ss(sc + r * KB + b);
+        for (int j = 0; j < MC; ++j)
+          acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, xd[j]),
+                                      _mm256_cvtepi32_ps(Dot4(aw, _mm256_sign_epi8(xq[j], wq))), acc[r][j]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < MC; ++j) {
+      float s = HSum(acc[r][j]);
+      if (bias) s += bias[r];
+      float& o = out[j * N + r];
+      o = accumulate ? o + s : s;
+    }
+}
+#else
+template <int R, int MC>
+HWY_INLINE void TileQ(float* out, int64_t N, const QActs& a, const void* wp, bool q4, const float* sc,
+                      int64_t K, const float* bias, bool accumulate) {
+  const int64_t KB = K / kQ8Block;
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < MC; ++j) {
+      float s = 0.0f;
+      for (int64_t b = 0; b < KB; ++b) {
+        const int8_t* xq = a.q + j * K + b * kQ8Block;
+        int32_t isum = 0;
+        float dw;
+        if (q4) {
+          const BlockQ4_0& blk = static_cast<const BlockQ4_0*>(wp)[r * KB + b];
+          for (int i = 0; i < 16; ++i)
+            isum += ((blk.qs[i] & 15) - 8) * xq[i] + ((blk.qs[i] >> 4) - 8) * xq[i + 16];
+          dw = f16_to_f32(blk.d);
+        } else {
+          const int8_t* wr = static_cast<const int8_t*>(wp) + r * K + b * kQ8Block;
+          for (int i = 0; i < kQ8Block; ++i) isum += wr[i] * xq[i];
+          dw = sc[r * KB + b];
+        }
+        s += dw * a.d[j * KB + b] * float(isum);
+      }
+      if (bias) s += bias[r];
+      float& o = out[j * N + r];
+      o = accumulate ? o + s : s;
+    }
+}
+#endif
+
+template <int MC>
+HWY_INLINE void RowsQ(float* out, int64_t N, const QActs& a, const void* w, bool q4, const float* sc,
+                      int64_t K, const float* bias, int64_t n0, int64_t n1, bool acc) {
+  constexpr int R = MC == 1 ? 4 : MC == 2 ? 2 : 1;
+  const int64_t KB = K / kQ8Block;
+  const size_t stride = q4 ? size_t(KB) * sizeof(BlockQ4_0) : size_t(K);
+  const char* wb = static_cast<const char*>(w);
+  int64_t n = n0;
+  for (; n + R <= n1; n += R)
+    TileQ<R, MC>(out + n, N, a, wb + n * stride, q4, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
+  for (; n < n1; ++n)
+    TileQ<1, MC>(out + n, N, a, wb + n * stride, q4, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
+}
+
+// Rows [n0, n1) of out = act · Wᵀ for Q8/Q4_0 W; blocks of 32 rows outside, as GemvRangeT.
+void GemvQRange(float* out, const QActs& a, const void* w, int dtype, const float* sc, const float* bias,
+                int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1, bool acc) {
+  const bool q4 = DType(dtype) == DType::Q4_0;
+  const int64_t KB = K / kQ8Block;
+  constexpr int64_t kBlock = 32;
+  for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
+    const int64_t b1 = std::min(n1, b0 + kBlock);
+    int64_t m = 0;
+    auto at = [&](int64_t m) { return QActs{a.q + m * K, a.d + m * KB, a.g ? a.g + m * KB * 8 : nullptr, K}; };
+    for (; m + 2 <= M; m += 2) RowsQ<2>(out + m * N, N, at(m), w, q4, sc, K, bias, b0, b1, acc);
+    if (m < M) RowsQ<1>(out + m * N, N, at(m), w, q4, sc, K, bias, b0, b1, acc);
+  }
+}
+
 template <typename T>
 void WidenT(float* dst, const T* src, int64_t n) {
   const DF df;
@@ -194,6 +371,8 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace hymba {
 HWY_EXPORT(GemvRange);
+HWY_EXPORT(GemvQRange);
+HWY_EXPORT(QuantizeActs);
 HWY_EXPORT(Widen);
 
 namespace {
@@ -212,22 +391,49 @@ void check_view(const MatView& W, const char* what) {
                 std::to_string(kQ8Block));
 }
 
+bool quantized(DType t) { return t == DType::Q8 || t == DType::Q4_0; }
+
+// The activations of a Q8/Q4_0 matmul as 8-bit blocks (quantize_act_q8), in per-thread buffers
+// reused across calls.
+struct ActBuffers {
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  std::vector<int32_t> g;
+};
+QActs quantize_acts(const float* in, int64_t M, int64_t K, bool sums) {
+  thread_local ActBuffers buf;
+  const int64_t KB = K / kQ8Block;
+  if (buf.q.size() < size_t(M * K)) buf.q.resize(size_t(M * K));
+  if (buf.d.size() < size_t(M * KB)) buf.d.resize(size_t(M * KB));
+  if (sums && buf.g.size() < size_t(M * KB * 8)) buf.g.resize(size_t(M * KB * 8));
+  HWY_DYNAMIC_DISPATCH(QuantizeActs)(in, M, K, buf.q.data(), buf.d.data(), sums ? buf.g.data() : nullptr);
+  return {buf.q.data(), buf.d.data(), sums ? buf.g.data() : nullptr, K};
+}
+
 void gemv(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc) {
   const int64_t N = W.rows, K = W.cols;
   const int nt = num_threads();
+  const bool q = quantized(W.dtype);
+  QActs a{};
+  if (q) a = quantize_acts(in, M, K, W.dtype == DType::Q4_0);
   const auto fn = HWY_DYNAMIC_DISPATCH(GemvRange);
+  const auto fq = HWY_DYNAMIC_DISPATCH(GemvQRange);
+  auto run = [&](int64_t n0, int64_t n1) {
+    if (q) fq(out, a, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
+    else fn(out, in, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
+  };
   // Contiguous row ranges in multiples of 4 (the tile height), one per thread.
   const int64_t chunks = (N + 3) / 4;
   const int use = int(std::max<int64_t>(1, std::min<int64_t>(nt, chunks / 8)));
   if (use == 1) {
-    fn(out, in, W.data, int(W.dtype), W.scales, bias, M, N, K, 0, N, acc);
+    run(0, N);
     return;
   }
 #pragma omp parallel num_threads(use)
   {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
     const int64_t n0 = std::min(N, chunks * t / T * 4), n1 = std::min(N, chunks * (t + 1) / T * 4);
-    if (n0 < n1) fn(out, in, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
+    if (n0 < n1) run(n0, n1);
   }
 }
 
@@ -251,6 +457,13 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(K), 1.0f, in, int(K),
                 static_cast<const float*>(W.data), int(K), beta, out, int(N));
     return;
+  }
+  if (quantized(W.dtype)) {  // the 8-bit activations of the GEMV path, so both paths compute one thing
+    const QActs a = quantize_acts(in, M, K, false);
+    thread_local std::vector<float> xq;
+    if (xq.size() < size_t(M * K)) xq.resize(size_t(M * K));
+    for (int64_t i = 0; i < M * K; ++i) xq[size_t(i)] = a.d[i / kQ8Block] * float(a.q[i]);
+    in = xq.data();
   }
   // 16-bit and Q8 weights: widen a block of rows (~4 MiB of F32, stays in L3) then sgemm on it. The
   // O(NK) widening is small next to the O(MNK) product for the M this path gets.

@@ -63,6 +63,19 @@ void dequantize_q4_0(float* x, const BlockQ4_0* b, int64_t n) {
   }
 }
 
+void quantize_act_q8(int8_t* q, float* d, const float* x, int64_t n) {
+  for (int64_t b = 0; b < n / kQ8Block; ++b) {
+    const float* xb = x + b * kQ8Block;
+    float amax = 0.0f;
+    bool finite = true;
+    for (int64_t i = 0; i < kQ8Block; ++i) amax = std::fmax(amax, std::fabs(xb[i])), finite &= std::isfinite(xb[i]);
+    if (!finite) amax = 0.0f;  // a NaN/Inf input makes the block's products NaN, never UB
+    const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+    d[b] = finite ? amax / 127.0f : NAN;
+    for (int64_t i = 0; i < kQ8Block; ++i) q[b * kQ8Block + i] = int8_t(std::nearbyint(xb[i] * id));
+  }
+}
+
 bool quant_fits(DType t, int64_t cols) {
   switch (t) {
     case DType::Q8: return cols % kQ8Block == 0;

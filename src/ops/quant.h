@@ -37,6 +37,15 @@ void dequantize_q8(float* x, const int8_t* q, const float* scales, int64_t n);
 void quantize_q4_0(BlockQ4_0* out, const float* x, int64_t n);
 void dequantize_q4_0(float* x, const BlockQ4_0* b, int64_t n);
 
+// Activations entering a Q8/Q4_0 matmul are quantized to 8 bits too (as llama.cpp does), so the
+// products run as int8 dot products: per block of 32, d = max|x| / 127 and q = x · (127 / max|x|)
+// rounded to nearest, ties to even (an all-zero block: d = 0, q = 0; a block holding NaN or Inf:
+// d = NaN, q = 0, so the products are NaN as without quantization). The rule differs from
+// quantize_q8's (a multiply and round-to-even instead of a division and half-away) because it
+// runs once per matmul input and must be cheap and identical in SIMD and scalar code.
+// x[n] -> q[n], d[n / 32]; n a multiple of 32.
+void quantize_act_q8(int8_t* q, float* d, const float* x, int64_t n);
+
 // Whether a matrix of this width can be stored in a block format (cols a multiple of its block).
 bool quant_fits(DType t, int64_t cols);
 // Bytes of a [rows, cols] matrix in dtype t (F32/BF16/F16, Q8 codes + scales, Q4_0 blocks).

@@ -110,6 +110,10 @@ void check_matmul(DType t) {
     for (int64_t M : {1, 2, 3, 5, 33, 100}) {
       const std::vector<float> in = rng.vec(size_t(M * K)), bias = rng.vec(size_t(N)),
                                init = rng.vec(size_t(M * N));
+      // The product is defined on the 8-bit activations (quantize_act_q8), on either path.
+      std::vector<int8_t> aq(in.size());
+      std::vector<float> ad(in.size() / kQ8Block);
+      quantize_act_q8(aq.data(), ad.data(), in.data(), M * K);
       for (MatmulPath path : {MatmulPath::Auto, MatmulPath::Gemv, MatmulPath::Blas}) {
         for (int variant = 0; variant < 4; ++variant) {
           const bool use_bias = variant & 1, accumulate = variant & 2;
@@ -120,7 +124,8 @@ void check_matmul(DType t) {
             for (int64_t n = 0; n < N; ++n) {
               double s = accumulate ? double(init[size_t(m * N + n)]) : 0.0;
               if (use_bias) s += bias[size_t(n)];
-              for (int64_t k = 0; k < K; ++k) s += double(in[size_t(m * K + k)]) * w.exact[size_t(n * K + k)];
+              for (int64_t k = 0; k < K; ++k)
+                s += double(ad[size_t((m * K + k) / kQ8Block)]) * aq[size_t(m * K + k)] * w.exact[size_t(n * K + k)];
               ref[size_t(m * N + n)] = s;
             }
           // F32 sums of up to 1600 products: ~1e-6 relative; a wrong scale index gives ~1e-1.
@@ -138,6 +143,45 @@ TEST(QuantQ8, MatmulMatchesNaiveDoubleOnEveryTarget) {
     hwy::SetSupportedTargetsForTest(target);
     SCOPED_TRACE(hwy::TargetName(target));
     check_matmul(DType::Q8);
+  }
+}
+
+TEST(QuantAct, NearestWithTiesToEvenAndNonFiniteBlocks) {
+  Rng rng(11);
+  const int64_t n = 8 * kQ8Block;
+  std::vector<float> x = rng.vec(size_t(n), -5.0f, 5.0f);
+  for (int64_t i = 0; i < kQ8Block; ++i) x[size_t(i)] = 0.0f;  // block 0: all zero
+  x[size_t(kQ8Block)] = 127.0f;                                 // block 1: scale 1, exact ties
+  x[size_t(kQ8Block + 1)] = 2.5f, x[size_t(kQ8Block + 2)] = -3.5f, x[size_t(kQ8Block + 3)] = 0.5f;
+  x[size_t(2 * kQ8Block + 7)] = std::numeric_limits<float>::quiet_NaN();
+  x[size_t(3 * kQ8Block + 9)] = -std::numeric_limits<float>::infinity();
+  std::vector<int8_t> q(static_cast<size_t>(n));
+  std::vector<float> d(static_cast<size_t>(n / kQ8Block));
+  quantize_act_q8(q.data(), d.data(), x.data(), n);
+  EXPECT_EQ(d[0], 0.0f);
+  EXPECT_EQ(d[1], 1.0f);
+  EXPECT_EQ(q[size_t(kQ8Block)], 127);
+  EXPECT_EQ(q[size_t(kQ8Block + 1)], 2);   // 2.5 -> 2 (even)
+  EXPECT_EQ(q[size_t(kQ8Block + 2)], -4);  // -3.5 -> -4 (even)
+  EXPECT_EQ(q[size_t(kQ8Block + 3)], 0);
+  EXPECT_TRUE(std::isnan(d[2]) && std::isnan(d[3]));
+  for (int64_t i = 2 * kQ8Block; i < 4 * kQ8Block; ++i) EXPECT_EQ(q[size_t(i)], 0);
+  for (int64_t k = 4 * kQ8Block; k < n; ++k)  // within half a step
+    EXPECT_LE(std::fabs(x[size_t(k)] - d[size_t(k / kQ8Block)] * q[size_t(k)]), 0.5f * d[size_t(k / kQ8Block)] * 1.0001f);
+}
+
+TEST(QuantAct, NonFiniteActivationsGiveNaNNotUB) {
+  TargetGuard guard;
+  Rng rng(12);
+  for (DType t : {DType::Q8, DType::Q4_0}) {
+    const Q8Matrix w = t == DType::Q8 ? make_q8(8, 64, rng) : make_q4_0(8, 64, rng);
+    std::vector<float> in = rng.vec(64), out(8);
+    in[40] = std::numeric_limits<float>::infinity();
+    for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+      hwy::SetSupportedTargetsForTest(target);
+      matmul_forward_path(MatmulPath::Gemv, out.data(), in.data(), w.view, nullptr, 1);
+      for (float o : out) EXPECT_TRUE(std::isnan(o)) << hwy::TargetName(target);
+    }
   }
 }
 

@@ -85,13 +85,23 @@ def apply(model, adapter, cfg, detach_norm=True):
         base = k[len(PREFIX):-len(".lora_A.weight")]          # "N.mamba.in_proj"
         wname = "model.layers." + base + ".weight"
         A, B = leaves[k], leaves[k.replace("lora_A", "lora_B")]
-        W = params[wname] + s * (B @ A)
+        W0 = params[wname]
+        W = W0 + s * (B @ A)
         mk = k.replace(".lora_A.weight", ".lora_magnitude_vector")
+        mag = None
         if cfg.get("use_dora"):
             n = W.norm(dim=1)
             if detach_norm:
                 n = n.detach()
-            W = (leaves[mk] / n)[:, None] * W
+            mag = leaves[mk] / n
+            W = mag[:, None] * W
+        if getattr(W0, "hymba_forward", None) is not None:
+            # An 8-bit base (QLoRA-style): the engine's adapter is not merged, only the base
+            # product sees the 8-bit activations: mag ⊙ (W0·q(x) + s·B·A·x).
+            def fwd(x, W0=W0, A=A, B=B, mag=mag):
+                y = W0.hymba_forward(x) + s * ((x @ A.t()) @ B.t())
+                return y if mag is None else y * mag
+            W.hymba_forward = fwd
         params[wname] = W
     return params, leaves
 

@@ -125,7 +125,7 @@ def main():
                     if dt != "U8":
                         continue
                     rows, cols = ref.params[k].shape if k in ref.params else ref.params["model.embed_tokens.weight"].shape
-                    ref.params[k] = torch.from_numpy(decode(meta["hymba.quant." + k], buf, rows, cols))
+                    ref.params[k] = R.quantize_inputs(torch.from_numpy(decode(meta["hymba.quant." + k], buf, rows, cols)))
                     n += 1
                 if "lm_head.weight" in tensors:
                     ref.cfg.tie = False  # the head is its own (q8_0) tensor now
@@ -135,12 +135,10 @@ def main():
                 got, err = logits(out, ids, work)
                 if not RES.check(f"{name} {fmt}: logits of the folder", got is not None, err):
                     continue
-                scale = max(1.0, np.abs(want).max())
-                e = np.abs(got - want).max()
-                RES.check(f"{name} {fmt}: engine vs reference on the decoded blocks ({n} matrices)",
-                          e <= 1e-3 * scale, f"max abs err {e:.3e} (bound {1e-3 * scale:.3e})")
+                ok, msg, e, bound = U.close_with_8bit_activations(got[0] if got.ndim == 3 else got, want)
+                RES.check(f"{name} {fmt}: engine vs reference on the decoded blocks ({n} matrices)", ok, msg)
                 d = np.abs(full - want).max()
-                RES.check(f"{name} {fmt}: quantization is visible", d > 10 * e and d > 1e-3 * scale,
+                RES.check(f"{name} {fmt}: quantization is visible", d > bound and d > 2 * e,
                           f"unquantized vs decoded reference {d:.3e}")
                 at_load, err = logits(src, ids, work, ["--quantize", fmt])
                 RES.check(f"{name} {fmt}: --quantize at load == the quantized folder",
@@ -168,7 +166,7 @@ def main():
                 for k, (dt, shape, buf) in tensors.items():
                     if dt == "U8":
                         rows_, cols = q.params[k].shape if k in q.params else q.params["model.embed_tokens.weight"].shape
-                        q.params[k] = torch.from_numpy(decode(meta["hymba.quant." + k], buf, rows_, cols))
+                        q.params[k] = R.quantize_inputs(torch.from_numpy(decode(meta["hymba.quant." + k], buf, rows_, cols)))
                 q.cfg.tie = False
                 nll_b = nll_q = kl = 0.0
                 agree = n = 0
@@ -186,7 +184,10 @@ def main():
                         n += 1
                 row = rows[fmt]
                 want = {"ppl_base": np.exp(nll_b / n), "ppl": np.exp(nll_q / n), "mean_kl": kl / n}
-                bad = [f"{k} {row[k]:.6g} vs {v:.6g}" for k, v in want.items() if abs(row[k] - v) > 1e-4 * abs(v) + 1e-7]
+                # ppl_base to 1e-4; the quantized model's figures to 1e-2: its 8-bit activations
+                # round a few boundary values differently in float32 and float64 (testlib).
+                bad = [f"{k} {row[k]:.6g} vs {v:.6g}" for k, v in want.items()
+                       if abs(row[k] - v) > (1e-4 if k == "ppl_base" else 1e-2) * abs(v) + 1e-7]
                 RES.check(f"--report {fmt}: PPLs and mean KL equal the reference's ({n} positions)",
                           not bad and row["scored_tokens"] == n, "; ".join(bad) + f" KL {kl / n:.3e}")
                 RES.check(f"--report {fmt}: top-1 agreement equals the reference's",
