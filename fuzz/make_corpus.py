@@ -31,6 +31,13 @@ def safetensors(tensors, meta=None):
     return struct.pack("<Q", len(hs)) + hs + blob
 
 
+def fnv1a64(data):
+    h = 0xcbf29ce484222325
+    for c in data:
+        h = ((h ^ c) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
 def token_file(ids, width, vocab):
     fmt = "<H" if width == 2 else "<I"
     return b"HYMBATOK" + struct.pack("<IIQII", 1, width, len(ids), vocab, 0) + b"".join(struct.pack(fmt, i) for i in ids)
@@ -107,6 +114,15 @@ with tempfile.TemporaryDirectory() as tmp:
         b = bytearray(open(pc, "rb").read())
         b[8:16] = struct.pack("<Q", PC_TAG)
         put("prompt_cache", name, bytes(b))
+        # the same state as a Redis state-store entry (runtime/state_store.cpp), first byte = mode
+        n = struct.unpack("<Q", b[16:24])[0]
+        state = bytes(b[24 + 4 * n:])
+        entry = b"HYMBAST1" + bytes(b[8:24 + 4 * n]) + struct.pack("<Q", fnv1a64(state)) + state
+        put("state_store", name, b"\x00" + entry)
+        if name == "short":  # forged (checksum recomputed by the target): position one past the tokens
+            st = bytearray(state)
+            st[12:20] = struct.pack("<q", struct.unpack("<q", st[12:20])[0] + 1)
+            put("state_store", "forged_position", b"\x01" + entry[:32 + 4 * n] + bytes(st))
 for t in sorted(os.listdir(OUT)):
     files = os.listdir(os.path.join(OUT, t))
     print(f"{t}: {len(files)} seeds, {sum(os.path.getsize(os.path.join(OUT, t, f)) for f in files)} bytes")

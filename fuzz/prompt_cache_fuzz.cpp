@@ -5,28 +5,17 @@
 #include <cstring>
 #include <vector>
 
-#include "fuzz_util.h"
-#include "model/config.h"
-#include "model/state.h"
 #include "runtime/prompt_cache.h"
+#include "tiny_state.h"
 
 using namespace hymba;
 
 namespace {
 constexpr uint64_t kTag = 0x6675a2a2a2a2a2a2ull;  // the seeds' tag field (fuzz/corpus/prompt_cache)
-struct Fixture {
-  Config c = load_config(fuzz::source_dir() + "/tests/configs/tiny-hymba.json");
-  std::vector<LayerPlan> plan = make_layer_plan(c);
-  SequenceState fresh() const {
-    SequenceState s = make_empty_state(c, plan, CacheOptions{});
-    s.n_pos = c.num_memory_tokens;  // after the meta tokens, as Engine::new_sequence
-    return s;
-  }
-};
-}  // namespace
+}
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const Fixture fx;
+  static const fuzz::TinyState fx;
   const std::string bytes(reinterpret_cast<const char*>(data), size);
   SequenceState s = fx.fresh();
   std::vector<int32_t> tokens;

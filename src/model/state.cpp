@@ -100,7 +100,7 @@ void KVCache::write_to(std::string& out) const {
   put_vec(out, k_), put_vec(out, v_), put_vec(out, pos_);
 }
 
-void KVCache::read_from(const char*& p, const char* end, const std::string& what) {
+void KVCache::read_from(const char*& p, const char* end, int64_t new_rows, const std::string& what) {
   int64_t dims[4];
   for (auto& d : dims) d = get<int64_t>(p, end, what);
   const int64_t stored = get<int64_t>(p, end, what);
@@ -119,6 +119,10 @@ void KVCache::read_from(const char*& p, const char* end, const std::string& what
   get_vec(p, end, k, size_t(rows * n_kv_ * d_qk_) * es, what + " K");
   get_vec(p, end, v, size_t(rows * n_kv_ * d_v_) * es, what + " V");
   get_vec(p, end, pos, size_t(rows), what + " positions");
+  // Every position appends one row to every producer (none to the others): a count that says
+  // otherwise comes from a forged or foreign state, whose attention would skip or repeat tokens.
+  HYMBA_CHECK(stored == (n_kv_ > 0 ? stored_ + new_rows : 0),
+              what + ": " + std::to_string(stored) + " K/V rows do not match the position");
   k_.swap(k), v_.swap(v), pos_.swap(pos);
   stored_ = stored;
 }
@@ -151,7 +155,7 @@ void deserialize_state(SequenceState& into, const std::string& bytes) {
   HYMBA_CHECK(get<uint64_t>(p, end, what) == s.kv.size(), what + ": saved from a model with another layer count");
   for (size_t l = 0; l < s.kv.size(); ++l) {
     const std::string lw = what + ", layer " + std::to_string(l);
-    s.kv[l].read_from(p, end, lw);
+    s.kv[l].read_from(p, end, s.n_pos - into.n_pos, lw);
     get_vec(p, end, s.conv[l], into.conv[l].size(), lw + " conv state");
     get_vec(p, end, s.ssm[l], into.ssm[l].size(), lw + " SSM state");
   }

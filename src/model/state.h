@@ -32,9 +32,10 @@ class KVCache {
   int64_t rows_held() const;
   bool ring() const { return cap_ >= 0; }
   // Exact bytes of the cache (layout, rows, positions) appended to `out`; read_from() restores
-  // them into a cache init()ed with the same layout, or throws hymba::Error naming `what`.
+  // them into a cache init()ed with the same layout that has since seen `new_rows` positions, or
+  // throws hymba::Error naming `what`.
   void write_to(std::string& out) const;
-  void read_from(const char*& p, const char* end, const std::string& what);
+  void read_from(const char*& p, const char* end, int64_t new_rows, const std::string& what);
 
  private:
   int64_t n_kv_ = 0, d_qk_ = 0, d_v_ = 0, cap_ = -1;

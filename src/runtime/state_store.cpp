@@ -64,11 +64,15 @@ bool decode_state_entry(const std::string& v, uint64_t model_tag, const std::vec
   if (!get_pod(v, pos, &sum)) return false;
   const std::string_view state(v.data() + pos, v.size() - pos);
   if (fnv1a64(state) != sum) return false;
+  SequenceState loaded = into;
   try {
-    deserialize_state(into, std::string(state));
+    deserialize_state(loaded, std::string(state));
   } catch (const Error&) {
     return false;
   }
+  // The checksum only catches damage: a forged entry must still be a state after exactly these tokens.
+  if (loaded.n_pos != into.n_pos + int64_t(tokens.size())) return false;
+  into = std::move(loaded);
   return true;
 }
 
