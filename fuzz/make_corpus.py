@@ -97,6 +97,15 @@ dpo = [{"prompt": "And God said", "chosen": " Let there be light.", "rejected": 
        {"prompt": [{"role": "user", "content": "Name a river."}], "chosen": [{"role": "assistant", "content": "Jordan"}],
         "rejected": [{"role": "assistant", "content": "Light"}]}]
 put("jsonl", "dpo", "\x01" + "\n".join(json.dumps(r) for r in dpo) + "\n")
+# eval rows (hymba eval --data): first byte = task index in lm_tasks.cpp's order, second = --num-fewshot
+# (mmlu; its dev rows follow "\n@@\n"); the rows are the test fixtures tests/data/eval/
+EVAL = os.path.join(SRC, "tests", "data", "eval")
+for i, task in enumerate(["arc_easy", "arc_challenge", "piqa", "hellaswag", "winogrande", "openbookqa", "mmlu",
+                          "lambada_openai", "wikitext", "squad_completion", "swde"]):
+    put("eval_rows", task, bytes([i, 0]) + open(os.path.join(EVAL, task + ".jsonl"), "rb").read())
+    if task == "mmlu":
+        put("eval_rows", "mmlu_2shot", bytes([i, 2]) + open(os.path.join(EVAL, "mmlu.jsonl"), "rb").read().rstrip(b"\n") +
+            b"\n@@\n" + open(os.path.join(EVAL, "mmlu_dev.jsonl"), "rb").read())
 # prompt caches written by `hymba generate --prompt-cache` on a random tests/configs/tiny-hymba.json
 # model (vocab widened to the kjv tokenizer's), tag field set to the target's kTag
 with tempfile.TemporaryDirectory() as tmp:

@@ -14,49 +14,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "eval/lm_tasks.h"
 #include "runtime/engine.h"
 #include "runtime/tokenizer.h"
 
 namespace hymba::lmeval {
-
-// Python's str.split(sep) for one character.
-std::vector<std::string> split(const std::string& s, char sep);
-
-// One row of a JSONL file (as `datasets` exports it); `where` = "FILE:LINE" for messages.
-struct Row {
-  nlohmann::json j;
-  std::string where;
-};
-// Throws hymba::Error naming the file (missing/empty) or the line (not a JSON object).
-std::vector<Row> read_jsonl(const std::string& path);
-
-enum class Kind { MultipleChoice, Loglikelihood, Rolling, Generate };
-
-struct TaskInfo {
-  std::string name;
-  double version;
-  Kind kind;
-  std::vector<std::string> metrics;  // as the harness names them
-};
-const TaskInfo& task_info(const std::string& name);  // throws listing the known tasks
-std::vector<std::string> task_names();
-
-// A document turned into its requests.
-struct Doc {
-  int64_t doc_id = 0;
-  const Row* row = nullptr;
-  std::vector<std::pair<std::string, std::string>> args;  // (context, continuation) per request
-  std::vector<std::string> choices;  // multiple choice: the harness's doc_to_choice (acc_norm lengths)
-  int64_t gold = 0;
-  std::string target;                // loglikelihood / generate: the target string
-  std::string subtask;               // mmlu: the subject
-  int64_t words = 0, bytes = 0;      // wikitext: of the original page
-};
-
-// Builds every document's requests; `fewshot` rows (mmlu's dev split) give the first k examples
-// of the same subject. Throws hymba::Error naming the row and field on bad input.
-std::vector<Doc> build_docs(const TaskInfo& task, const std::vector<Row>& rows,
-                            const std::vector<Row>& fewshot, int k);
 
 struct Options {
   int64_t max_length = 0;      // the harness's max_length (0: the model's max_position_embeddings, else 2048)
@@ -94,7 +56,7 @@ class Evaluator {
  public:
   Evaluator(Engine& eng, const Tokenizer& tok, const Options& o);
 
-  // The harness's _encode_pair.
+  // lmeval::encode_pair with this model's BOS.
   std::pair<std::vector<int32_t>, std::vector<int32_t>> encode_pair(const std::string& ctx,
                                                                     const std::string& cont) const;
   // Loglikelihood of each continuation given its context (token ids); requests with the same
