@@ -17,7 +17,7 @@ struct Opts {
   std::string schedule = "cosine", quantize = "none";
   double warmup_ratio = 0.03;
   int64_t warmup_steps = -1;
-  bool no_packing = false;
+  bool no_packing = false, train_meta = false, freeze_meta = false;
   int threads = 0;
 };
 
@@ -30,6 +30,8 @@ void run(Opts& o) {
   HYMBA_CHECK(qt != DType::Q4_0, "finetune: --quantize supports none or q8_0 (q4_0 bases are not trained on)");
   o.f.q8 = qt == DType::Q8;
   o.f.packing = !o.no_packing;
+  HYMBA_CHECK(!(o.train_meta && o.freeze_meta), "give at most one of --train-meta-tokens and --freeze-meta-tokens");
+  if (o.train_meta || o.freeze_meta) o.f.train_meta_tokens = o.train_meta ? 1 : 0;
   if (o.f.model.empty()) o.f.model = default_model_dir();
   std::signal(SIGINT, [](int) { g_train_stop.store(true); });
   finetune(o.f);
@@ -53,6 +55,10 @@ void add_options(CLI::App& sub, const std::shared_ptr<Opts>& o, bool dpo) {
   sub.add_option("--alpha", f.alpha, "lora_alpha; the adapter is scaled by alpha/r (default 16)");
   sub.add_option("--target", f.targets, "modules to adapt: in_proj,out_proj,x_proj,dt_proj,gate_proj,up_proj,down_proj, mlp, all")
       ->capture_default_str();
+  sub.add_flag("--train-meta-tokens", o->train_meta,
+               "train the meta tokens too (default with --method full); with adapters they are saved in the adapter "
+               "(PEFT modules_to_save: memory_tokens)");
+  sub.add_flag("--freeze-meta-tokens", o->freeze_meta, "keep the meta tokens as they are (default with lora/dora)");
   sub.add_option("--quantize", o->quantize, "frozen base in memory: none or q8 (QLoRA-style; lora/dora only)");
   sub.add_option("--seq-len", f.seq_len, "tokens per row; longer conversations are refused (default 1024)");
   if (!dpo) sub.add_flag("--no-packing", o->no_packing, "one conversation per row");

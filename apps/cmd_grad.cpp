@@ -60,14 +60,17 @@ void run(const Opts& o) {
     HymbaModel m(ck->config, ck->weights);
     Weights frozen;
     frozen.layers.resize(ck->weights.layers.size());
+    frozen.meta = ad.gmeta;  // the adapter's meta tokens (modules_to_save), if any
     if (o.dpo_beta > 0) {  // sequence 0 chosen, 1 rejected; the reference is the base (adapters off)
       HYMBA_CHECK(B == 2, "--dpo: give two sequences, chosen;rejected");
       DpoPair p{{in.data(), tg.data(), L}, {in.data() + L, tg.data() + L, L}};
       p.ref_chosen = sequence_logp(m, p.chosen), p.ref_rejected = sequence_logp(m, p.rejected);
       m.set_adapters(&ad.view, &ad.gview);
+      m.set_meta_tokens(ad.meta);
       loss = dpo_loss_and_grads(m, frozen, std::span<const DpoPair>(&p, 1), o.dpo_beta).loss;
     } else {
       m.set_adapters(&ad.view, &ad.gview);
+      m.set_meta_tokens(ad.meta);
       loss = loss_and_grads(m, frozen, in.data(), tg.data(), B, L);
     }
     for (const auto& t : ad.tensors) out.push_back({t.name, DType::F32, t.shape, ad.grad.data() + t.offset});

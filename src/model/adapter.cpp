@@ -82,14 +82,42 @@ std::string adapter_key(int layer, Slot s, char kind) {
 
 void AdapterSet::enable_grad() {
   grad.assign(data.size(), 0.0f);
-  gview.layers.assign(view.layers.size(), {});
+  bind();
+}
+
+void AdapterSet::bind() {
+  const bool g = !grad.empty();
+  HYMBA_CHECK(!g || grad.size() == data.size(), "adapter gradients: wrong size");
+  for (auto& layer : view.layers)
+    for (auto& v : layer) v.A = v.B = v.magnitude = nullptr;
+  gview.layers.assign(g ? view.layers.size() : 0, {});
+  meta = nullptr, gmeta = nullptr;
   for (const auto& t : tensors) {
-    LoraGrad& g = gview.layers[size_t(t.layer)][size_t(t.slot)];
-    float* gd = grad.data() + t.offset;
-    if (t.kind == 'A') g.A = gd;
-    else if (t.kind == 'B') g.B = gd;
-    else g.magnitude = gd;
+    float* d = data.data() + t.offset;
+    float* gd = g ? grad.data() + t.offset : nullptr;
+    if (t.kind == 'M') {
+      meta = d, gmeta = gd;
+      continue;
+    }
+    LoraView& v = view.layers[size_t(t.layer)][size_t(t.slot)];
+    LoraGrad scratch;
+    LoraGrad& gr = g ? gview.layers[size_t(t.layer)][size_t(t.slot)] : scratch;
+    if (t.kind == 'A') v.A = d, gr.A = gd;
+    else if (t.kind == 'B') v.B = d, gr.B = gd;
+    else v.magnitude = d, gr.magnitude = gd;
   }
+}
+
+void add_meta_tokens(AdapterSet& a, const Config& c, const Weights& base) {
+  const int64_t n = c.num_memory_tokens * c.hidden_size;
+  HYMBA_CHECK(n > 0 && base.meta, "this model has no meta tokens (num_memory_tokens 0)");
+  for (const auto& t : a.tensors) HYMBA_CHECK(t.kind != 'M', "the adapter has meta tokens already");
+  AdapterTensor t{kMetaTokensKey, {c.num_memory_tokens, c.hidden_size}, -1, Slot::InProj, 'M',
+                  int64_t(a.data.size()), n};
+  a.tensors.push_back(t);
+  a.data.insert(a.data.end(), base.meta, base.meta + n);
+  if (!a.grad.empty()) a.grad.resize(a.data.size(), 0.0f);
+  a.bind();
 }
 
 void AdapterSet::zero_grad() { std::fill(grad.begin(), grad.end(), 0.0f); }
@@ -128,12 +156,9 @@ AdapterSet adapter_layout(const Config& c, const Weights& base, const AdapterCon
   a.view.layers.assign(size_t(n_layers), {});
   for (const auto& t : a.tensors) {
     LoraView& v = a.view.layers[size_t(t.layer)][size_t(t.slot)];
-    float* d = a.data.data() + t.offset;
     v.rank = cfg.rank, v.scale = cfg.scale();
-    if (t.kind == 'A') v.A = d;
-    else if (t.kind == 'B') v.B = d;
-    else v.magnitude = d;
   }
+  a.bind();
   return a;
 }
 
@@ -151,6 +176,7 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
     return j[k];
   };
   AdapterConfig cfg;
+  bool with_meta = false;  // modules_to_save: ["memory_tokens"]
   try {
     const std::string type = need("peft_type").get<std::string>();
     HYMBA_CHECK(type == "LORA", cfg_path + ": peft_type " + type + " is not supported (LORA only)");
@@ -164,6 +190,13 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
     for (const char* k : {"rank_pattern", "alpha_pattern"})
       HYMBA_CHECK(!j.contains(k) || j[k].is_null() || j[k].empty(),
                   cfg_path + ": " + k + " is not supported");
+    if (j.contains("modules_to_save") && !j["modules_to_save"].is_null())
+      for (const auto& m : j["modules_to_save"]) {
+        const std::string name = m.get<std::string>();
+        HYMBA_CHECK(name == "memory_tokens" || name == "model.memory_tokens",
+                    cfg_path + ": modules_to_save \"" + name + "\" is not supported (memory_tokens only)");
+        with_meta = true;
+      }
   } catch (const nlohmann::json::exception& e) {
     throw Error(cfg_path + ": " + e.what());
   }
@@ -175,6 +208,11 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
   std::vector<std::array<bool, kNumSlots>> present(base.layers.size());
   bool slot_used[kNumSlots] = {};
   for (const auto& [name, info] : file->tensors()) {
+    if (name == kMetaTokensKey) {
+      HYMBA_CHECK(with_meta, st_path + ": tensor " + name + " is there but adapter_config.json's "
+                                       "modules_to_save does not list memory_tokens");
+      continue;
+    }
     bool ok = name.rfind(kPrefix, 0) == 0;
     if (ok) {
       size_t p = std::string(kPrefix).size(), q = p;
@@ -219,9 +257,21 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
                 st_path + ": tensor " + t.name + ": unsupported dtype");
     to_f32(a.data.data() + t.offset, ti->data, ti->dtype, size_t(t.size));
   }
+  if (with_meta) {
+    const TensorInfo* ti = file->find(kMetaTokensKey);
+    HYMBA_CHECK(ti, st_path + ": missing tensor " + std::string(kMetaTokensKey) +
+                        " (adapter_config.json lists memory_tokens in modules_to_save)");
+    add_meta_tokens(a, c, base);
+    const AdapterTensor& t = a.tensors.back();
+    HYMBA_CHECK(ti->shape == t.shape, st_path + ": tensor " + t.name + " has shape " + shape_str(ti->shape) +
+                                          ", the base model needs " + shape_str(t.shape));
+    HYMBA_CHECK(ti->dtype == DType::F32 || ti->dtype == DType::BF16 || ti->dtype == DType::F16,
+                st_path + ": tensor " + t.name + ": unsupported dtype");
+    to_f32(a.data.data() + t.offset, ti->data, ti->dtype, size_t(t.size));
+  }
   for (const auto& t : a.tensors)  // a module with B but no A etc.
-    HYMBA_CHECK(a.view.layers[size_t(t.layer)][size_t(t.slot)].B &&
-                    (!cfg.dora || a.view.layers[size_t(t.layer)][size_t(t.slot)].magnitude),
+    HYMBA_CHECK(t.kind == 'M' || (a.view.layers[size_t(t.layer)][size_t(t.slot)].B &&
+                    (!cfg.dora || a.view.layers[size_t(t.layer)][size_t(t.slot)].magnitude)),
                 st_path + ": incomplete adapter for " + t.name);
   if (cfg.dora)
     for (const auto& t : a.tensors)
@@ -257,7 +307,7 @@ void save_peft_adapter(const AdapterSet& a, const std::string& dir,
       {"fan_in_fan_out", false},
       {"init_lora_weights", true},
       {"inference_mode", true},
-      {"modules_to_save", nullptr},
+      {"modules_to_save", a.meta ? nlohmann::json::array({"memory_tokens"}) : nlohmann::json()},
       {"layers_to_transform", nullptr},
       {"rank_pattern", nlohmann::json::object()},
       {"alpha_pattern", nlohmann::json::object()},

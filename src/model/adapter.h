@@ -4,6 +4,11 @@
 //   base_model.model.model.layers.N.<module>.lora_A.weight          [r, in]
 //   base_model.model.model.layers.N.<module>.lora_B.weight          [out, r]
 //   base_model.model.model.layers.N.<module>.lora_magnitude_vector  [out]   (DoRA)
+//   base_model.model.model.memory_tokens                             [M, H]  (trained meta tokens)
+// Trained meta tokens follow PEFT's modules_to_save convention: the whole tensor is saved under
+// base_model.model.<its path> and adapter_config.json lists "memory_tokens" in modules_to_save.
+// (memory_tokens is a bare nn.Parameter in the official model, which PEFT's ModulesToSaveWrapper
+// cannot wrap: a PEFT user copies it in by hand; README.md.)
 #pragma once
 #include <array>
 #include <cstdint>
@@ -53,7 +58,7 @@ struct AdapterTensor {
   std::vector<int64_t> shape;
   int layer = 0;
   Slot slot = Slot::InProj;
-  char kind = 'A';  // 'A', 'B' or 'm' (DoRA magnitude)
+  char kind = 'A';  // 'A', 'B', 'm' (DoRA magnitude) or 'M' (meta tokens; layer -1)
   int64_t offset = 0, size = 0;
 };
 
@@ -65,13 +70,20 @@ struct AdapterSet {
   std::vector<float> data, grad;
   Adapters view;       // into data
   AdapterGrads gview;  // into grad (after enable_grad)
+  const float* meta = nullptr;  // [M, H] meta tokens replacing the base's, or null (into data)
+  float* gmeta = nullptr;       // their gradient (into grad, after enable_grad)
   void enable_grad();
+  void bind();  // (re)points the views at data and grad
   void zero_grad();
   // Scales every adapter's s (the user's --lora DIR:scale).
   void set_user_scale(float s);
 };
 
 std::string adapter_key(int layer, Slot s, char kind);
+inline constexpr const char* kMetaTokensKey = "base_model.model.model.memory_tokens";
+
+// Adds the meta tokens to the adapter (a copy of the base's, to be trained).
+void add_meta_tokens(AdapterSet& a, const Config& c, const Weights& base);
 
 // The layout for `base` (only modules the layer has: x_proj/dt_proj need SSM heads, the MLP ones
 // a non-zero intermediate size), zero-filled, views bound. B = 0 makes it the identity adapter.

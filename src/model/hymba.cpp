@@ -12,7 +12,7 @@
 namespace hymba {
 
 HymbaModel::HymbaModel(const Config& c, const Weights& w)
-    : cfg_(c), plan_(make_layer_plan(c)), w_(w) {
+    : cfg_(c), plan_(make_layer_plan(c)), w_(w), own_meta_(w.meta) {
   if (c.rope) inv_freq_ = rope_inv_freq(c.rope_base, c.d_qk);
 }
 

@@ -92,6 +92,9 @@ class HymbaModel {
   // several adapters keeps each one's); null = the model's own, cleared here.
   void set_adapters(const Adapters* a, const AdapterGrads* g = nullptr,
                     std::vector<std::vector<float>>* norms = nullptr);
+  // Meta tokens [M, H] used instead of the weights' (an adapter's trained ones; null = the
+  // weights' own). The caller keeps them alive.
+  void set_meta_tokens(const float* meta) { w_.meta = meta ? meta : own_meta_; }
 
  private:
   void layer_forward(int l, float* x, std::span<const ForwardItem> items, const int32_t* pos,
@@ -110,6 +113,7 @@ class HymbaModel {
   Config cfg_;
   std::vector<LayerPlan> plan_;
   Weights w_;
+  const float* own_meta_ = nullptr;  // the weights' meta tokens (set_meta_tokens)
   std::vector<float> inv_freq_;
   LayerActs scratch_;  // reused across layers at inference
   std::vector<std::vector<float>> frozen_A_;  // [layer] -> [D, N] after freeze_weights()

@@ -49,6 +49,7 @@ void Engine::select(int variant) {
   if (variant == current_) return;
   Variant& v = variants_[size_t(variant)];
   model_.set_adapters(v.adapter ? &v.adapter->view : nullptr, nullptr, &v.dora_norms);
+  model_.set_meta_tokens(v.adapter ? v.adapter->meta : nullptr);
   current_ = variant;
 }
 

@@ -1,5 +1,6 @@
 #include "train/adapter.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -29,6 +30,10 @@ AdapterSet init_adapters(const Config& c, const Weights& base, const AdapterConf
 
 void merge_adapters(ParamArena& p, const AdapterSet& a) {
   HYMBA_CHECK(a.view.layers.size() == p.w.layers.size(), "merge: adapter and model have different layer counts");
+  if (a.meta) {  // trained meta tokens replace the base's
+    const int64_t n = p.config.num_memory_tokens * p.config.hidden_size;
+    std::copy_n(a.meta, n, const_cast<float*>(p.w.meta));
+  }
   for (size_t l = 0; l < a.view.layers.size(); ++l)
     for (int s = 0; s < kNumSlots; ++s) {
       const LoraView& v = a.view.layers[l][size_t(s)];
@@ -56,7 +61,8 @@ void merge_adapters(ParamArena& p, const AdapterSet& a) {
 
 std::vector<ParamGroup> adapter_groups(const AdapterSet& a) {
   std::vector<ParamGroup> g;
-  for (const auto& t : a.tensors) g.push_back({t.name, t.offset, t.size, true});
+  // Meta tokens without weight decay, as in full training (train/params.h).
+  for (const auto& t : a.tensors) g.push_back({t.name, t.offset, t.size, t.kind != 'M'});
   return g;
 }
 

@@ -15,7 +15,7 @@ namespace hymba {
 AdapterSet init_adapters(const Config& c, const Weights& base, const AdapterConfig& cfg,
                          uint64_t seed);
 // Folds the adapters into the F32 parameters (hymba merge): W <- W + s·B·A; DoRA:
-// W <- m / ‖W + s·B·A‖ ⊙ (W + s·B·A), row by row.
+// W <- m / ‖W + s·B·A‖ ⊙ (W + s·B·A), row by row; trained meta tokens replace the base's.
 void merge_adapters(ParamArena& p, const AdapterSet& a);
 // One AdamW group per tensor.
 std::vector<ParamGroup> adapter_groups(const AdapterSet& a);

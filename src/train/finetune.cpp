@@ -36,6 +36,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   HYMBA_CHECK(o.method == "full" || o.method == "lora" || o.method == "dora",
               "--method must be full, lora or dora (got '" + o.method + "')");
   const bool adapters = o.method != "full";
+  const bool train_meta = o.train_meta_tokens < 0 ? !adapters : o.train_meta_tokens > 0;
   HYMBA_CHECK(!(o.q8 && !adapters), "--quantize q8 needs --method lora or dora (the base is frozen)");
   HYMBA_CHECK(o.seq_len >= 2 && o.grad_accum >= 1 && o.epochs >= 1, "--seq-len >= 2, --grad-accum >= 1, --epochs >= 1");
   HYMBA_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction must be in [0, 1)");
@@ -95,12 +96,15 @@ FinetuneResult finetune(const FinetuneOptions& o) {
       ac.rank = o.rank, ac.alpha = o.alpha, ac.dora = o.method == "dora";
       ac.targets = parse_targets(o.targets);
       ad = init_adapters(base->config, base->weights, ac, o.seed);
+      if (train_meta) add_meta_tokens(ad, base->config, base->weights);
     }
+    HYMBA_CHECK(!train_meta || ad.meta, "--train-meta-tokens: the model has no meta tokens");
     frozen.layers.resize(base->weights.layers.size());
   } else {
     arena = arena_from_checkpoint(o.resume ? ck : o.model);
   }
   const Config& c = adapters ? base->config : arena.config;
+  HYMBA_CHECK(!train_meta || c.num_memory_tokens > 0, "--train-meta-tokens: the model has no meta tokens");
   HymbaModel model(c, adapters ? base->weights : arena.w);
   // DPO's reference log-probabilities, once: the base model (adapters off; for full fine-tuning
   // the model before any step, which a resumed run reloads from --model).
@@ -112,7 +116,10 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     }
   };
   if (dpo) {
-    if (!adapters && o.resume) {
+    if (adapters && ad.meta) {  // the model below uses the adapter's meta tokens, the reference the base's
+      HymbaModel m0(c, base->weights);
+      ref_logps(m0, train_pairs), ref_logps(m0, val_pairs);
+    } else if (!adapters && o.resume) {
       ParamArena start = arena_from_checkpoint(o.model);
       HymbaModel m0(start.config, start.w);
       ref_logps(m0, train_pairs), ref_logps(m0, val_pairs);
@@ -120,12 +127,17 @@ FinetuneResult finetune(const FinetuneOptions& o) {
       ref_logps(model, train_pairs), ref_logps(model, val_pairs);
     }
   }
-  if (adapters) model.set_adapters(&ad.view, &ad.gview);
-  const Weights& grads = adapters ? frozen : arena.g;
+  if (adapters) model.set_adapters(&ad.view, &ad.gview), model.set_meta_tokens(ad.meta), frozen.meta = ad.gmeta;
+  Weights full_grads = arena.g;
+  std::vector<ParamGroup> groups = adapters ? adapter_groups(ad) : param_groups(arena);
+  if (!adapters && !train_meta) {  // frozen: no gradient, no update
+    full_grads.meta = nullptr;
+    std::erase_if(groups, [](const ParamGroup& g) { return g.name == "model.memory_tokens"; });
+  }
+  const Weights& grads = adapters ? frozen : full_grads;
   float* params = adapters ? ad.data.data() : arena.data.data();
   float* gradbuf = adapters ? ad.grad.data() : arena.grad.data();
-  AdamW opt(adapters ? adapter_groups(ad) : param_groups(arena),
-            int64_t(adapters ? ad.data.size() : arena.data.size()), o.adamw);
+  AdamW opt(groups, int64_t(adapters ? ad.data.size() : arena.data.size()), o.adamw);
 
   TrainState ts;
   ts.schedule = o.schedule;
@@ -133,9 +145,10 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   const nlohmann::json run = {{"method", o.method}, {"data", o.data}, {"seq_len", o.seq_len},
                               {"grad_accum", o.grad_accum}, {"epochs", o.epochs}, {"seed", o.seed},
                               {"val_fraction", o.val_fraction}, {"packing", o.packing},
-                              {"dpo_beta", o.dpo_beta}};
+                              {"dpo_beta", o.dpo_beta}, {"train_meta_tokens", train_meta}};
   if (o.resume) {
     ts = load_train_state(ck, opt);
+    if (!ts.run.contains("train_meta_tokens")) ts.run["train_meta_tokens"] = !adapters;  // runs from before the option
     for (const auto& [k, v] : run.items())
       HYMBA_CHECK(ts.run.contains(k) && ts.run[k] == v,
                   "--resume: --" + k + " differs from the run in " + o.out + " (" + ts.run.value(k, nlohmann::json()).dump() + ")");

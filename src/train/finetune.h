@@ -36,6 +36,10 @@ struct FinetuneOptions {
   uint64_t seed = 1;
   bool quiet = false;
   double dpo_beta = 0.0;  // > 0: DPO on preference pairs (src/train/dpo.h) instead of SFT
+  // Train the meta tokens: 1 yes, 0 no, -1 the default (trained with full, frozen with adapters,
+  // as PEFT trains only what it is told to). With adapters they are saved in the adapter files
+  // (modules_to_save, src/model/adapter.h).
+  int train_meta_tokens = -1;
 };
 
 struct FinetuneResult {

@@ -20,6 +20,7 @@ MODULES = {"in_proj": "mamba.in_proj", "x_proj.0": "mamba.x_proj.0", "dt_proj.0"
            "out_proj": "mamba.out_proj", "gate_proj": "moe.experts.0.gate_proj",
            "up_proj": "moe.experts.0.up_proj", "down_proj": "moe.experts.0.down_proj"}
 PREFIX = "base_model.model.model.layers."
+META = "base_model.model.model.memory_tokens"  # trained meta tokens (PEFT modules_to_save)
 
 
 def key(layer, module, kind):
@@ -42,11 +43,15 @@ def scale(r, alpha, rslora=False):
     return alpha / (np.sqrt(r) if rslora else r)
 
 
-def random_adapter(model, targets, r, alpha, dora, seed):
-    """Random non-trivial A, B (and m near ‖W + sBA‖) -> dict PEFT key -> float32 array."""
+def random_adapter(model, targets, r, alpha, dora, seed, meta=False):
+    """Random non-trivial A, B (and m near ‖W + sBA‖; with meta, meta tokens near the base's)
+    -> dict PEFT key -> float32 array."""
     rng = np.random.default_rng(seed)
     s = scale(r, alpha)
     out = {}
+    if meta:
+        M = model.params["model.memory_tokens"].detach().numpy()
+        out[META] = (M + 0.5 * rng.standard_normal(M.shape) * np.abs(M).mean()).astype(np.float32)
     for layer, module, wname in adapted_modules(model, targets):
         W = model.params[wname].detach().numpy()
         A = rng.standard_normal((r, W.shape[1])) / np.sqrt(W.shape[1])
@@ -63,7 +68,8 @@ def write_peft(folder, tensors, r, alpha, dora, targets, dtype="F32"):
     os.makedirs(folder, exist_ok=True)
     hymba_ref.write_safetensors(os.path.join(folder, "adapter_model.safetensors"), tensors, dtype)
     cfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
-           "target_modules": list(targets), "use_dora": dora, "bias": "none"}
+           "target_modules": list(targets), "use_dora": dora, "bias": "none",
+           "modules_to_save": ["memory_tokens"] if META in tensors else None}
     with open(os.path.join(folder, "adapter_config.json"), "w") as f:
         json.dump(cfg, f)
 
@@ -79,6 +85,8 @@ def apply(model, adapter, cfg, detach_norm=True):
     s = scale(cfg["r"], cfg["lora_alpha"], cfg.get("use_rslora", False))
     leaves = {k: torch.tensor(np.asarray(v, np.float64), requires_grad=True) for k, v in adapter.items()}
     params = dict(model.params)
+    if META in leaves:
+        params["model.memory_tokens"] = leaves[META]
     for k in leaves:
         if not k.endswith(".lora_A.weight"):
             continue

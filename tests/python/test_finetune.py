@@ -3,14 +3,23 @@ PEFT adapter that `generate --lora` and `merge` accept; an interrupted run resum
 ends with the same adapter bytes as an uninterrupted one; full fine-tuning writes a model folder;
 bad data (row without messages, unknown role, empty reply, too long) and bad options are refused
 naming the row, with a non-zero exit and no checkpoint written. hymba dpo: starts at the reference
-(loss ln 2), the margin grows, TRL's metric names; a bad pair is named."""
+(loss ln 2), the margin grows, TRL's metric names; a bad pair is named.
+Meta tokens: frozen by default with lora (the adapter has none; modules_to_save null) and with
+full --freeze-meta-tokens (the saved model's are the base's, bit for bit); trained with full and
+with lora --train-meta-tokens (changed; saved as base_model.model.model.memory_tokens, listed in
+modules_to_save, applied by --lora and by merge); a resume with the other setting is refused."""
 import json
 import os
 import sys
 import tempfile
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testlib as U  # noqa: E402
+
+sys.path.insert(0, os.path.join(U.SRC, "reference"))
+import hymba_ref  # noqa: E402
 
 R = U.Results()
 check = R.check
@@ -74,6 +83,49 @@ def main():
         g = U.run(["generate", "-m", full, "-p", "Say verse 3.", "-n", "4", "--temp", "0"])
         check("full: the run folder loads as a model", g.returncode == 0, g.stderr.strip()[-200:])
 
+    # Meta tokens: frozen or trained, and where trained ones go.
+    base_meta = hymba_ref.read_safetensors(os.path.join(MODEL, "model.safetensors"))[0]["model.memory_tokens"]
+    meta_key = "base_model.model.model.memory_tokens"
+    runs = {}
+    for name, extra in (("lora", []), ("lora-meta", ["--train-meta-tokens"]), ("full", ["--method", "full"]),
+                        ("full-frozen", ["--method", "full", "--freeze-meta-tokens"])):
+        out = os.path.join(work, "meta-" + name)
+        r = ft(data, out, "--max-steps", "2", "--lr", "1e-2" if name.startswith("lora") else "1e-4", *extra)
+        if check(f"meta tokens, {name}: runs", r.returncode == 0, r.stderr.strip()[-300:]):
+            f = "adapter_model.safetensors" if name.startswith("lora") else "model.safetensors"
+            t = hymba_ref.read_safetensors(os.path.join(out, f))[0]
+            runs[name] = (out, t.get(meta_key if name.startswith("lora") else "model.memory_tokens"))
+    if "lora" in runs:
+        cfg = json.load(open(os.path.join(runs["lora"][0], "adapter_config.json")))
+        check("meta tokens, lora default: frozen (none in the adapter, modules_to_save null)",
+              runs["lora"][1] is None and cfg.get("modules_to_save") is None, str(cfg.get("modules_to_save")))
+    if "full-frozen" in runs:
+        m = runs["full-frozen"][1]
+        check("meta tokens, full --freeze-meta-tokens: the saved ones are the base's, bit for bit",
+              m is not None and np.array_equal(np.asarray(m, np.float32), np.asarray(base_meta, np.float32)), "")
+    if "full" in runs:
+        m = runs["full"][1]
+        check("meta tokens, full default: trained", m is not None and np.abs(np.asarray(m) - base_meta).max() > 0,
+              f"max change {np.abs(np.asarray(m) - base_meta).max() if m is not None else None}")
+    if "lora-meta" in runs:
+        out, m = runs["lora-meta"]
+        cfg = json.load(open(os.path.join(out, "adapter_config.json")))
+        check("meta tokens, lora --train-meta-tokens: trained, saved as PEFT modules_to_save",
+              m is not None and m.shape == base_meta.shape and np.abs(m - base_meta).max() > 0 and
+              cfg.get("modules_to_save") == ["memory_tokens"], f"{cfg.get('modules_to_save')}")
+        merged = os.path.join(work, "meta-merged")
+        r = U.run(["merge", "-m", MODEL, "--lora", out, "-o", merged, "--dtype", "f32"])
+        mm = hymba_ref.read_safetensors(os.path.join(merged, "model.safetensors"))[0]["model.memory_tokens"] \
+            if r.returncode == 0 else None
+        check("meta tokens, lora --train-meta-tokens: merge writes them", mm is not None and np.array_equal(mm, m),
+              (r.stdout + r.stderr).strip()[-200:])
+        outs = [U.run(["generate", "-m", mdl, "-p", "Say verse 3.", "-n", "8", "--temp", "0", "--cache-type", "f32",
+                       *lora]).stdout for mdl, lora in ((MODEL, ["--lora", out]), (merged, []))]
+        check("meta tokens: --lora with them == the merged model", outs[0] == outs[1] and outs[0], str(outs))
+        r = ft(data, out, "--max-steps", "3", "--lr", "1e-2", "--resume")
+        check("Bad resume without --train-meta-tokens refused", r.returncode == 1 and "train_meta_tokens" in r.stderr,
+              r.stderr.strip()[-200:])
+
     # Bad data: named row, exit 1, nothing written.
     bad = {"no messages": ({"text": "x"}, "no \"messages\""),
            "unknown role": ({"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}, "unknown role"),
@@ -91,10 +143,11 @@ def main():
     pairs = os.path.join(work, "dpo.jsonl")
     write(pairs, [{"prompt": f"Quote verse {i}.", "chosen": "In the beginning God created the heaven and the earth.",
                    "rejected": "In the beginning God created the sea."} for i in range(6)])
-    for method in ("lora", "full"):
+    for method in ("lora", "full", "lora-meta"):
         out = os.path.join(work, "dpo-" + method)
-        r = U.run(["dpo", "-m", MODEL, "--data", pairs, "--out", out, "--method", method, "--max-steps", "3",
-                   "--lr", "1e-3" if method == "lora" else "1e-5", "--warmup-steps", "1", "--seq-len", "96", "-t", "2"])
+        r = U.run(["dpo", "-m", MODEL, "--data", pairs, "--out", out, "--method", method.split("-")[0], "--max-steps", "3",
+                   "--lr", "1e-5" if method == "full" else "1e-3", "--warmup-steps", "1", "--seq-len", "96", "-t", "2"] +
+                  (["--train-meta-tokens"] if method == "lora-meta" else []))
         if not check(f"dpo {method}: runs", r.returncode == 0, r.stderr.strip()[-300:]):
             continue
         rows = [l.split(",") for l in open(os.path.join(out, "metrics.csv")).read().split()]

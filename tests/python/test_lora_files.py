@@ -59,9 +59,9 @@ def main():
     ids = list(np.random.default_rng(1).integers(0, cfg["vocab_size"], size=23))
     plain = U.reference_logits(base, ids)
 
-    for dora in (False, True):
-        kind = "dora" if dora else "lora"
-        adapter = lora_ref.random_adapter(model, ALL, 4, 8.0, dora, seed=2 + dora)
+    for dora, meta in ((False, False), (True, False), (False, True)):
+        kind = ("dora" if dora else "lora") + ("-meta" if meta else "")
+        adapter = lora_ref.random_adapter(model, ALL, 4, 8.0, dora, seed=2 + dora + 5 * meta, meta=meta)
         adir = os.path.join(work, kind)
         lora_ref.write_peft(adir, adapter, 4, 8.0, dora, ALL)
         pcfg, _ = lora_ref.read_peft(adir)
@@ -71,6 +71,13 @@ def main():
         got, r = eng_logits(base, ids, "--lora", adir)
         if check(f"{kind}: logits --lora runs", got is not None, r.stderr.strip()[-200:]):
             close(f"{kind}: logits --lora vs reference", got, want, 1e-3)
+        if meta:  # the stateless path reads the meta tokens itself
+            got, r = eng_logits(base, ids, "--lora", adir, "--mode", "stateless")
+            if check(f"{kind}: logits --lora --mode stateless runs", got is not None, r.stderr.strip()[-200:]):
+                close(f"{kind}: stateless logits --lora vs reference", got, want, 1e-3)
+            mt_only = {k: v for k, v in adapter.items() if k != lora_ref.META}
+            check(f"{kind}: the adapter's meta tokens matter",
+                  np.abs(ref_logits(model, mt_only, pcfg, ids) - want).max() > 1e-2)
         half = dict(pcfg, lora_alpha=pcfg["lora_alpha"] * 0.5)
         got, r = eng_logits(base, ids, "--lora", adir + ":0.5")
         if check(f"{kind}: --lora DIR:0.5 runs", got is not None, r.stderr.strip()[-200:]):
@@ -146,6 +153,14 @@ def main():
         ("missing B", bad_copy("noB", lambda t: {k: v for k, v in t.items() if k != k_in.replace("lora_A", "lora_B")}), k_in.replace("lora_A", "lora_B")),
         ("peft_type", bad_copy("type", edit_cfg=lambda c: c.update(peft_type="IA3")), "IA3"),
         ("dora without magnitude", bad_copy("nomag", edit_cfg=lambda c: c.update(use_dora=True)), "lora_magnitude_vector"),
+        ("meta tokens not in modules_to_save",
+         bad_copy("meta-unlisted", lambda t: {**t, lora_ref.META: np.zeros((8, 64), np.float32)}), "modules_to_save"),
+        ("modules_to_save other than memory_tokens",
+         bad_copy("mts-lm-head", edit_cfg=lambda c: c.update(modules_to_save=["lm_head"])), "lm_head"),
+        ("modules_to_save without the tensor",
+         bad_copy("mts-missing", edit_cfg=lambda c: c.update(modules_to_save=["memory_tokens"])), lora_ref.META),
+        ("meta tokens of the wrong shape", bad_copy("meta-shape", lambda t: {**t, lora_ref.META: np.zeros((3, 64), np.float32)},
+                                                    lambda c: c.update(modules_to_save=["memory_tokens"])), lora_ref.META),
     ]
     for name, d, needle in cases:
         _, r = eng_logits(base, ids, "--lora", d)

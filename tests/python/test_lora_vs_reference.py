@@ -1,6 +1,7 @@
 """LoRA and DoRA gradients: `hymba grad --lora DIR` (frozen base, adapters beside the base
 matmuls, float32) against PyTorch autograd over the float64 reference with the adapted weights
-substituted (tests/python/lora_ref.py), for dL/dA, dL/dB and the DoRA magnitude, on every target
+substituted (tests/python/lora_ref.py), for dL/dA, dL/dB, the DoRA magnitude and trained meta tokens
+(PEFT modules_to_save: the adapter's memory_tokens replace the base's), on every target
 module (in_proj, x_proj, dt_proj, out_proj, gate/up/down), on F32 and BF16 bases (the bf16 base is
 never widened as a whole: its backward goes through matview_backward_input). The DoRA norm is
 detached as in PEFT, and the DPO loss (TRL's sigmoid form, reference = the base with the adapters
@@ -54,6 +55,7 @@ def main():
     batch = rng.integers(0, cfg["vocab_size"], size=(2, L + 1)).astype(np.int64)
     spec = ";".join(",".join(map(str, r)) for r in batch)
     cases = [("lora-f32", "f32", False, ALL, 4, 8.0),
+             ("lora-meta-f32", "f32", False, ["in_proj", "out_proj"], 4, 8.0),
              ("dora-f32", "f32", True, ALL, 4, 8.0),
              ("dora-bf16", "bf16", True, ["in_proj", "x_proj.0", "dt_proj.0", "out_proj", "down_proj"], 2, 3.0),
              ("lora-bf16-mlp", "bf16", False, ["gate_proj", "up_proj", "down_proj"], 3, 6.0)]
@@ -62,7 +64,7 @@ def main():
         if not os.path.exists(ckpt):
             MC.make_checkpoint(cfg, ckpt, dtype, seed=5)
         model = hymba_ref.load(ckpt)
-        adapter = lora_ref.random_adapter(model, targets, r, alpha, dora, seed=len(name))
+        adapter = lora_ref.random_adapter(model, targets, r, alpha, dora, seed=len(name), meta="meta" in name)
         adir = os.path.join(work, name)
         lora_ref.write_peft(adir, adapter, r, alpha, dora, targets)
         out = os.path.join(adir, "g.safetensors")
@@ -74,7 +76,8 @@ def main():
         loss_r, gref = lora_ref.gradients(model, adapter, pcfg, batch)
         loss_e = float(res.stdout.split()[-1])
         check(f"{name}: loss", abs(loss_e - loss_r) <= 1e-5 * abs(loss_r), f"engine {loss_e:.9g} ref {loss_r:.9g}")
-        compare(f"{name}: dA, dB{', dm' if dora else ''} vs autograd", eng, gref)
+        compare(f"{name}: dA, dB{', dm' if dora else ''}{', d meta tokens' if lora_ref.META in gref else ''} vs autograd",
+                eng, gref)
         if dora and dtype == "f32":
             _, gfull = lora_ref.gradients(model, adapter, pcfg, batch, detach_norm=False)
             k = max((k for k in gfull if "lora_A" in k),
@@ -86,8 +89,9 @@ def main():
     # DPO (TRL's sigmoid loss, reference = the base with adapters off) on a LoRA and a DoRA adapter.
     ckpt = os.path.join(work, "base-f32")
     model = hymba_ref.load(ckpt)
-    for name, dora in (("dpo-lora", False), ("dpo-dora", True)):
-        adapter = lora_ref.random_adapter(model, ALL, 4, 8.0, dora, seed=20 + dora)
+    for name, dora in (("dpo-lora", False), ("dpo-dora", True), ("dpo-lora-meta", False)):
+        # with meta tokens: the reference log-probs use the base's, the policy the adapter's
+        adapter = lora_ref.random_adapter(model, ALL, 4, 8.0, dora, seed=20 + dora, meta="meta" in name)
         adir = os.path.join(work, name)
         lora_ref.write_peft(adir, adapter, 4, 8.0, dora, ALL)
         out = os.path.join(adir, "g.safetensors")

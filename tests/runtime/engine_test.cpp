@@ -252,12 +252,13 @@ TEST(Engine, RejectsSerializedStateThatDoesNotFit) {
 namespace hymba {
 namespace {
 
-// An adapter with random A, B (and DoRA magnitudes) saved as a PEFT folder.
-std::string random_adapter(const std::string& model, bool dora, unsigned seed) {
+// An adapter with random A, B (DoRA magnitudes, meta tokens) saved as a PEFT folder.
+std::string random_adapter(const std::string& model, bool dora, unsigned seed, bool meta = false) {
   auto ck = load_checkpoint(model);
   AdapterConfig cfg;
   cfg.rank = 2, cfg.alpha = 4, cfg.dora = dora, cfg.targets = parse_targets("all");
   AdapterSet a = adapter_layout(ck->config, ck->weights, cfg);
+  if (meta) add_meta_tokens(a, ck->config, ck->weights);
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-0.3f, 0.3f);
   for (const auto& t : a.tensors)
@@ -270,11 +271,11 @@ std::string random_adapter(const std::string& model, bool dora, unsigned seed) {
 
 // One engine holding several adapters (the server's --lora NAME=DIR) computes, for a sequence
 // of each variant, exactly what an engine with only that adapter (--lora DIR) computes, with the
-// variants' evals interleaved (DoRA norms and prefixes are per variant); the state tags differ
+// variants' evals interleaved (DoRA norms, meta tokens and prefixes are per variant); the state tags differ
 // per adapter and scale, so kept states never cross adapters.
 TEST(Engine, AdapterVariantsEqualSingleAdapterEngines) {
   const std::string model = make_model();
-  const std::string da = random_adapter(model, false, 21), db = random_adapter(model, true, 22);
+  const std::string da = random_adapter(model, false, 21), db = random_adapter(model, true, 22, true);
   EngineOptions multi;
   multi.adapters = {{"a", da, 1.0f}, {"b", db, 0.5f}};
   auto e = Engine::load(model, multi);
