@@ -88,10 +88,30 @@ void HymbaModel::set_adapters(const Adapters* a, const AdapterGrads* g,
   dora_norm().resize(a ? plan_.size() * kNumSlots : 0);
 }
 
+bool HymbaModel::adapter_dropout(std::vector<float>& out, const float* in, int l, Slot s, int64_t n) const {
+  if (dropout_p_ <= 0.0f) return false;
+  out.resize(size_t(n));
+  const float keep = 1.0f / (1.0f - dropout_p_);
+  HYMBA_CHECK(dropout_p_ < 1.0f, "adapter dropout must be in [0, 1)");
+  const uint64_t threshold = uint64_t(double(dropout_p_) * 0x1.0p64);  // P(z < threshold) = p
+  const uint64_t key = dropout_seed_ ^ (uint64_t(l) << 40) ^ (uint64_t(s) << 56);
+  for (int64_t i = 0; i < n; ++i) {
+    uint64_t z = key + uint64_t(i) * 0x9E3779B97F4A7C15ull;  // splitmix64 of (key, i)
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    out[size_t(i)] = z < threshold ? 0.0f : in[i] * keep;
+  }
+  return true;
+}
+
 void HymbaModel::linear_forward(int l, Slot s, float* out, const float* in, const MatView& W,
                                 const float* bias, int64_t T, bool accumulate, bool fresh) {
   if (!adapters_) return matmul_forward(out, in, W, bias, T, accumulate);
   const LoraView& a = adapters_->layers[size_t(l)][size_t(s)];
+  std::vector<float> dropped;
+  if (fresh && a.active() && adapter_dropout(dropped, in, l, s, T * W.cols))
+    return adapted_forward(out, in, W, bias, a, nullptr, T, accumulate, dropped.data());
   std::vector<float>& norm = dora_norm()[size_t(l) * kNumSlots + size_t(s)];
   if (a.dora() && (fresh || norm.empty())) {
     norm.resize(size_t(W.rows));
@@ -106,6 +126,17 @@ void HymbaModel::linear_backward(int l, Slot s, float* dinp, float* dW, float* d
   const LoraView& a = adapters_ ? adapters_->layers[size_t(l)][size_t(s)] : kNone;
   const LoraGrad ga = adapter_grads_ ? adapter_grads_->layers[size_t(l)][size_t(s)] : LoraGrad{};
   const float* norm = adapters_ ? dora_norm()[size_t(l) * kNumSlots + size_t(s)].data() : nullptr;
+  std::vector<float> dropped;
+  if (a.active() && adapter_dropout(dropped, inp, l, s, T * W.cols)) {
+    // d(dropout(x))/dx is the mask / (1 - p): dropping out dL/d(dropout(x)) with it applies it.
+    std::vector<float> dd(dropped.size(), 0.0f);
+    adapted_backward(dinp, dW, dbias, ga, dout, inp, W, a, norm, T, dropped.data(), dd.data());
+    if (!dinp) return;
+    std::vector<float> ones(dd.size(), 1.0f), mask;
+    adapter_dropout(mask, ones.data(), l, s, T * W.cols);
+    for (size_t i = 0; i < dd.size(); ++i) dinp[i] += mask[i] * dd[i];
+    return;
+  }
   adapted_backward(dinp, dW, dbias, ga, dout, inp, W, a, norm, T);
 }
 

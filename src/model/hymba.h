@@ -95,6 +95,10 @@ class HymbaModel {
   // Meta tokens [M, H] used instead of the weights' (an adapter's trained ones; null = the
   // weights' own). The caller keeps them alive.
   void set_meta_tokens(const float* meta) { w_.meta = meta ? meta : own_meta_; }
+  // Training: PEFT's lora_dropout on the LoRA adapters' input (the base path sees the input
+  // as is), in forwards that keep activations and their backward; the mask of every (layer,
+  // module, element) comes from `seed`, so a backward sees its forward's. p = 0: off.
+  void set_adapter_dropout(float p, uint64_t seed) { dropout_p_ = p, dropout_seed_ = seed; }
 
  private:
   void layer_forward(int l, float* x, std::span<const ForwardItem> items, const int32_t* pos,
@@ -114,6 +118,10 @@ class HymbaModel {
   std::vector<LayerPlan> plan_;
   Weights w_;
   const float* own_meta_ = nullptr;  // the weights' meta tokens (set_meta_tokens)
+  float dropout_p_ = 0.0f;
+  uint64_t dropout_seed_ = 0;
+  // out[n] = in[n] dropped out (zero or / (1 - p)) with the mask of (l, s); false when off.
+  bool adapter_dropout(std::vector<float>& out, const float* in, int l, Slot s, int64_t n) const;
   std::vector<float> inv_freq_;
   LayerActs scratch_;  // reused across layers at inference
   std::vector<std::vector<float>> frozen_A_;  // [layer] -> [D, N] after freeze_weights()

@@ -57,13 +57,15 @@ void dora_row_norms(float* norm, const MatView& W, const LoraView& a) {
 }
 
 void adapted_forward(float* out, const float* in, const MatView& W, const float* bias,
-                     const LoraView& a, const float* norm, int64_t M, bool accumulate) {
+                     const LoraView& a, const float* norm, int64_t M, bool accumulate,
+                     const float* lora_in) {
   if (!a.active()) return matmul_forward(out, in, W, bias, M, accumulate);
   const int64_t N = W.rows, K = W.cols;
+  HYMBA_CHECK(!lora_in || !a.dora(), "adapter dropout is implemented for LoRA only, not DoRA");
   if (!a.dora()) {
     matmul_forward(out, in, W, bias, M, accumulate);
     std::vector<float> u;
-    lora_down(u, in, a, M, K);
+    lora_down(u, lora_in ? lora_in : in, a, M, K);
     for (auto& v : u) v *= a.scale;
     matmul_forward(out, u.data(), f32_view(a.B, N, a.rank), nullptr, M, /*accumulate=*/true);
     return;
@@ -101,9 +103,10 @@ void matview_backward_input(float* dinp, const float* dout, const MatView& W, in
 
 void adapted_backward(float* dinp, float* dW, float* dbias, const LoraGrad& ga, const float* dout,
                       const float* inp, const MatView& W, const LoraView& a, const float* norm,
-                      int64_t M) {
+                      int64_t M, const float* lora_in, float* dlora_in) {
   const int64_t N = W.rows, K = W.cols;
   if (M <= 0) return;
+  HYMBA_CHECK(!lora_in || (!a.dora() && dlora_in), "adapter dropout: LoRA only, with dlora_in");
   HYMBA_CHECK(!dW || W.dtype == DType::F32, "adapted_backward: a weight gradient needs F32 weights");
   if (dbias)
     for (int64_t m = 0; m < M; ++m)
@@ -135,11 +138,13 @@ void adapted_backward(float* dinp, float* dW, float* dbias, const LoraGrad& ga, 
     else if (dinp) matview_backward_input(dinp, dz.data(), W, M);
   }
   // z += s·B·u, u = A·x:  dB += s·dzᵀ·u ; du = s·dz·B ; dA += duᵀ·x ; dx += du·A.
+  // (x is lora_in when given: the adapter's own input.)
+  const float* x = lora_in ? lora_in : inp;
   std::vector<float> u, du(size_t(M * a.rank), 0.0f);
-  lora_down(u, inp, a, M, K);
+  lora_down(u, x, a, M, K);
   for (auto& v : dz) v *= a.scale;
   matmul_backward(du.data(), ga.B, nullptr, dz.data(), u.data(), a.B, M, N, a.rank);
-  matmul_backward(dinp, ga.A, nullptr, du.data(), inp, a.A, M, a.rank, K);
+  matmul_backward(lora_in ? dlora_in : dinp, ga.A, nullptr, du.data(), x, a.A, M, a.rank, K);
 }
 
 }  // namespace hymba

@@ -35,15 +35,19 @@ struct LoraGrad {
 void dora_row_norms(float* norm, const MatView& W, const LoraView& a);
 
 // out[M, N] (=, or += with accumulate) the adapted layer of in[M, K]. Without an active adapter
-// this is exactly matmul_forward. DoRA needs norm = dora_row_norms(W, a).
+// this is exactly matmul_forward. DoRA needs norm = dora_row_norms(W, a). lora_in: what the
+// adapter path reads instead of `in` (LoRA only: PEFT's lora_dropout(x), training), or null.
 void adapted_forward(float* out, const float* in, const MatView& W, const float* bias,
-                     const LoraView& a, const float* norm, int64_t M, bool accumulate = false);
+                     const LoraView& a, const float* norm, int64_t M, bool accumulate = false,
+                     const float* lora_in = nullptr);
 
 // Backward of adapted_forward. dinp[M, K] += ; dbias[N] += ; the adapter's gradients += ; dW
 // (F32 W only, full fine-tuning without adapters) +=. Each may be null. norm as in the forward.
+// With lora_in (as in the forward), the adapter path's input gradient goes to dlora_in[M, K] +=
+// instead of dinp (the caller maps it back through its dropout).
 void adapted_backward(float* dinp, float* dW, float* dbias, const LoraGrad& ga, const float* dout,
                       const float* inp, const MatView& W, const LoraView& a, const float* norm,
-                      int64_t M);
+                      int64_t M, const float* lora_in = nullptr, float* dlora_in = nullptr);
 
 // dinp[M, K] += dout[M, N] · W for W of any dtype (a frozen base): a block of rows is widened
 // at a time, never the whole matrix.

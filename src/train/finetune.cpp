@@ -8,6 +8,7 @@
 #include <random>
 
 #include "base/error.h"
+#include "base/hash.h"
 #include "io/files.h"
 #include "model/adapter.h"
 #include "model/hymba.h"
@@ -38,6 +39,9 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   const bool adapters = o.method != "full";
   const bool train_meta = o.train_meta_tokens < 0 ? !adapters : o.train_meta_tokens > 0;
   HYMBA_CHECK(!(o.q8 && !adapters), "--quantize q8 needs --method lora or dora (the base is frozen)");
+  HYMBA_CHECK(o.dropout >= 0 && o.dropout < 1, "--dropout must be in [0, 1)");
+  HYMBA_CHECK(o.dropout == 0 || o.method == "lora",
+              "--dropout is for --method lora (PEFT's DoRA dropout also reroutes the base path: not implemented)");
   HYMBA_CHECK(o.seq_len >= 2 && o.grad_accum >= 1 && o.epochs >= 1, "--seq-len >= 2, --grad-accum >= 1, --epochs >= 1");
   HYMBA_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction must be in [0, 1)");
   HYMBA_CHECK(!o.out.empty(), "--out is required");
@@ -93,7 +97,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
       ad.enable_grad();
     } else {
       AdapterConfig ac;
-      ac.rank = o.rank, ac.alpha = o.alpha, ac.dora = o.method == "dora";
+      ac.rank = o.rank, ac.alpha = o.alpha, ac.dora = o.method == "dora", ac.dropout = o.dropout;
       ac.targets = parse_targets(o.targets);
       ad = init_adapters(base->config, base->weights, ac, o.seed);
       if (train_meta) add_meta_tokens(ad, base->config, base->weights);
@@ -145,10 +149,12 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   const nlohmann::json run = {{"method", o.method}, {"data", o.data}, {"seq_len", o.seq_len},
                               {"grad_accum", o.grad_accum}, {"epochs", o.epochs}, {"seed", o.seed},
                               {"val_fraction", o.val_fraction}, {"packing", o.packing},
-                              {"dpo_beta", o.dpo_beta}, {"train_meta_tokens", train_meta}};
+                              {"dpo_beta", o.dpo_beta}, {"train_meta_tokens", train_meta}, {"dropout", o.dropout}};
   if (o.resume) {
     ts = load_train_state(ck, opt);
-    if (!ts.run.contains("train_meta_tokens")) ts.run["train_meta_tokens"] = !adapters;  // runs from before the option
+    // Runs from before these options had their defaults.
+    if (!ts.run.contains("train_meta_tokens")) ts.run["train_meta_tokens"] = !adapters;
+    if (!ts.run.contains("dropout")) ts.run["dropout"] = 0.0;
     for (const auto& [k, v] : run.items())
       HYMBA_CHECK(ts.run.contains(k) && ts.run[k] == v,
                   "--resume: --" + k + " differs from the run in " + o.out + " (" + ts.run.value(k, nlohmann::json()).dump() + ")");
@@ -229,7 +235,12 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     int64_t step_count = 0, step_tokens = 0;
     double loss = 0;
     DpoStats ds;
+    // Dropout masks: one seed per micro-batch of the run (a resumed run draws the same ones).
+    auto dropout_for = [&](int k) {
+      if (o.dropout > 0) model.set_adapter_dropout(float(o.dropout), fnv1a64(&step, sizeof step, o.seed * 31 + uint64_t(k)));
+    };
     for (int k = 0; dpo && k < o.grad_accum; ++k) {
+      dropout_for(k);
       const PreferencePair& p = train_pairs[size_t(pack_of(step * o.grad_accum + k)[0])];
       const DpoPair q = pair_of(p);
       ds.add(dpo_loss_and_grads(model, grads, std::span<const DpoPair>(&q, 1), o.dpo_beta,
@@ -244,8 +255,10 @@ FinetuneResult finetune(const FinetuneOptions& o) {
       int64_t cnt = 0;
       for (const auto& q : s) cnt += std::count_if(q.targets, q.targets + q.n, [](int32_t t) { return t >= 0; }), step_tokens += q.n;
       const float w = step_count ? float(double(cnt) / double(step_count)) : 0.0f;
+      dropout_for(k);
       loss += w * loss_and_grads(model, grads, s, w);
     }
+    model.set_adapter_dropout(0.0f, 0);  // validation and DPO references see the adapters whole
     HYMBA_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
                                          std::to_string(step) + " (try a lower --lr)");
     const float lr = ts.schedule.lr(step);

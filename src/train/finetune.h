@@ -40,6 +40,7 @@ struct FinetuneOptions {
   // as PEFT trains only what it is told to). With adapters they are saved in the adapter files
   // (modules_to_save, src/model/adapter.h).
   int train_meta_tokens = -1;
+  double dropout = 0.0;  // PEFT's lora_dropout: on the LoRA adapters' input while training
 };
 
 struct FinetuneResult {

@@ -129,6 +129,53 @@ TEST(Lora, DoraF32MatchesDoubleAndFiniteDifferences) { run(true, DType::F32); }
 TEST(Lora, LoraBf16Base) { run(false, DType::BF16); }
 TEST(Lora, DoraBf16Base) { run(true, DType::BF16); }
 
+// PEFT's lora_dropout: the adapter path reads d = mask ⊙ x / (1 - p), the base path x. The
+// forward, dA, dB and dx (base part in dinp, adapter part in dlora_in mapped back through the
+// mask by the caller) against the double model and its finite differences.
+TEST(Lora, DropoutOnTheAdapterInputOnly) {
+  const Case k = make(false, 11);
+  MatView W;
+  W.data = k.W.data(), W.rows = k.N, W.cols = k.K;
+  LoraView a{k.A.data(), k.B.data(), nullptr, k.r, k.s};
+  const double keep = 1.0 / (1.0 - 0.4);
+  std::vector<double> mask(k.x.size());
+  for (size_t i = 0; i < mask.size(); ++i) mask[i] = (i * 7 + 3) % 5 < 2 ? 0.0 : keep;
+  auto dropped = [&](const std::vector<double>& x) {
+    std::vector<double> d(x.size());
+    for (size_t i = 0; i < x.size(); ++i) d[i] = mask[i] * x[i];
+    return d;
+  };
+  // y = W x + b + s·B·A·d(x): the LoRA model on d(x), plus W·(x - d(x)).
+  auto full = [&](const std::vector<double>& x, const std::vector<double>& A, const std::vector<double>& B) {
+    auto y = model(k, dropped(x), A, B, nullptr, nullptr);
+    const auto dx = dropped(x);
+    for (int64_t m = 0; m < k.M; ++m)
+      for (int64_t j = 0; j < k.N; ++j)
+        for (int64_t i = 0; i < k.K; ++i)
+          y[size_t(m * k.N + j)] += k.W[size_t(j * k.K + i)] * (x[size_t(m * k.K + i)] - dx[size_t(m * k.K + i)]);
+    return y;
+  };
+  std::vector<float> d32(k.x.size());
+  for (size_t i = 0; i < d32.size(); ++i) d32[i] = float(mask[i] * k.x[i]);
+  std::vector<float> y(size_t(k.M * k.N));
+  adapted_forward(y.data(), k.x.data(), W, k.bias.data(), a, nullptr, k.M, false, d32.data());
+  EXPECT_LT(norm_err(y, full(to_d(k.x), to_d(k.A), to_d(k.B))), 1e-5);
+  std::vector<float> y0(y.size());
+  adapted_forward(y0.data(), k.x.data(), W, k.bias.data(), a, nullptr, k.M);
+  EXPECT_GT(norm_err(y, to_d(y0)), 1e-3);  // the mask matters
+
+  std::vector<float> dx(k.x.size(), 0.0f), dd(k.x.size(), 0.0f), dA(k.A.size(), 0.0f), dB(k.B.size(), 0.0f);
+  LoraGrad ga{dA.data(), dB.data(), nullptr};
+  adapted_backward(dx.data(), nullptr, nullptr, ga, k.c.data(), k.x.data(), W, a, nullptr, k.M, d32.data(), dd.data());
+  for (size_t i = 0; i < dx.size(); ++i) dx[i] += float(mask[i]) * dd[i];
+  auto gx = fd_grad([&](const std::vector<double>& v) { return loss(k, full(v, to_d(k.A), to_d(k.B))); }, to_d(k.x));
+  auto gA = fd_grad([&](const std::vector<double>& v) { return loss(k, full(to_d(k.x), v, to_d(k.B))); }, to_d(k.A));
+  auto gB = fd_grad([&](const std::vector<double>& v) { return loss(k, full(to_d(k.x), to_d(k.A), v)); }, to_d(k.B));
+  EXPECT_LT(norm_err(dx, gx), 1e-4);
+  EXPECT_LT(norm_err(dA, gA), 1e-4);
+  EXPECT_LT(norm_err(dB, gB), 1e-4);
+}
+
 TEST(Lora, NoAdapterIsThePlainMatmul) {
   const Case k = make(false, 9);
   MatView W;

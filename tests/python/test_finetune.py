@@ -7,9 +7,14 @@ naming the row, with a non-zero exit and no checkpoint written. hymba dpo: start
 Meta tokens: frozen by default with lora (the adapter has none; modules_to_save null) and with
 full --freeze-meta-tokens (the saved model's are the base's, bit for bit); trained with full and
 with lora --train-meta-tokens (changed; saved as base_model.model.model.memory_tokens, listed in
-modules_to_save, applied by --lora and by merge); a resume with the other setting is refused."""
+modules_to_save, applied by --lora and by merge); a resume with the other setting is refused.
+--dropout P (PEFT's lora_dropout): P=0 gives the same adapter bytes as no option; P>0 trains
+differently, writes lora_dropout=P, resumes exactly (the masks are a function of seed and step),
+and does not touch inference (same logits as the same tensors with lora_dropout 0); P out of
+[0, 1), DoRA/full with dropout, and a resume with another P are refused."""
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -125,6 +130,43 @@ def main():
         r = ft(data, out, "--max-steps", "3", "--lr", "1e-2", "--resume")
         check("Bad resume without --train-meta-tokens refused", r.returncode == 1 and "train_meta_tokens" in r.stderr,
               r.stderr.strip()[-200:])
+
+    # --dropout (lora_dropout).
+    drop = {}
+    for name, extra in (("none", []), ("p0", ["--dropout", "0"]), ("p3", ["--dropout", "0.3"])):
+        out = os.path.join(work, "drop-" + name)
+        r = ft(data, out, "--max-steps", "2", "--grad-accum", "2", "--lr", "1e-2", *extra)
+        if check(f"dropout {name}: runs", r.returncode == 0, r.stderr.strip()[-300:]):
+            drop[name] = (out, open(os.path.join(out, "adapter_model.safetensors"), "rb").read())
+    if len(drop) == 3:
+        check("dropout 0 == no dropout, byte for byte", drop["none"][1] == drop["p0"][1], "")
+        check("dropout 0.3 trains differently", drop["p3"][1] != drop["p0"][1], "")
+        cfg = json.load(open(os.path.join(drop["p3"][0], "adapter_config.json")))
+        check("dropout 0.3: adapter_config.json lora_dropout 0.3", abs(cfg.get("lora_dropout", -1) - 0.3) < 1e-9,
+              str(cfg.get("lora_dropout")))
+        same = os.path.join(work, "drop-p3-as-0")
+        os.makedirs(same)
+        for f in ("adapter_model.safetensors", "adapter_config.json"):
+            shutil.copy(os.path.join(drop["p3"][0], f), same)
+        json.dump(dict(cfg, lora_dropout=0.0), open(os.path.join(same, "adapter_config.json"), "w"))
+        lg = []
+        for d in (drop["p3"][0], same):
+            npy = os.path.join(d, "l.npy")
+            r = U.run(["logits", "-m", MODEL, "--lora", d, "--prompt", "Say verse 3.", "-o", npy])
+            lg.append(open(npy, "rb").read() if r.returncode == 0 else r.stderr)
+        check("dropout: inference unaffected (logits == the same tensors with lora_dropout 0)", lg[0] == lg[1], "")
+        b = os.path.join(work, "drop-split")
+        r1 = ft(data, b, "--max-steps", "2", "--grad-accum", "2", "--lr", "1e-2", "--dropout", "0.3", "--stop-after", "1")
+        r2 = ft(data, b, "--max-steps", "2", "--grad-accum", "2", "--lr", "1e-2", "--dropout", "0.3", "--resume")
+        check("dropout 0.3: resumed run == uninterrupted, byte for byte", r1.returncode == r2.returncode == 0 and
+              open(os.path.join(b, "adapter_model.safetensors"), "rb").read() == drop["p3"][1], r2.stderr.strip()[-200:])
+        r = ft(data, drop["p3"][0], "--max-steps", "3", "--grad-accum", "2", "--resume")
+        check("Bad resume with another --dropout refused", r.returncode == 1 and "dropout" in r.stderr, r.stderr.strip()[-200:])
+    for extra, why in ((["--dropout", "1"], "[0, 1)"), (["--dropout", "-0.1"], "[0, 1)"),
+                       (["--dropout", "0.1", "--method", "dora"], "--method lora"),
+                       (["--dropout", "0.1", "--method", "full"], "--method lora")):
+        r = ft(data, os.path.join(work, "bad-dropout"), "--max-steps", "1", *extra)
+        check(f"Bad {' '.join(extra)} refused", r.returncode == 1 and why in r.stderr, r.stderr.strip()[-200:])
 
     # Bad data: named row, exit 1, nothing written.
     bad = {"no messages": ({"text": "x"}, "no \"messages\""),
