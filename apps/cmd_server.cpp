@@ -253,6 +253,15 @@ class Server {
       std::lock_guard<std::mutex> l(metrics_mu_);
       for (auto& [k, n] : requests_)
         o << "hymba_requests_total{endpoint=\"" << k.first << "\",status=\"" << k.second << "\"} " << n << '\n';
+      if (!adapters_.empty()) {
+        o << "# HELP hymba_model_requests_total Completion requests by the model they named (the base or an adapter).\n"
+             "# TYPE hymba_model_requests_total counter\n";
+        for (auto& [m, n] : model_requests_) {
+          std::string label;  // Prometheus label value: \ and " escaped (an --alias may hold them)
+          for (char c : m) label += c == '\\' || c == '"' ? std::string("\\") + c : c == '\n' ? "\\n" : std::string(1, c);
+          o << "hymba_model_requests_total{model=\"" << label << "\"} " << n << '\n';
+        }
+      }
     }
     metric("hymba_prompt_tokens_total", "counter", "Prompt tokens of admitted requests.", s.prompt_tokens);
     metric("hymba_prompt_tokens_cached_total", "counter", "Prompt tokens restored from kept states instead of processed.",
@@ -388,6 +397,10 @@ class Server {
     lim.request_timeout_s = o_.request_timeout;
     const json body = parse_body(q.body);
     const int adapter = pick_adapter(body);
+    {
+      std::lock_guard<std::mutex> l(metrics_mu_);
+      ++model_requests_[model_name(adapter)];
+    }
     auto p = std::make_shared<ParsedCompletion>(parse_completion(body, chat, tok_, lim));
     for (auto& r : p->choices) r.adapter = adapter;
     auto sub = std::make_shared<Submitted>();
@@ -527,6 +540,7 @@ class Server {
   std::atomic<bool> draining_{false};
   std::mutex metrics_mu_;
   std::map<std::pair<std::string, int>, int64_t> requests_;
+  std::map<std::string, int64_t> model_requests_;  // completions by the model (adapter) they picked
 };
 
 void run(const Opts& o) {

@@ -161,6 +161,9 @@ def main():
         RES.check("the same prompt under B: A's kept states are not reused", cb == 0, f"cached {cb}")
         RES.check("the same prompt under A again: reused", ca2 > 0, f"cached {ca2}")
         RES.check("/metrics: one prefix-cache hit among the three", hits == 1, f"{hits} hits")
+        m = S.metrics(srv.port)
+        per = {k: m.get(f'hymba_model_requests_total{{model="{k}"}}', 0) for k in ("hymba-kjv", "A", "B")}
+        RES.check("/metrics counts completions per model", per == {"hymba-kjv": 7, "A": 8, "B": 7}, str(per))
         RES.check("under B it answers as B, under A as A",
                   tb == generate(fresh, 12, "--lora", b + ":0.5") and ta == ta2 == generate(fresh, 12, "--lora", a),
                   str([ta, tb, ta2]))
