@@ -31,7 +31,8 @@ namespace {
 
 struct Opts : ModelFlags {
   std::string random_config, weight_type = "bf16";
-  int64_t n_prompt = 512, n_gen = 64, depth = 0, batch = 1;
+  std::vector<int64_t> n_prompt{512}, n_gen{64}, depth{0}, batch{1};
+  int reps = 1;
   bool json = false, no_peaks = false;
   // --train
   bool train = false, no_torch = false;
@@ -192,11 +193,43 @@ void run_train(const Opts& o) {
     std::printf("PyTorch ref %s\n", torch_note.c_str());
 }
 
+// One row of the table: a test's speeds over the repetitions and the limit it is held to.
+struct Row {
+  std::string test;
+  int64_t n_prompt = 0, n_gen = 0, depth = 0, batch = 1;
+  std::vector<double> tok_s;
+  double work_per_s = 0;  // prefill: GFLOP/s, decode: weight GB/s (mean over repetitions)
+  double peak_rss_mib = 0;
+};
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / double(v.size());
+}
+double stddev(const std::vector<double>& v) {
+  if (v.size() < 2) return 0;
+  const double m = mean(v);
+  double s = 0;
+  for (double x : v) s += (x - m) * (x - m);
+  return std::sqrt(s / double(v.size() - 1));
+}
+double peak_rss_mib() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_maxrss) / 1024.0;
+}
+
 void run(const Opts& o) {
   apply_threads(o.threads);
   if (o.train) return run_train(o);
-  HYMBA_CHECK(o.n_prompt >= 1 && o.n_gen >= 1 && o.batch >= 1 && o.depth >= 0,
-              "-p, -n and --batch must be >= 1, --depth >= 0");
+  auto all = [](const std::vector<int64_t>& v, int64_t lo) {
+    for (auto x : v)
+      if (x < lo) return false;
+    return !v.empty();
+  };
+  HYMBA_CHECK(all(o.n_prompt, 0) && all(o.n_gen, 0) && all(o.batch, 1) && all(o.depth, 0) && o.reps >= 1,
+              "-p and -n must be >= 0 (0 skips), -b and -r >= 1, -d >= 0");
   const EngineOptions eo = o.engine_options();
   std::unique_ptr<Engine> eng;
   std::string what, load_how = "random";
@@ -220,71 +253,116 @@ void run(const Opts& o) {
     for (auto& x : v) x = int32_t(3 + g() % uint32_t(c.vocab_size - 3));
     return v;
   };
-
-  // Prefill: one sequence, n_prompt tokens.
-  auto s = eng->new_sequence();
-  auto p = ids(o.n_prompt);
-  double t0 = now_s();
-  eng->eval_one(s, p);
-  const double prefill_s = now_s() - t0;
-
-  // Decode: batch sequences, each first filled to `depth` tokens, then n_gen steps together.
-  std::vector<SequenceState> seqs;
-  for (int64_t b = 0; b < o.batch; ++b) {
-    seqs.push_back(eng->new_sequence());
-    if (o.depth > 0) eng->eval_one(seqs.back(), ids(o.depth));
-  }
-  std::vector<SequenceState*> sp;
-  for (auto& x : seqs) sp.push_back(&x);
-  std::vector<std::vector<int32_t>> feed(size_t(o.batch), std::vector<int32_t>{5});
-  std::vector<float> last;
-  t0 = now_s();
-  for (int64_t i = 0; i < o.n_gen; ++i) {
-    eng->eval(sp, feed, &last);
-    for (int64_t b = 0; b < o.batch; ++b) {
-      const float* l = last.data() + b * c.vocab_size;
-      feed[size_t(b)][0] = int32_t(std::max_element(l, l + c.vocab_size) - l);
-    }
-  }
-  const double decode_s = now_s() - t0;
-
-  struct rusage ru;
-  getrusage(RUSAGE_SELF, &ru);
-  const double peak_mib = double(ru.ru_maxrss) / 1024.0;
-  const double pp = double(o.n_prompt) / prefill_s;
-  const double tg = double(o.n_gen * o.batch) / decode_s;
-  const int64_t wbytes = weight_bytes_per_token(eng->model().weights());
-  const double decode_gbs = double(wbytes) * double(o.n_gen) / decode_s / 1e9;  // weights read per step
   int64_t params = 0;
   for (const auto& sp2 : param_specs(c)) {
     int64_t n = 1;
     for (auto d : sp2.shape) n *= d;
     params += n;
   }
-  const double prefill_gflops = 2.0 * double(params) * pp / 1e9;  // matmul FLOPs, attention excluded
+  const int64_t wbytes = weight_bytes_per_token(eng->model().weights());
+
+  {  // warm-up, untimed (first-touch of buffers and weights), as llama-bench does
+    auto w = eng->new_sequence();
+    eng->eval_one(w, ids(8));
+  }
+  std::vector<Row> rows;
+  // Prefill: one fresh sequence per repetition, p tokens. FLOPs: 2 per parameter per token
+  // (attention scores excluded, so a lower bound of the work).
+  for (int64_t p : o.n_prompt) {
+    if (p == 0) continue;
+    Row r{"pp" + std::to_string(p), p, 0, 0, 1};
+    for (int rep = 0; rep < o.reps; ++rep) {
+      auto s = eng->new_sequence();
+      auto toks = ids(p);
+      const double t0 = now_s();
+      eng->eval_one(s, toks);
+      r.tok_s.push_back(double(p) / (now_s() - t0));
+    }
+    r.work_per_s = 2.0 * double(params) * mean(r.tok_s) / 1e9;
+    r.peak_rss_mib = peak_rss_mib();
+    rows.push_back(r);
+  }
+  // Decode: the context of each depth is built once and copied into every sequence (states are
+  // plain data); then b sequences take n greedy steps together. Weights are read once per step.
+  for (int64_t d : o.depth) {
+    bool any = false;
+    for (int64_t n : o.n_gen) any |= n > 0;
+    if (!any) break;
+    auto base = eng->new_sequence();
+    if (d > 0) eng->eval_one(base, ids(d));
+    for (int64_t b : o.batch)
+      for (int64_t n : o.n_gen) {
+        if (n == 0) continue;
+        Row r{"tg" + std::to_string(n) + (d > 0 ? " @ d" + std::to_string(d) : "") +
+                  (b > 1 ? " x" + std::to_string(b) : ""), 0, n, d, b};
+        double steps_per_s = 0;
+        for (int rep = 0; rep < o.reps; ++rep) {
+          std::vector<SequenceState> seqs(size_t(b), base);
+          std::vector<SequenceState*> sp;
+          for (auto& x : seqs) sp.push_back(&x);
+          std::vector<std::vector<int32_t>> feed(size_t(b), std::vector<int32_t>{5});
+          std::vector<float> last;
+          eng->eval(sp, feed, &last);  // warm-up step, untimed (buffers sized for this batch)
+          const double t0 = now_s();
+          for (int64_t i = 0; i < n; ++i) {
+            eng->eval(sp, feed, &last);
+            for (int64_t k = 0; k < b; ++k) {
+              const float* l = last.data() + k * c.vocab_size;
+              feed[size_t(k)][0] = int32_t(std::max_element(l, l + c.vocab_size) - l);
+            }
+          }
+          const double sec = now_s() - t0;
+          r.tok_s.push_back(double(n * b) / sec);
+          steps_per_s += double(n) / sec / o.reps;
+        }
+        r.work_per_s = double(wbytes) * steps_per_s / 1e9;
+        r.peak_rss_mib = peak_rss_mib();
+        rows.push_back(r);
+      }
+  }
+
   double peak_bw = 0, peak_gemm = 0;
   if (!o.no_peaks) peak_bw = measure_read_bandwidth_gbs(), peak_gemm = measure_sgemm_gflops(700);
+  auto limit_of = [&](const Row& r) { return r.n_prompt > 0 ? peak_gemm : peak_bw; };
 
   if (o.json) {
-    nlohmann::json j = {{"model", what}, {"threads", num_threads()}, {"n_prompt", o.n_prompt},
-                        {"n_gen", o.n_gen}, {"depth", o.depth}, {"batch", o.batch},
-                        {"cache_type", o.cache_type}, {"quantize", o.quantize}, {"prefill_tok_s", pp}, {"decode_tok_s", tg},
-                        {"decode_weight_gb_s", decode_gbs}, {"prefill_gflop_s", prefill_gflops},
-                        {"peak_rss_mib", peak_mib}, {"machine_read_gb_s", peak_bw},
+    nlohmann::json jr = nlohmann::json::array();
+    for (const Row& r : rows) {
+      const double lim = limit_of(r);
+      nlohmann::json x = {{"test", r.test}, {"n_prompt", r.n_prompt}, {"n_gen", r.n_gen},
+                          {"depth", r.depth}, {"batch", r.batch}, {"repetitions", o.reps},
+                          {"tok_s", mean(r.tok_s)}, {"tok_s_stddev", stddev(r.tok_s)},
+                          {"samples_tok_s", r.tok_s}, {"peak_rss_mib", r.peak_rss_mib}};
+      if (r.n_prompt > 0) x["prefill_gflop_s"] = r.work_per_s, x["machine_sgemm_gflop_s"] = lim;
+      else x["decode_weight_gb_s"] = r.work_per_s, x["machine_read_gb_s"] = lim;
+      x["fraction_of_limit"] = lim > 0 ? nlohmann::json(r.work_per_s / lim) : nlohmann::json();
+      jr.push_back(x);
+    }
+    nlohmann::json j = {{"model", what}, {"params", params}, {"weight_bytes_per_token", wbytes},
+                        {"threads", num_threads()}, {"cache_type", o.cache_type}, {"quantize", o.quantize},
                         {"load", load_how}, {"load_s", load_s}, {"huge_page_mib", huge_mib},
-                        {"machine_sgemm_gflop_s", peak_gemm}};
+                        {"machine_read_gb_s", peak_bw}, {"machine_sgemm_gflop_s", peak_gemm},
+                        {"peak_rss_mib", peak_rss_mib()}, {"rows", jr}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
-  std::printf("model: %s, %lld params, %d threads, cache %s, quantize %s\n", what.c_str(),
-              (long long)params, num_threads(), o.cache_type.c_str(), o.quantize.c_str());
-  std::printf("load     %-8s %9.2f s  (%.0f MiB on 2 MiB pages)\n", load_how.c_str(), load_s, huge_mib);
-  std::printf("prefill  pp%-6lld %9.2f tok/s  %7.1f GFLOP/s", (long long)o.n_prompt, pp, prefill_gflops);
-  if (peak_gemm > 0) std::printf("  = %.2f of sgemm peak (%.1f GFLOP/s)", prefill_gflops / peak_gemm, peak_gemm);
-  std::printf("\ndecode   tg%-6lld %9.2f tok/s  (batch %lld, depth %lld)  weights %.2f GB/s",
-              (long long)o.n_gen, tg, (long long)o.batch, (long long)o.depth, decode_gbs);
-  if (peak_bw > 0) std::printf("  = %.2f of read bandwidth (%.1f GB/s)", decode_gbs / peak_bw, peak_bw);
-  std::printf("\npeak memory %.1f MiB\n", peak_mib);
+  std::printf("model: %s, %lld params, %.0f MiB of weights read per decode step, %d threads, cache %s, quantize %s\n",
+              what.c_str(), (long long)params, double(wbytes) / 1048576.0, num_threads(), o.cache_type.c_str(),
+              o.quantize.c_str());
+  std::printf("load: %s in %.2f s (%.0f MiB on 2 MiB pages)\n", load_how.c_str(), load_s, huge_mib);
+  if (!o.no_peaks)
+    std::printf("limits measured in this run: read bandwidth %.1f GB/s, sgemm %.1f GFLOP/s\n", peak_bw, peak_gemm);
+  std::printf("\n| test | t/s | work | of the limit | peak RSS |\n|---|---:|---:|---:|---:|\n");
+  for (const Row& r : rows) {
+    const double lim = limit_of(r);
+    char work[64], frac[32] = "-";
+    std::snprintf(work, sizeof work, r.n_prompt > 0 ? "%.1f GFLOP/s" : "%.2f GB/s", r.work_per_s);
+    if (lim > 0) std::snprintf(frac, sizeof frac, "%.2f", r.work_per_s / lim);
+    std::printf("| %s | %.2f ± %.2f | %s | %s | %.0f MiB |\n", r.test.c_str(), mean(r.tok_s), stddev(r.tok_s),
+                work, frac, r.peak_rss_mib);
+  }
+  std::printf("\nprefill work: 2 FLOPs per parameter per token (attention scores not counted), against sgemm;\n"
+              "decode work: the weights read per step (once for the whole batch), against read bandwidth.\n");
 }
 
 Register reg("bench", "Measure prefill/decode speed against the machine's limits", [](CLI::App& sub) {
@@ -292,10 +370,13 @@ Register reg("bench", "Measure prefill/decode speed against the machine's limits
   add_model_flags(sub, *o);
   sub.add_option("--random", o->random_config, "benchmark a randomly initialised model of this config.json");
   sub.add_option("--weight-type", o->weight_type, "with --random: bf16 (default), f16, f32");
-  sub.add_option("-p,--n-prompt", o->n_prompt, "prompt tokens (default 512)");
-  sub.add_option("-n,--n-gen", o->n_gen, "generated tokens (default 64)");
-  sub.add_option("-d,--depth", o->depth, "context already in each decoding sequence (default 0)");
-  sub.add_option("-b,--batch", o->batch, "sequences decoded together (default 1)");
+  sub.add_option("-p,--n-prompt", o->n_prompt, "prompt tokens, a comma list like llama-bench's (default 512; 0 skips)")
+      ->delimiter(',');
+  sub.add_option("-n,--n-gen", o->n_gen, "generated tokens, a comma list (default 64; 0 skips)")->delimiter(',');
+  sub.add_option("-d,--depth", o->depth, "context already in each decoding sequence, a comma list (default 0)")
+      ->delimiter(',');
+  sub.add_option("-b,--batch", o->batch, "sequences decoded together, a comma list (default 1)")->delimiter(',');
+  sub.add_option("-r,--repetitions", o->reps, "repetitions of each test (default 1); t/s is their mean ± stddev");
   sub.add_flag("--no-peaks", o->no_peaks, "skip measuring the machine's GEMM and bandwidth peaks");
   sub.add_flag("--json", o->json, "print JSON");
   sub.add_flag("--train", o->train, "training speed (forward+backward+AdamW) instead of inference");

@@ -1,0 +1,42 @@
+#!/usr/bin/python3
+"""`hymba bench` sweeps like llama-bench: comma lists for -p/-n/-d/-b, -r repetitions, one row per
+test with the limit it is held to, as a markdown table or --json. Checks the rows exist with the
+right shape and sane values on the bundled model (speed itself is not asserted: benchmarks, not
+timed tests), and that bad lists are refused."""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import testlib as U  # noqa: E402
+
+R = U.Results()
+
+
+def main():
+    r = U.run(["bench", "-p", "16,8", "-n", "4", "-d", "0,12", "-b", "1,3", "-r", "2", "--json"])
+    if R.check("bench sweep exits 0", r.returncode == 0, r.stderr.strip()[-300:]):
+        j = json.loads(r.stdout)
+        tests = [x["test"] for x in j["rows"]]
+        R.check("one row per test, llama-bench names", tests == ["pp16", "pp8", "tg4", "tg4 x3", "tg4 @ d12", "tg4 @ d12 x3"],
+                str(tests))
+        R.check("each row has its repetitions", all(len(x["samples_tok_s"]) == 2 and x["tok_s"] > 0 for x in j["rows"]),
+                str([x["samples_tok_s"] for x in j["rows"]]))
+        R.check("limits measured in the run", j["machine_read_gb_s"] > 0 and j["machine_sgemm_gflop_s"] > 0
+                and all(x["fraction_of_limit"] > 0 for x in j["rows"]),
+                f"{j['machine_read_gb_s']:.1f} GB/s, {j['machine_sgemm_gflop_s']:.1f} GFLOP/s")
+        dec = [x for x in j["rows"] if x["n_gen"]]
+        R.check("decode rows: weight bytes per step x steps/s", all(x["decode_weight_gb_s"] > 0 for x in dec), "")
+        R.check("peak RSS reported", all(x["peak_rss_mib"] > 0 for x in j["rows"]), "")
+    t = U.run(["bench", "-p", "8", "-n", "2", "-b", "1,2", "--no-peaks"])
+    R.check("markdown table", t.returncode == 0 and "| test | t/s |" in t.stdout and "| tg2 x2 |" in t.stdout,
+            t.stdout[-300:])
+    for bad in (["-b", "0"], ["-p", "-1"], ["-r", "0"], ["-d", "1,-2"]):
+        b = U.run(["bench", "--no-peaks", *bad])
+        R.check(f"Reject {' '.join(bad)}", b.returncode == 1 and b.stderr.startswith("hymba: error:"),
+                b.stderr.strip()[-200:])
+    return R.finish()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
