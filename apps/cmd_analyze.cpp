@@ -120,6 +120,8 @@ void run(const Opts& o) {
   HYMBA_CHECK(!o.text.empty(), "--text FILE is required");
   HYMBA_CHECK(o.max_tokens >= 2, "--max-tokens must be at least 2");
   HYMBA_CHECK(parse_quantize(o.quantize) == DType::F32, "analyze reads the weights as stored (--quantize is not supported)");
+  HYMBA_CHECK(o.lora.empty(), "analyze reads the weights as stored (--lora is not supported: `hymba merge` the adapter "
+                              "into a model folder and analyze that)");
   const std::string dir = o.dir();
   const std::string text = read_file(o.text);
   HYMBA_CHECK(!text.empty(), o.text + ": empty file");

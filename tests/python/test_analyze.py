@@ -200,7 +200,8 @@ def main():
                             ("layer out of range", ["--text", text, "--layers", "99"]),
                             ("head out of range", ["--text", text, "--heads", "99"]),
                             ("bad layer list", ["--text", text, "--layers", "a,b"]),
-                            ("max tokens 1", ["--text", text, "--max-tokens", "1"])):
+                            ("max tokens 1", ["--text", text, "--max-tokens", "1"]),
+                            ("--lora (not applied: refused, not ignored)", ["--text", text, "--lora", work])):
             RES.refused(f"bad input: {label}", ["analyze", "-m", MODEL, "-o", os.path.join(work, "bad")] + args)
     finally:
         shutil.rmtree(work, ignore_errors=True)
