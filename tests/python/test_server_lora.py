@@ -15,6 +15,7 @@ by "model" (bundled model, f32 K/V cache, greedy). Two small adapters are traine
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,13 @@ def state_store(a, b):
 
 def main():
     work = tempfile.mkdtemp(prefix="hymba-srv-lora-")
+    try:
+        return run(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(work):
     a = make_adapter(work, "a", "lora", "Amen, amen, I say unto thee.", 3)
     b = make_adapter(work, "b", "dora", "Behold the Lamb of God.", 5)
     if RES.failed:
