@@ -106,6 +106,33 @@ for i, task in enumerate(["arc_easy", "arc_challenge", "piqa", "hellaswag", "win
     if task == "mmlu":
         put("eval_rows", "mmlu_2shot", bytes([i, 2]) + open(os.path.join(EVAL, "mmlu.jsonl"), "rb").read().rstrip(b"\n") +
             b"\n@@\n" + open(os.path.join(EVAL, "mmlu_dev.jsonl"), "rb").read())
+# PEFT adapter folders: adapter_config.json + "\n@@\n" + adapter_model.safetensors, for
+# tests/configs/tiny-hymba.json (H 64, d_inner 128, dt_rank 4, d_state 16, intermediate 160, 4 layers)
+def lora(layer, module, r, rows, cols, dtype="F32", magnitude=None):
+    k = f"base_model.model.model.layers.{layer}.{module}."
+    size = {"F32": 4, "BF16": 2, "F16": 2}[dtype]
+    fill = {"F32": struct.pack("<f", 0.01), "BF16": b"\x24\x3c", "F16": b"\x1f\x21"}[dtype]
+    out = [(k + "lora_A.weight", dtype, [r, cols], fill * (r * cols)), (k + "lora_B.weight", dtype, [rows, r], fill * (rows * r))]
+    if magnitude:
+        out.append((k + magnitude, "F32", [rows], struct.pack("<f", 1.0) * rows))
+    return out
+
+
+def adapter(cfg, tensors):
+    return json.dumps(dict({"peft_type": "LORA", "task_type": "CAUSAL_LM", "bias": "none"}, **cfg)).encode() + \
+        b"\n@@\n" + safetensors(tensors, {"format": "pt"})
+
+
+put("adapter", "lora", adapter({"r": 2, "lora_alpha": 4, "target_modules": ["out_proj", "gate_proj"]},
+                               lora(0, "mamba.out_proj", 2, 64, 128) + lora(2, "moe.experts.0.gate_proj", 2, 160, 64, "BF16")))
+put("adapter", "dora", adapter({"r": 2, "lora_alpha": 2, "use_dora": True, "target_modules": ["down_proj"]},
+                               lora(1, "moe.experts.0.down_proj", 2, 64, 160, "F16", "lora_magnitude_vector.weight")))
+put("adapter", "rslora_ssm", adapter({"r": 3, "lora_alpha": 6, "use_rslora": True, "lora_dropout": 0.05,
+                                      "target_modules": ["x_proj.0", "dt_proj.0"]},
+                                     lora(3, "mamba.x_proj.0", 3, 36, 128) + lora(3, "mamba.dt_proj.0", 3, 128, 4)))
+put("adapter", "meta_tokens", adapter({"r": 1, "lora_alpha": 1, "modules_to_save": ["memory_tokens"]},
+                                      lora(0, "moe.experts.0.up_proj", 1, 160, 64) +
+                                      [("base_model.model.model.memory_tokens", "F32", [8, 64], struct.pack("<f", 0.25) * 512)]))
 # prompt caches written by `hymba generate --prompt-cache` on a random tests/configs/tiny-hymba.json
 # model (vocab widened to the kjv tokenizer's), tag field set to the target's kTag
 with tempfile.TemporaryDirectory() as tmp:

@@ -18,6 +18,12 @@
 
 namespace hymba {
 
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
 using json = nlohmann::json;
 
 int64_t TensorInfo::numel() const {
@@ -72,12 +78,6 @@ constexpr uint64_t kMaxHeader = 100ull << 20;  // real headers are a few hundred
 bool is_dir(const std::string& p) {
   struct stat st;
   return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
 }
 
 // Opens `path`; checks only that it is a regular file of at least 8 bytes. Returns fd and size.

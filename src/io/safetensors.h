@@ -90,6 +90,8 @@ struct TensorOut {
   std::vector<int64_t> shape;
   const void* data = nullptr;
 };
+std::string shape_str(const std::vector<int64_t>& shape);  // "[2, 3]" for messages
+
 // Writes a safetensors file atomically (temp file + rename). Tensors are laid out in name order.
 void write_safetensors(const std::string& path, const std::vector<TensorOut>& tensors,
                        const std::map<std::string, std::string>& metadata = {{"format", "pt"}});

@@ -180,7 +180,8 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
   try {
     const std::string type = need("peft_type").get<std::string>();
     HYMBA_CHECK(type == "LORA", cfg_path + ": peft_type " + type + " is not supported (LORA only)");
-    cfg.rank = need("r").get<int64_t>();
+    HYMBA_CHECK(need("r").is_number_integer(), cfg_path + ": r must be an integer (got " + j["r"].dump() + ")");
+    cfg.rank = j["r"].get<int64_t>();
     cfg.alpha = j.value("lora_alpha", double(cfg.rank));
     cfg.dora = j.value("use_dora", false);
     cfg.rslora = j.value("use_rslora", false);
@@ -201,11 +202,16 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
     throw Error(cfg_path + ": " + e.what());
   }
   HYMBA_CHECK(cfg.rank >= 1, cfg_path + ": r must be >= 1");
+  HYMBA_CHECK(std::isfinite(cfg.alpha) && cfg.alpha > 0,
+              cfg_path + ": lora_alpha must be a finite number > 0 (got " + std::to_string(cfg.alpha) + ")");
+  HYMBA_CHECK(cfg.dropout >= 0 && cfg.dropout < 1,
+              cfg_path + ": lora_dropout must be in [0, 1) (got " + std::to_string(cfg.dropout) + ")");
 
   const std::string st_path = (fs::path(dir) / "adapter_model.safetensors").string();
   auto file = SafetensorsFile::open(st_path);
   // Which (layer, slot) pairs the file adapts; every key must name one of them.
   std::vector<std::array<bool, kNumSlots>> present(base.layers.size());
+  std::vector<std::array<int, kNumSlots>> has_ab(base.layers.size());  // bit 0: lora_A, bit 1: lora_B
   bool slot_used[kNumSlots] = {};
   for (const auto& [name, info] : file->tensors()) {
     if (name == kMetaTokensKey) {
@@ -218,6 +224,7 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
       size_t p = std::string(kPrefix).size(), q = p;
       while (q < name.size() && std::isdigit(static_cast<unsigned char>(name[q]))) ++q;
       ok = q > p && q < name.size() && name[q] == '.';
+      HYMBA_CHECK(!ok || q - p <= 6, st_path + ": tensor " + name + ": layer index out of range");
       if (ok) {
         const int l = std::stoi(name.substr(p, q - p));
         const std::string rest = name.substr(q + 1);
@@ -230,6 +237,19 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
                           st_path + ": tensor " + name + ": the model has only " +
                               std::to_string(base.layers.size()) + " layers");
               present[size_t(l)][size_t(s)] = slot_used[s] = ok = true;
+              // The rank of every A and B must be r before anything of size r is allocated
+              // (a huge r in the config would otherwise ask for that much memory first).
+              const std::string what = st_path + ": tensor " + name;
+              const std::string suffix = suf;
+              if (suffix == ".lora_A.weight" || suffix == ".lora_B.weight") {
+                const bool is_a = suffix == ".lora_A.weight";
+                HYMBA_CHECK(info.shape.size() == 2 && info.shape[is_a ? 0 : 1] == cfg.rank,
+                            what + " has shape " + shape_str(info.shape) + ", r is " + std::to_string(cfg.rank) +
+                                " (adapter_config.json)");
+                has_ab[size_t(l)][size_t(s)] |= is_a ? 1 : 2;
+              } else {
+                HYMBA_CHECK(cfg.dora, what + " is a DoRA magnitude but adapter_config.json has no use_dora: true");
+              }
               break;
             }
       }
@@ -239,6 +259,11 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
   for (int s = 0; s < kNumSlots; ++s)
     if (slot_used[s]) cfg.targets.push_back(Slot(s));
   HYMBA_CHECK(!cfg.targets.empty(), st_path + ": no adapter tensors");
+  for (size_t l = 0; l < present.size(); ++l)
+    for (int s = 0; s < kNumSlots; ++s)
+      HYMBA_CHECK(!present[l][size_t(s)] || has_ab[l][size_t(s)] == 3,
+                  st_path + ": incomplete adapter for " + adapter_key(int(l), Slot(s), has_ab[l][size_t(s)] & 1 ? 'B' : 'A') +
+                      " (missing)");
   AdapterSet a = adapter_layout(c, base, cfg);
   // Modules targeted in some layers only: drop the others from the layout (keeps the views null).
   std::vector<AdapterTensor> kept;
@@ -246,39 +271,32 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
     if (present[size_t(t.layer)][size_t(t.slot)]) kept.push_back(t);
     else a.view.layers[size_t(t.layer)][size_t(t.slot)] = LoraView{};
   a.tensors = kept;
+  auto read = [&](const AdapterTensor& t, const TensorInfo* ti) {
+    HYMBA_CHECK(ti->shape == t.shape, st_path + ": tensor " + t.name + " has shape " + shape_str(ti->shape) +
+                                          ", the base model needs " + shape_str(t.shape));
+    HYMBA_CHECK(ti->dtype == DType::F32 || ti->dtype == DType::BF16 || ti->dtype == DType::F16,
+                st_path + ": tensor " + t.name + ": unsupported dtype");
+    to_f32(a.data.data() + t.offset, ti->data, ti->dtype, size_t(t.size));
+    for (int64_t i = 0; i < t.size; ++i)
+      HYMBA_CHECK(std::isfinite(a.data[size_t(t.offset + i)]), st_path + ": tensor " + t.name + " has NaN or Inf values");
+  };
   for (const auto& t : a.tensors) {
     const TensorInfo* ti = file->find(t.name);
     if (!ti && t.kind == 'm') ti = file->find(t.name + ".weight");
     HYMBA_CHECK(ti, st_path + ": missing tensor " + t.name);
-    HYMBA_CHECK(ti->shape == t.shape, st_path + ": tensor " + t.name + " has shape " +
-                                          shape_str(ti->shape) + ", the base model needs " +
-                                          shape_str(t.shape));
-    HYMBA_CHECK(ti->dtype == DType::F32 || ti->dtype == DType::BF16 || ti->dtype == DType::F16,
-                st_path + ": tensor " + t.name + ": unsupported dtype");
-    to_f32(a.data.data() + t.offset, ti->data, ti->dtype, size_t(t.size));
+    read(t, ti);
   }
   if (with_meta) {
     const TensorInfo* ti = file->find(kMetaTokensKey);
     HYMBA_CHECK(ti, st_path + ": missing tensor " + std::string(kMetaTokensKey) +
                         " (adapter_config.json lists memory_tokens in modules_to_save)");
     add_meta_tokens(a, c, base);
-    const AdapterTensor& t = a.tensors.back();
-    HYMBA_CHECK(ti->shape == t.shape, st_path + ": tensor " + t.name + " has shape " + shape_str(ti->shape) +
-                                          ", the base model needs " + shape_str(t.shape));
-    HYMBA_CHECK(ti->dtype == DType::F32 || ti->dtype == DType::BF16 || ti->dtype == DType::F16,
-                st_path + ": tensor " + t.name + ": unsupported dtype");
-    to_f32(a.data.data() + t.offset, ti->data, ti->dtype, size_t(t.size));
+    read(a.tensors.back(), ti);
   }
   for (const auto& t : a.tensors)  // a module with B but no A etc.
     HYMBA_CHECK(t.kind == 'M' || (a.view.layers[size_t(t.layer)][size_t(t.slot)].B &&
                     (!cfg.dora || a.view.layers[size_t(t.layer)][size_t(t.slot)].magnitude)),
                 st_path + ": incomplete adapter for " + t.name);
-  if (cfg.dora)
-    for (const auto& t : a.tensors)
-      if (t.kind == 'm')
-        for (int64_t i = 0; i < t.size; ++i)
-          HYMBA_CHECK(a.data[size_t(t.offset + i)] == a.data[size_t(t.offset + i)],
-                      st_path + ": tensor " + t.name + " has NaN");
   return a;
 }
 

@@ -10,12 +10,6 @@
 
 namespace hymba {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string r = "[";
-  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-
 std::vector<ParamSpec> param_specs(const Config& c) {
   const int64_t H = c.hidden_size, D = c.d_inner, N = c.mamba_d_state, R = c.dt_rank,
                 K = c.mamba_d_conv, I = c.intermediate_size;

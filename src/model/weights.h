@@ -54,7 +54,6 @@ struct ParamSpec {
   bool no_decay = false;  // norms, biases, meta tokens, A_log, D: no weight decay in AdamW
 };
 std::vector<ParamSpec> param_specs(const Config& c);  // lm_head excluded when tied
-std::string shape_str(const std::vector<int64_t>& shape);  // "[2, 3]" for messages
 
 // Points every view of `w` at the tensors in `data`, indexed like param_specs(c); data[i] must
 // hold param_specs(c)[i] (matrices in any dtype via MatView, vectors as F32).
