@@ -1,5 +1,7 @@
 #include "base/dtype.h"
 
+#include <cstring>
+
 #include "base/error.h"
 
 namespace hymba {
@@ -71,22 +73,33 @@ uint16_t f32_to_f16(float f) {
   return uint16_t(sign | r);
 }
 
+namespace {
+template <class T>
+T load_unaligned(const unsigned char* p) {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+}  // namespace
+
 void to_f32(float* dst, const void* src, DType t, size_t n) {
   switch (t) {
     case DType::F32: std::memcpy(dst, src, n * 4); return;
+    // Element by element through memcpy: safetensors data offsets need not be aligned (found by
+    // fuzz/adapter_fuzz.cpp: a uint16_t load at an odd address is undefined behaviour).
     case DType::BF16: {
-      auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      auto* s = static_cast<const unsigned char*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(load_unaligned<uint16_t>(s + 2 * i));
       return;
     }
     case DType::F16: {
-      auto* s = static_cast<const uint16_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+      auto* s = static_cast<const unsigned char*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(load_unaligned<uint16_t>(s + 2 * i));
       return;
     }
     case DType::F64: {
-      auto* s = static_cast<const double*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = float(s[i]);
+      auto* s = static_cast<const unsigned char*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = float(load_unaligned<double>(s + 8 * i));
       return;
     }
     default: fail(std::string("cannot convert dtype ") + dtype_name(t) + " to F32");
