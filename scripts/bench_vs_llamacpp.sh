@@ -13,12 +13,15 @@
 # Environment:
 #   REPS=3            repetitions per engine and row (alternating; odd reps run llama.cpp first)
 #   THREADS=2         threads for both engines
+#   PP=512 TG=128     prompt and generated tokens of the main rows (llama-bench -p/-n)
 #   TYPES="bf16 q8_0 q4_0"   weight types (llama.cpp: F16, Q8_0, Q4_0)
 #   DEPTH=8192        also decode (tg64) after DEPTH tokens of context, bf16/F16 only; 0 = skip
 #                     (costs a DEPTH-token prefill per rep and engine: minutes)
 #   BATCHES=""        e.g. "4 8": aggregate decode of that many sequences at BATCH_DEPTH context;
 #   BATCH_DEPTH=0     llama.cpp side needs LLAMA_BATCHED_BENCH (default: llama-batched-bench next to
 #                     LLAMA_BENCH); bf16/F16 only
+#   LLAMA_ARGS=""     extra llama-bench arguments, e.g. "-lm none" (read the GGUF into memory, as
+#   HYMBA_ARGS=""     hymba does by default, instead of mmap); HYMBA_ARGS e.g. "--mmap"
 #   HYMBA=build/hymba LLAMA_BATCHED_BENCH=...  binaries
 #   OUT=DIR           keep raw outputs there (default: a temporary folder, removed)
 set -euo pipefail
@@ -33,8 +36,10 @@ HYMBA_MODELS=${2:-build/bench-models}
 [ -d "$GGUF_DIR" ] || die "GGUF_DIR $GGUF_DIR is not a folder"
 HYMBA=${HYMBA:-build/hymba}
 [ -x "$HYMBA" ] || die "HYMBA=$HYMBA is not an executable (cmake --build build --target hymba)"
-REPS=${REPS:-3} THREADS=${THREADS:-2} TYPES=${TYPES:-bf16 q8_0 q4_0}
+REPS=${REPS:-3} THREADS=${THREADS:-2} PP=${PP:-512} TG=${TG:-128} TYPES=${TYPES:-bf16 q8_0 q4_0}
 DEPTH=${DEPTH:-8192} BATCHES=${BATCHES:-} BATCH_DEPTH=${BATCH_DEPTH:-0}
+read -r -a LLAMA_EXTRA <<<"${LLAMA_ARGS:-}"
+read -r -a HYMBA_EXTRA <<<"${HYMBA_ARGS:-}"
 LLAMA_BATCHED_BENCH=${LLAMA_BATCHED_BENCH:-$(dirname "$LLAMA_BENCH")/llama-batched-bench}
 CONFIG=tests/configs/hymba-1.5b.json
 
@@ -70,10 +75,10 @@ RES=$RAW/results.tsv  # engine  row  type  tok/s
 # llama-bench -o jsonl: one line per test with n_prompt, n_gen, n_depth, avg_ts.
 llama_run() {  # type rep
   local t=$1 log=$RAW/llama-$1-$2.jsonl
-  "$LLAMA_BENCH" -m "$(gguf_of "$t")" -t "$THREADS" -p 512 -n 128 -r 1 -o jsonl >"$log" 2>"$log.err" ||
+  "$LLAMA_BENCH" -m "$(gguf_of "$t")" -t "$THREADS" -p "$PP" -n "$TG" -r 1 -o jsonl "${LLAMA_EXTRA[@]}" >"$log" 2>"$log.err" ||
     die "llama-bench failed on $(gguf_of "$t"); see $log.err (set OUT=DIR to keep it)"
   if [ "$t" = bf16 ] && [ "$DEPTH" -gt 0 ]; then
-    "$LLAMA_BENCH" -m "$(gguf_of "$t")" -t "$THREADS" -p 0 -n 64 -d "$DEPTH" -r 1 -o jsonl >>"$log" 2>>"$log.err" ||
+    "$LLAMA_BENCH" -m "$(gguf_of "$t")" -t "$THREADS" -p 0 -n 64 -d "$DEPTH" -r 1 -o jsonl "${LLAMA_EXTRA[@]}" >>"$log" 2>>"$log.err" ||
       die "llama-bench -d $DEPTH failed; see $log.err"
   fi
   /usr/bin/python3 - "$log" "$t" >>"$RES" <<'EOF'
@@ -107,7 +112,7 @@ EOF
 
 hymba_json() {  # log engine-row-prefix type args...
   local log=$1 t=$2 kind=$3; shift 3
-  "$HYMBA" bench -m "$HYMBA_MODELS/$t" -t "$THREADS" --no-peaks --json "$@" >"$log" 2>"$log.err" ||
+  "$HYMBA" bench -m "$HYMBA_MODELS/$t" -t "$THREADS" --no-peaks --json "${HYMBA_EXTRA[@]}" "$@" >"$log" 2>"$log.err" ||
     die "hymba bench failed on $HYMBA_MODELS/$t; see $log.err (set OUT=DIR to keep it)"
   /usr/bin/python3 - "$log" "$t" "$kind" >>"$RES" <<'EOF'
 import json, sys
@@ -125,7 +130,7 @@ EOF
 
 hymba_run() {  # type rep
   local t=$1
-  hymba_json "$RAW/hymba-$t-$2.json" "$t" pp -p 512 -n 128
+  hymba_json "$RAW/hymba-$t-$2.json" "$t" pp -p "$PP" -n "$TG"
   if [ "$t" = bf16 ] && [ "$DEPTH" -gt 0 ]; then
     hymba_json "$RAW/hymba-$t-$2-d.json" "$t" depth -p 1 -n 64 -d "$DEPTH"
   fi
