@@ -4,9 +4,6 @@
 #include <exception>
 
 #include <malloc.h>
-#include <unistd.h>
-
-#include <cstdlib>
 
 #include "base/error.h"
 #include "command.h"
@@ -19,15 +16,6 @@ std::vector<Command>& registry() {
 }  // namespace hymba::cli
 
 int main(int argc, char** argv) {
-  // OpenMP threads that spin while waiting (libgomp's default) stall a 2-core machine that also
-  // runs anything else: every one of the ~200 parallel regions of a decode step waits for a
-  // thread the kernel has descheduled (measured: 0.8-3 vs 6-12 tok/s for the 1.5B q4_0 decode
-  // while two compilers ran). libgomp reads the policy only at start-up, so set it and start
-  // again; an OMP_WAIT_POLICY the user set is kept (OMP_WAIT_POLICY=active restores spinning).
-  if (!std::getenv("OMP_WAIT_POLICY")) {
-    setenv("OMP_WAIT_POLICY", "passive", 1);
-    execv("/proc/self/exe", argv);  // on failure: carry on with the default policy
-  }
   // Every forward/backward allocates its activations afresh; by default glibc hands large blocks
   // back to the kernel on free, and the next step page-faults them in again (1.6x slower
   // training, `hymba bench --train`). Keep freed memory in the process instead.
