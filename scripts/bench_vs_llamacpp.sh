@@ -118,13 +118,15 @@ hymba_json() {  # log engine-row-prefix type args...
 import json, sys
 j = json.load(open(sys.argv[1]))
 t, kind = sys.argv[2], sys.argv[3]
-if kind == "pp":
-    print(f"hymba.cpp\tpp{j['n_prompt']}\t{t}\t{j['prefill_tok_s']}")
-    print(f"hymba.cpp\ttg{j['n_gen']}\t{t}\t{j['decode_tok_s']}")
-elif kind == "depth":
-    print(f"hymba.cpp\ttg{j['n_gen']} @ d{j['depth']}\t{t}\t{j['decode_tok_s']}")
-else:
-    print(f"hymba.cpp\ttg{j['n_gen']} x{j['batch']} @ d{j['depth']}\t{t}\t{j['decode_tok_s']}")
+for r in j["rows"]:  # hymba bench --json: one row per test
+    if r["n_prompt"] > 0:
+        print(f"hymba.cpp\tpp{r['n_prompt']}\t{t}\t{r['tok_s']}")
+    elif kind == "batch":
+        print(f"hymba.cpp\ttg{r['n_gen']} x{r['batch']} @ d{r['depth']}\t{t}\t{r['tok_s']}")
+    elif r["depth"] > 0:
+        print(f"hymba.cpp\ttg{r['n_gen']} @ d{r['depth']}\t{t}\t{r['tok_s']}")
+    else:
+        print(f"hymba.cpp\ttg{r['n_gen']}\t{t}\t{r['tok_s']}")
 EOF
 }
 
@@ -132,10 +134,10 @@ hymba_run() {  # type rep
   local t=$1
   hymba_json "$RAW/hymba-$t-$2.json" "$t" pp -p "$PP" -n "$TG"
   if [ "$t" = bf16 ] && [ "$DEPTH" -gt 0 ]; then
-    hymba_json "$RAW/hymba-$t-$2-d.json" "$t" depth -p 1 -n 64 -d "$DEPTH"
+    hymba_json "$RAW/hymba-$t-$2-d.json" "$t" depth -p 0 -n 64 -d "$DEPTH"
   fi
   if [ "$t" = bf16 ]; then
-    for b in $BATCHES; do hymba_json "$RAW/hymba-$t-$2-b$b.json" "$t" batch -p 1 -n 64 -b "$b" -d "$BATCH_DEPTH"; done
+    for b in $BATCHES; do hymba_json "$RAW/hymba-$t-$2-b$b.json" "$t" batch -p 0 -n 64 -b "$b" -d "$BATCH_DEPTH"; done
   fi
 }
 
