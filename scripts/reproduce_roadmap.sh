@@ -104,7 +104,7 @@ for name in $CONFIGS; do
   "$HYMBA" eval -m "$run" --task needle --data "$HAY" --lengths "$NEEDLE_LEN" --depths 0,50,100 --json "$m/needle.json" $T >/dev/null 2>&1
   for c in $CTXS; do
     "$HYMBA" info -m "$run" --context "$c" --json > "$m/info-$c.json"
-    "$HYMBA" bench -m "$run" -p 8 -n $([ $TINY = 1 ] && echo 4 || echo 32) -d "$c" --no-peaks --json $T > "$m/bench-$c.json" 2>/dev/null
+    "$HYMBA" bench -m "$run" -p 0 -n $([ $TINY = 1 ] && echo 4 || echo 32) -d "$c" --no-peaks --json $T > "$m/bench-$c.json" 2>/dev/null
   done
   echo "== $name: measured" >&2
 done
@@ -122,7 +122,7 @@ for n in names:
     rows[n] = {"parameters": ld(f"info-{ctxs[0]}.json")["parameters"], "val_ppl": ld("ppl.json")["ppl"],
                "mqar_acc": ld("mqar.json")["acc"], "needle": sum(cells) / len(cells),
                **{f"state_mib_{c}": ld(f"info-{c}.json")["state_bytes"] / 2**20 for c in ctxs},
-               **{f"decode_tok_s_{c}": ld(f"bench-{c}.json")["decode_tok_s"] for c in ctxs}}
+               **{f"decode_tok_s_{c}": [r for r in ld(f"bench-{c}.json")["rows"] if r["n_gen"]][0]["tok_s"] for c in ctxs}}
 json.dump({"steps": steps, "batch": batch, "seq_len": seq, "tokens": steps * batch * seq, "runs": rows},
           open(f"{out}/roadmap.json", "w"), indent=1)
 lines = ["# The design roadmap at small scale", "",
