@@ -205,6 +205,11 @@ class Server {
     while (!(idle = in_flight_ == 0) && Clock::now() < until && !hurry())
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     sched_.cancel_all("the server is shutting down");
+    // The ended streams still write their error event and [DONE]: give them a moment before the
+    // sockets are closed (seen lost under load otherwise).
+    const auto flush = Clock::now() + std::chrono::seconds(2);
+    while (!idle && in_flight_ > 0 && Clock::now() < flush)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     return idle;
   }
 
