@@ -28,7 +28,6 @@ struct QActs {
   const int8_t* q;
   const float* d;
   const int32_t* g;
-  int64_t K;
 };
 }  // namespace hymba
 #endif
@@ -181,7 +180,6 @@ void GemvRange(float* out, const float* in, const void* w, int dtype, const floa
 
 void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, int32_t* g) {
   const DF df;
-  const hn::RebindToSigned<DF> di;
   const hn::Rebind<int8_t, DF> d8;
   const int64_t NL = int64_t(hn::Lanes(df));
   const int64_t KB = K / kQ8Block;
@@ -206,7 +204,6 @@ void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, int
       for (int j = 0; j < 8; ++j) g[b * 8 + j] = 8 * (qb[4 * j] + qb[4 * j + 1] + qb[4 * j + 2] + qb[4 * j + 3]);
     }
   }
-  (void)di;
 }
 
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
@@ -329,7 +326,7 @@ void GemvQRange(float* out, const QActs& a, const void* w, int dtype, const floa
   for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
     const int64_t b1 = std::min(n1, b0 + kBlock);
     int64_t m = 0;
-    auto at = [&](int64_t m) { return QActs{a.q + m * K, a.d + m * KB, a.g ? a.g + m * KB * 8 : nullptr, K}; };
+    auto at = [&](int64_t m) { return QActs{a.q + m * K, a.d + m * KB, a.g ? a.g + m * KB * 8 : nullptr}; };
     for (; m + 2 <= M; m += 2) RowsQ<2>(out + m * N, N, at(m), w, q4, sc, K, bias, b0, b1, acc);
     if (m < M) RowsQ<1>(out + m * N, N, at(m), w, q4, sc, K, bias, b0, b1, acc);
   }
@@ -407,7 +404,7 @@ QActs quantize_acts(const float* in, int64_t M, int64_t K, bool sums) {
   if (buf.d.size() < size_t(M * KB)) buf.d.resize(size_t(M * KB));
   if (sums && buf.g.size() < size_t(M * KB * 8)) buf.g.resize(size_t(M * KB * 8));
   HWY_DYNAMIC_DISPATCH(QuantizeActs)(in, M, K, buf.q.data(), buf.d.data(), sums ? buf.g.data() : nullptr);
-  return {buf.q.data(), buf.d.data(), sums ? buf.g.data() : nullptr, K};
+  return {buf.q.data(), buf.d.data(), sums ? buf.g.data() : nullptr};
 }
 
 void gemv(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc) {
