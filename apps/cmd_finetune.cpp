@@ -6,6 +6,7 @@
 #include "base/error.h"
 #include "command.h"
 #include "common.h"
+#include "train/dist.h"
 #include "train/finetune.h"
 #include "train/trainer.h"
 
@@ -34,7 +35,7 @@ void run(Opts& o) {
   if (o.train_meta || o.freeze_meta) o.f.train_meta_tokens = o.train_meta ? 1 : 0;
   if (o.f.model.empty()) o.f.model = default_model_dir();
   std::signal(SIGINT, [](int) { g_train_stop.store(true); });
-  finetune(o.f);
+  dist_run([&] { finetune(o.f); });
 }
 
 void add_options(CLI::App& sub, const std::shared_ptr<Opts>& o, bool dpo) {

@@ -1,6 +1,5 @@
 // hymba train: train or fine-tune a Hymba model (or one of the paper's baselines) on a token file.
 #include <csignal>
-#include <cstdio>
 #include <memory>
 
 #include "base/error.h"
@@ -22,16 +21,7 @@ void run(Opts& o) {
   apply_threads(o.threads);
   o.t.schedule.kind = parse_lr_schedule(o.schedule);
   std::signal(SIGINT, [](int) { g_train_stop.store(true); });
-  try {
-    train(o.t);
-  } catch (const std::exception& e) {
-    if (dist().size > 1) {  // under mpirun: stop the other ranks too, not only this one
-      std::fprintf(stderr, "hymba: error (MPI rank %d): %s\n", dist().rank, e.what());
-      std::fflush(stderr);
-      dist_abort(1);
-    }
-    throw;
-  }
+  dist_run([&] { train(o.t); });
 }
 
 Register reg("train", "Train or fine-tune a model on tokenized data", [](CLI::App& sub) {

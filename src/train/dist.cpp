@@ -1,7 +1,10 @@
 #include "train/dist.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
+#include <vector>
 
 #include "base/error.h"
 
@@ -97,5 +100,35 @@ void dist_barrier() {}
 void dist_abort(int) {}
 
 #endif
+
+std::pair<int64_t, int64_t> dist_share(int64_t n) {
+  const DistInfo& d = dist();
+  return {n * d.rank / d.size, n * (d.rank + 1) / d.size};
+}
+
+double dist_reduce_step(float* grad, size_t n, std::span<double> scalars, std::atomic<bool>& stop) {
+  if (dist().size == 1) return 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  dist_sum(grad, n);
+  std::vector<double> s(scalars.begin(), scalars.end());
+  s.push_back(stop.load() ? 1.0 : 0.0);  // the flag travels with the scalars: one more collective saved
+  dist_sum(s.data(), s.size());
+  std::copy(s.begin(), s.end() - 1, scalars.begin());
+  if (s.back() > 0) stop = true;
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void dist_run(const std::function<void()>& body) {
+  try {
+    body();
+  } catch (const std::exception& e) {
+    if (dist().size > 1) {  // under mpirun: stop the other ranks too, not only this one
+      std::fprintf(stderr, "hymba: error (MPI rank %d): %s\n", dist().rank, e.what());
+      std::fflush(stderr);
+      dist_abort(1);
+    }
+    throw;
+  }
+}
 
 }  // namespace hymba

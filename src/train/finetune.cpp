@@ -15,6 +15,7 @@
 #include "runtime/tokenizer.h"
 #include "train/adapter.h"
 #include "train/checkpoint.h"
+#include "train/dist.h"
 #include "train/dpo.h"
 #include "train/params.h"
 #include "train/sft.h"
@@ -44,6 +45,13 @@ FinetuneResult finetune(const FinetuneOptions& o) {
               "--dropout is for --method lora (PEFT's DoRA dropout also reroutes the base path: not implemented)");
   HYMBA_CHECK(o.seq_len >= 2 && o.grad_accum >= 1 && o.epochs >= 1, "--seq-len >= 2, --grad-accum >= 1, --epochs >= 1");
   HYMBA_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction must be in [0, 1)");
+  // Data parallel (mpirun -np K): a step's --grad-accum micro-batches are the global batch; each
+  // rank computes a contiguous share of them (as `hymba train` shares its rows), the gradients are
+  // summed over ranks, rank 0 alone validates and writes.
+  const DistInfo& dp = dist();
+  HYMBA_CHECK(o.grad_accum >= dp.size, "--grad-accum " + std::to_string(o.grad_accum) + " is smaller than the " +
+                                           std::to_string(dp.size) + " MPI ranks (each needs a micro-batch)");
+  const auto [k_lo, k_hi] = dist_share(o.grad_accum);
   HYMBA_CHECK(!o.out.empty(), "--out is required");
   std::error_code ec;
   fs::create_directories(o.out, ec);
@@ -53,7 +61,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   else HYMBA_CHECK(ck.empty(), "--out " + o.out + " already holds a run: pass --resume to continue it, "
                                "or choose another folder");
 
-  clean_stale_checkpoints(o.out);
+  if (dp.root()) clean_stale_checkpoints(o.out);
   auto tok = Tokenizer::load(o.model);
   const bool dpo = o.dpo_beta > 0;
   std::vector<SftExample> all;
@@ -114,10 +122,14 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   // the model before any step, which a resumed run reloads from --model).
   auto seq = [](const SftExample& e) { return SeqRef{e.inputs.data(), e.targets.data(), int64_t(e.inputs.size())}; };
   auto ref_logps = [&](HymbaModel& m, std::vector<PreferencePair>& ps) {
-    for (auto& p : ps) {
-      p.ref_chosen = sequence_logp(m, seq(p.chosen));
-      p.ref_rejected = sequence_logp(m, seq(p.rejected));
-    }
+    // Each rank computes its share; the sum over ranks hands every rank all of them.
+    const auto [lo, hi] = dist_share(int64_t(ps.size()));
+    std::vector<double> v(2 * ps.size(), 0.0);
+    for (int64_t i = lo; i < hi; ++i)
+      v[size_t(2 * i)] = sequence_logp(m, seq(ps[size_t(i)].chosen)),
+                    v[size_t(2 * i + 1)] = sequence_logp(m, seq(ps[size_t(i)].rejected));
+    dist_sum(v.data(), v.size());
+    for (size_t i = 0; i < ps.size(); ++i) ps[i].ref_chosen = v[2 * i], ps[i].ref_rejected = v[2 * i + 1];
   };
   if (dpo) {
     if (adapters && ad.meta) {  // the model below uses the adapter's meta tokens, the reference the base's
@@ -207,6 +219,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
                                                                  : std::string("step,loss,lr,grad_norm,tokens_per_s,val_loss") +
                                                                        (dpo ? ",rewards/chosen,rewards/rejected,rewards/accuracies,rewards/margins,logps/chosen,logps/rejected\n" : "\n");
   auto save = [&]() {
+    if (!dp.root()) return;
     const std::string dir = begin_checkpoint(o.out, step);
     if (adapters) save_peft_adapter(ad, dir, fs::absolute(o.model).string());
     else save_arena_checkpoint(arena, dir, DType::F32);
@@ -216,20 +229,27 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     commit_checkpoint(o.out, dir, step, 1);
   };
 
-  if (!o.quiet)
+  const size_t n_params = adapters ? ad.data.size() : arena.data.size();
+  dist_broadcast(params, n_params);  // identical start on every rank
+  const bool logs = dp.root() && !o.quiet;
+  if (logs && dp.size > 1)
+    std::fprintf(stderr, "data parallel over %d MPI ranks: %lld micro-batches of each step per rank\n", dp.size,
+                 (long long)(k_hi - k_lo));
+  if (logs)
     std::fprintf(stderr, "%s: %s, %zu train / %zu validation %s in %zu rows, %lld steps, %lld trainable parameters\n",
                  dpo ? "dpo" : "finetune", o.method.c_str(), dpo ? train_pairs.size() : train.size(),
                  dpo ? val_pairs.size() : val.size(), dpo ? "pairs" : "conversations", packs.size(),
                  (long long)total, (long long)(adapters ? ad.data.size() : arena.data.size()));
   FinetuneResult r;
   r.total_steps = total;
-  if (step == 0 && !o.quiet && (dpo ? !val_pairs.empty() : !val.empty()))
+  if (step == 0 && logs && (dpo ? !val_pairs.empty() : !val.empty()))
     std::fprintf(stderr, "step 0 | val %.4f\n", eval_val());  // the starting point, for comparison
   const double t0 = now_s();
   const int64_t step0 = step;
   int64_t session_tokens = 0;
+  double comm = 0;  // seconds in the gradient all-reduce (incl. waiting for slower ranks)
   while (step < total) {
-    std::fill(gradbuf, gradbuf + (adapters ? ad.grad.size() : arena.grad.size()), 0.0f);
+    std::fill(gradbuf, gradbuf + n_params, 0.0f);
     // The step's loss is the mean over all its assistant tokens: each micro-batch is weighted
     // by its share of them.
     int64_t step_count = 0, step_tokens = 0;
@@ -239,7 +259,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     auto dropout_for = [&](int k) {
       if (o.dropout > 0) model.set_adapter_dropout(float(o.dropout), fnv1a64(&step, sizeof step, o.seed * 31 + uint64_t(k)));
     };
-    for (int k = 0; dpo && k < o.grad_accum; ++k) {
+    for (int k = int(k_lo); dpo && k < k_hi; ++k) {
       dropout_for(k);
       const PreferencePair& p = train_pairs[size_t(pack_of(step * o.grad_accum + k)[0])];
       const DpoPair q = pair_of(p);
@@ -250,7 +270,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     if (dpo) loss = ds.loss;
     for (int k = 0; !dpo && k < o.grad_accum; ++k)
       for (int64_t i : pack_of(step * o.grad_accum + k)) step_count += train[size_t(i)].counted();
-    for (int k = 0; !dpo && k < o.grad_accum; ++k) {
+    for (int k = int(k_lo); !dpo && k < k_hi; ++k) {
       const auto s = refs(train, pack_of(step * o.grad_accum + k));
       int64_t cnt = 0;
       for (const auto& q : s) cnt += std::count_if(q.targets, q.targets + q.n, [](int32_t t) { return t >= 0; }), step_tokens += q.n;
@@ -259,6 +279,16 @@ FinetuneResult finetune(const FinetuneOptions& o) {
       loss += w * loss_and_grads(model, grads, s, w);
     }
     model.set_adapter_dropout(0.0f, 0);  // validation and DPO references see the adapters whole
+    if (dp.size > 1) {  // sums over ranks; DPO's pair-weighted means go as sums
+      const double np = double(ds.pairs);
+      double sc[9] = {loss, ds.reward_chosen * np, ds.reward_rejected * np, ds.accuracy * np, ds.margin * np,
+                      ds.logp_chosen * np, ds.logp_rejected * np, np, double(step_tokens)};
+      if (dpo) sc[0] *= np;
+      comm += dist_reduce_step(gradbuf, n_params, sc, g_train_stop);
+      const double inv = dpo && sc[7] > 0 ? 1.0 / sc[7] : 1.0;
+      loss = sc[0] * inv, step_tokens = int64_t(sc[8]);
+      ds = {sc[0] * inv, sc[1] * inv, sc[2] * inv, sc[3] * inv, sc[4] * inv, sc[5] * inv, sc[6] * inv, int64_t(sc[7])};
+    }
     HYMBA_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
                                          std::to_string(step) + " (try a lower --lr)");
     const float lr = ts.schedule.lr(step);
@@ -268,7 +298,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     if (step == step0 + 1) r.first_loss = loss;
     r.last_loss = loss;
     double v = -1;
-    if ((o.eval_every > 0 && step % o.eval_every == 0) || step == total) v = eval_val(), r.val_loss = v;
+    if (dp.root() && ((o.eval_every > 0 && step % o.eval_every == 0) || step == total)) v = eval_val(), r.val_loss = v;
     const double el = std::max(now_s() - t0, 1e-9);
     const double tps = double(session_tokens) / el;
     char row[320];
@@ -280,7 +310,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
       csv += row;
     }
     csv += "\n";
-    if (!o.quiet && (step % o.log_every == 0 || step == total || v >= 0)) {
+    if (logs && (step % o.log_every == 0 || step == total || v >= 0)) {
       const double rate = double(step - step0) / el;
       std::fprintf(stderr, "step %lld/%lld | loss %.4f | lr %.2e | gnorm %.3f | %.0f tok/s | ETA %.0fs",
                    (long long)step, (long long)total, loss, lr, gnorm, tps, double(total - step) / std::max(rate, 1e-9));
@@ -288,6 +318,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
         std::fprintf(stderr, " | rewards/chosen %.3f | rewards/rejected %.3f | rewards/accuracies %.2f | rewards/margins %.3f",
                      ds.reward_chosen, ds.reward_rejected, ds.accuracy, ds.margin);
       if (v >= 0) std::fprintf(stderr, " | val %.4f", v);
+      if (dp.size > 1) std::fprintf(stderr, " | allreduce %.0f%%", 100 * comm / el);
       std::fprintf(stderr, "\n");
     }
     if (g_train_stop.load() || (o.stop_after > 0 && step >= o.stop_after && step < total)) {
@@ -297,8 +328,9 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     if (o.save_every > 0 && step % o.save_every == 0 && step < total) save();
   }
   save();
+  dist_barrier();  // the other ranks end once rank 0's checkpoint is complete
   r.steps_done = step;
-  if (!o.quiet)
+  if (logs)
     std::fprintf(stderr, "%s at step %lld; %s in %s\n", r.interrupted ? "interrupted, saved" : "done",
                  (long long)step, adapters ? "adapter" : "model", o.out.c_str());
   return r;

@@ -91,7 +91,7 @@ TrainResult train(const TrainOptions& o) {
   const DistInfo& dp = dist();
   HYMBA_CHECK(o.batch >= dp.size, "--batch " + std::to_string(o.batch) + " is smaller than the " +
                                       std::to_string(dp.size) + " MPI ranks (each needs a row)");
-  const int64_t row_lo = int64_t(o.batch) * dp.rank / dp.size, row_hi = int64_t(o.batch) * (dp.rank + 1) / dp.size;
+  const auto [row_lo, row_hi] = dist_share(o.batch);
   if (dp.size > 1 && dp.root() && !o.quiet)
     std::fprintf(stderr, "data parallel over %d MPI ranks: %lld rows of each batch per rank\n", dp.size,
                  (long long)(row_hi - row_lo));
@@ -217,15 +217,7 @@ TrainResult train(const TrainOptions& o) {
       const double l = loss_and_grads(model, arena, in.data() + at, tg.data() + at, row_hi - row_lo, o.seq_len, w);
       loss += (dp.size == 1 ? l : l * w) / o.grad_accum;
     }
-    if (dp.size > 1) {
-      const double t0 = now_s();
-      dist_sum(arena.grad.data(), arena.grad.size());
-      double shared[2] = {loss, g_train_stop.load() ? 1.0 : 0.0};  // a Ctrl-C on any rank stops all
-      dist_sum(shared, 2);
-      loss = shared[0];
-      if (shared[1] > 0) g_train_stop = true;
-      comm_since_log += now_s() - t0;
-    }
+    comm_since_log += dist_reduce_step(arena.grad.data(), arena.grad.size(), std::span<double>(&loss, 1), g_train_stop);
     HYMBA_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
                                          std::to_string(step) + " (try a lower --lr)");
     const float lr = sched.lr(step);
