@@ -50,7 +50,7 @@ struct Opts : ModelFlags {
   int64_t cache_ram_mib = 1024, max_body = 16 << 20;
   int threads_http = 256, backlog = 512, timeout = 30, keep_alive = 5, keep_alive_max = 100;
   int max_queue = 256, request_timeout = 600, shutdown_timeout = 10;
-  std::string state_store;
+  std::string state_store, state_store_key;
   int state_store_ttl = 3600, state_store_max_mib = 256;
   std::vector<std::string> loras;  // --lora: DIR[:scale] (the default) or NAME=DIR[:scale]
 };
@@ -283,6 +283,8 @@ class Server {
     metric("hymba_prefix_cache_bytes", "gauge", "Bytes of kept states.", s.snapshot_bytes);
     metric("hymba_state_store_hits_total", "counter", "Prompts that continued from a state in --state-store.", s.store_hits);
     metric("hymba_state_store_errors_total", "counter", "Failed --state-store reads and writes.", s.store_errors);
+    metric("hymba_state_store_rejected_total", "counter",
+           "Entries of --state-store whose --state-store-key MAC did not verify (processed instead).", s.store_rejected);
     metric("hymba_http_busy_threads", "gauge", "Connection threads serving a client.", pool_.busy());
     return o.str();
   }
@@ -602,8 +604,10 @@ void run(const Opts& o) {
     listen_fd = sock;
   });
   std::unique_ptr<StateStore> store;
+  HYMBA_CHECK(o.state_store_key.empty() || !o.state_store.empty(), "--state-store-key needs --state-store");
   if (!o.state_store.empty())
-    store = connect_state_store(o.state_store, o.state_store_ttl, size_t(o.state_store_max_mib) << 20);
+    store = connect_state_store(o.state_store, o.state_store_ttl, size_t(o.state_store_max_mib) << 20,
+                                o.state_store_key.empty() ? std::string() : read_state_store_key(o.state_store_key));
   Server srv(o, *eng, *tok, *pool, store.get());
   srv.routes(http);
   int port = o.port;
@@ -693,6 +697,11 @@ Register reg("server", "OpenAI-compatible HTTP server with continuous batching",
                  "replicas behind a load balancer continue each other's prompts");
   sub.add_option("--state-store-ttl", o->state_store_ttl, "seconds a state stays in --state-store (default 3600)");
   sub.add_option("--state-store-max-mb", o->state_store_max_mib, "larger states are not stored, MiB (default 256)");
+  sub.add_option("--state-store-key", o->state_store_key,
+                 "file holding a secret shared by the replicas (>= 16 bytes, e.g. `openssl rand -hex 32`): entries carry "
+                 "an HMAC-SHA256 with it and one that does not verify is not restored; without it the server trusts "
+                 "its Redis (docs/SERVING.md)")
+      ->envname("HYMBA_STATE_STORE_KEY_FILE");
   sub.callback([o] { run(*o); });
 });
 

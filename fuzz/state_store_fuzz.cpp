@@ -2,8 +2,11 @@
 // token prefix, checksum, serialize_state bytes, decoded into a fresh sequence of
 // tests/configs/tiny-hymba.json. The first byte steers the target: bit 0 recomputes the checksum
 // (a forged entry, so that the state parser behind it is reached), bit 1 asks for another model
-// tag, bit 2 for a prefix one token shorter than the entry's. A refused entry must leave the
-// sequence as it was; an accepted one must be exactly the entry for the asked prefix and model.
+// tag, bit 2 for a prefix one token shorter than the entry's, bit 3 sends the entry through a
+// keyed store (--state-store-key: sealed with an HMAC-SHA256, opened again) before the parser, as
+// a replica with a key reads it; the parser behind the MAC is what is fuzzed either way. A refused
+// entry must leave the sequence as it was; an accepted one must be exactly the entry for the
+// asked prefix and model.
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -41,6 +44,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         std::memcpy(v.data() + sum_at, &sum, 8);
       }
     }
+  }
+  if ((mode & 8) && state_mac_available()) {
+    static const std::string key = "fuzz-state-store-key-0123456789";
+    const auto opened = open_state_entry(key, seal_state_entry(key, v));
+    fuzz::require(opened && *opened == v, "a sealed entry opens to itself");
+    std::string flipped = seal_state_entry(key, v);
+    flipped[size_t(mode) % flipped.size()] ^= 0x20;
+    fuzz::require(!open_state_entry(key, flipped), "a flipped byte fails the MAC");
   }
   const bool other_tag = mode & 2, shorter = (mode & 4) && !tokens.empty();
   if (shorter) tokens.pop_back();

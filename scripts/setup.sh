@@ -5,7 +5,7 @@ PKGS=(
   build-essential cmake pkg-config git
   libopenblas-dev libopenblas-openmp-dev libomp-dev nlohmann-json3-dev libcli11-dev libhwy-dev libcpp-httplib-dev
   libsentencepiece-dev sentencepiece
-  libhiredis-dev redis-server
+  libhiredis-dev redis-server libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   clang libclang-rt-dev
   openmpi-bin libopenmpi-dev

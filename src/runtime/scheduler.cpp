@@ -162,6 +162,7 @@ Scheduler::Stats Scheduler::stats() const {
   s.busy_seconds = double(busy_us_) * 1e-6;
   s.store_hits = n_store_hits_;
   s.store_errors = opts_.store ? opts_.store->errors() : 0;
+  s.store_rejected = opts_.store ? opts_.store->rejected() : 0;
   return s;
 }
 

@@ -109,7 +109,7 @@ class Scheduler {
     int64_t running = 0, waiting = 0;
     int64_t prompt_tokens = 0, cached_tokens = 0, generated_tokens = 0;
     int64_t prefix_lookups = 0, prefix_hits = 0, snapshots = 0, snapshot_bytes = 0;
-    int64_t store_hits = 0, store_errors = 0;  // --state-store
+    int64_t store_hits = 0, store_errors = 0, store_rejected = 0;  // --state-store
     double busy_seconds = 0;  // wall time the worker spent in forwards
   };
   Stats stats() const;

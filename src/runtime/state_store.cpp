@@ -1,14 +1,22 @@
 #include "runtime/state_store.h"
 
+#include <atomic>
+#include <cctype>
 #include <cstring>
 #include <mutex>
 
 #ifdef HYMBA_HAVE_HIREDIS
 #include <hiredis/hiredis.h>
 #endif
+#ifdef HYMBA_HAVE_OPENSSL
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#endif
 
 #include "base/error.h"
 #include "base/hash.h"
+#include "io/files.h"
 
 namespace hymba {
 
@@ -76,6 +84,80 @@ bool decode_state_entry(const std::string& v, uint64_t model_tag, const std::vec
   return true;
 }
 
+#ifdef HYMBA_HAVE_OPENSSL
+bool state_mac_available() { return true; }
+namespace {
+std::string hmac_sha256(const std::string& key, std::string_view data) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  HYMBA_CHECK(HMAC(EVP_sha256(), key.data(), int(key.size()), reinterpret_cast<const unsigned char*>(data.data()),
+                   data.size(), md, &len) != nullptr && len == kStateMacBytes,
+              "HMAC-SHA256 failed (OpenSSL)");
+  return std::string(reinterpret_cast<const char*>(md), len);
+}
+}  // namespace
+std::string seal_state_entry(const std::string& mac_key, std::string value) {
+  value += hmac_sha256(mac_key, value);
+  return value;
+}
+std::optional<std::string> open_state_entry(const std::string& mac_key, const std::string& sealed) {
+  if (sealed.size() < kStateMacBytes) return std::nullopt;
+  const size_t n = sealed.size() - kStateMacBytes;
+  const std::string mac = hmac_sha256(mac_key, std::string_view(sealed).substr(0, n));
+  if (CRYPTO_memcmp(mac.data(), sealed.data() + n, kStateMacBytes) != 0) return std::nullopt;
+  return sealed.substr(0, n);
+}
+#else
+bool state_mac_available() { return false; }
+std::string seal_state_entry(const std::string&, std::string) {
+  throw Error("--state-store-key: this build has no OpenSSL (install libssl-dev and rebuild)");
+}
+std::optional<std::string> open_state_entry(const std::string&, const std::string&) {
+  throw Error("--state-store-key: this build has no OpenSSL (install libssl-dev and rebuild)");
+}
+#endif
+
+namespace {
+class KeyedStore : public StateStore {
+ public:
+  KeyedStore(std::unique_ptr<StateStore> inner, std::string key) : inner_(std::move(inner)), key_(std::move(key)) {}
+  void put(const std::string& key, const std::string& value) override { inner_->put(key, seal_state_entry(key_, value)); }
+  std::optional<std::string> get(const std::string& key) override {
+    auto v = inner_->get(key);
+    if (!v) return v;
+    auto opened = open_state_entry(key_, *v);
+    if (!opened) ++rejected_;
+    return opened;
+  }
+  int64_t errors() const override { return inner_->errors(); }
+  int64_t rejected() const override { return rejected_; }
+
+ private:
+  std::unique_ptr<StateStore> inner_;
+  std::string key_;
+  std::atomic<int64_t> rejected_{0};
+};
+}  // namespace
+
+std::unique_ptr<StateStore> keyed_state_store(std::unique_ptr<StateStore> inner, std::string mac_key) {
+  HYMBA_CHECK(state_mac_available(), "--state-store-key: this build has no OpenSSL (install libssl-dev and rebuild)");
+  HYMBA_CHECK(mac_key.size() >= 16, "--state-store-key: the key must be at least 16 bytes (e.g. `openssl rand -hex 32`)");
+  return std::make_unique<KeyedStore>(std::move(inner), std::move(mac_key));
+}
+
+std::string read_state_store_key(const std::string& path) {
+  std::string k;
+  try {
+    k = read_file(path);
+  } catch (const Error& e) {
+    throw Error(std::string("--state-store-key: ") + e.what());
+  }
+  while (!k.empty() && std::isspace(static_cast<unsigned char>(k.back()))) k.pop_back();
+  HYMBA_CHECK(k.size() >= 16, "--state-store-key: " + path + " holds " + std::to_string(k.size()) +
+                                  " bytes; the key must be at least 16 (e.g. `openssl rand -hex 32 > " + path + "`)");
+  return k;
+}
+
 #ifdef HYMBA_HAVE_HIREDIS
 namespace {
 
@@ -140,7 +222,8 @@ class RedisStore : public StateStore {
 }  // namespace
 #endif
 
-std::unique_ptr<StateStore> connect_state_store(const std::string& url, int ttl_seconds, size_t max_bytes) {
+std::unique_ptr<StateStore> connect_state_store(const std::string& url, int ttl_seconds, size_t max_bytes,
+                                                const std::string& mac_key) {
   const std::string scheme = "redis://";
   HYMBA_CHECK(url.compare(0, scheme.size(), scheme) == 0, "--state-store: expected redis://HOST:PORT, got '" + url + "'");
   const std::string hp = url.substr(scheme.size());
@@ -156,8 +239,12 @@ std::unique_ptr<StateStore> connect_state_store(const std::string& url, int ttl_
   }
   HYMBA_CHECK(!host.empty(), "--state-store: no host in '" + url + "'");
   HYMBA_CHECK(ttl_seconds > 0, "--state-store-ttl must be > 0");
+  HYMBA_CHECK(mac_key.empty() || (state_mac_available() && mac_key.size() >= 16),
+              state_mac_available() ? "--state-store-key: the key must be at least 16 bytes"
+                                    : "--state-store-key: this build has no OpenSSL (install libssl-dev and rebuild)");
 #ifdef HYMBA_HAVE_HIREDIS
-  return std::make_unique<RedisStore>(host, port, ttl_seconds, max_bytes);
+  std::unique_ptr<StateStore> store = std::make_unique<RedisStore>(host, port, ttl_seconds, max_bytes);
+  return mac_key.empty() ? std::move(store) : keyed_state_store(std::move(store), mac_key);
 #else
   (void)max_bytes;
   throw Error("--state-store: this build has no Redis client (install libhiredis-dev and rebuild)");

@@ -4,7 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <map>
 
 #include "base/error.h"
 #include "base/hash.h"
@@ -101,6 +104,70 @@ TEST(StateStoreBadInput, RejectsDamagedForeignAndForgedEntries) {
   } catch (const Error& err) {
     EXPECT_NE(std::string(err.what()).find("K/V rows do not match the position"), std::string::npos) << err.what();
   }
+}
+
+// --state-store-key: the MAC in front of the codec above (OpenSSL HMAC-SHA256).
+TEST(StateStoreBadInput, KeyedStoreRefusesEntriesWithoutTheRightMac) {
+  if (!state_mac_available()) GTEST_SKIP() << "built without OpenSSL (libssl-dev)";
+  // RFC 4231 test case 2: it is HMAC-SHA256, not a look-alike.
+  const std::string kat = seal_state_entry("Jefe", "what do ya want for nothing?");
+  std::string hexmac;
+  for (size_t i = kat.size() - kStateMacBytes; i < kat.size(); ++i) {
+    char b[3];
+    std::snprintf(b, sizeof b, "%02x", static_cast<unsigned char>(kat[i]));
+    hexmac += b;
+  }
+  EXPECT_EQ(hexmac, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+
+  struct Mem : StateStore {
+    std::map<std::string, std::string> m;
+    void put(const std::string& k, const std::string& v) override { m[k] = v; }
+    std::optional<std::string> get(const std::string& k) override {
+      auto it = m.find(k);
+      return it == m.end() ? std::nullopt : std::optional<std::string>(it->second);
+    }
+  };
+  auto owned = std::make_unique<Mem>();
+  Mem& raw = *owned;
+  const std::string key(32, 'k');
+  auto store = keyed_state_store(std::move(owned), key);
+  const std::string value = "an entry: magic, tag, tokens, checksum, state";
+  store->put("e", value);
+  ASSERT_EQ(raw.m["e"].size(), value.size() + kStateMacBytes);
+  EXPECT_EQ(store->get("e"), value);
+  EXPECT_EQ(store->get("missing"), std::nullopt);
+  EXPECT_EQ(store->rejected(), 0);
+  const std::string sealed = raw.m["e"];
+  for (size_t i = 0; i < sealed.size(); i += 7) {  // any flipped byte, value or MAC
+    std::string f = sealed;
+    f[i] ^= 0x01;
+    raw.m["e"] = f;
+    EXPECT_EQ(store->get("e"), std::nullopt) << "byte " << i;
+  }
+  raw.m["e"] = value;  // written without a key
+  EXPECT_EQ(store->get("e"), std::nullopt);
+  raw.m["e"] = seal_state_entry(std::string(32, 'o'), value);  // with another key
+  EXPECT_EQ(store->get("e"), std::nullopt);
+  raw.m["e"] = sealed.substr(0, kStateMacBytes - 1);  // shorter than a MAC
+  EXPECT_EQ(store->get("e"), std::nullopt);
+  raw.m["e"] = "";
+  EXPECT_EQ(store->get("e"), std::nullopt);
+  EXPECT_GE(store->rejected(), 5);
+  EXPECT_THROW(keyed_state_store(std::make_unique<Mem>(), "short"), Error);
+
+  // The key file: trailing whitespace dropped, at least 16 bytes.
+  const std::string path = (std::filesystem::temp_directory_path() / "hymba-state-key-test").string();
+  std::FILE* f = std::fopen(path.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs("0123456789abcdef0123\n", f);
+  std::fclose(f);
+  EXPECT_EQ(read_state_store_key(path), "0123456789abcdef0123");
+  f = std::fopen(path.c_str(), "w");
+  std::fputs("0123456789\n", f);
+  std::fclose(f);
+  EXPECT_THROW(read_state_store_key(path), Error);
+  std::filesystem::remove(path);
+  EXPECT_THROW(read_state_store_key(path), Error);
 }
 
 }  // namespace
