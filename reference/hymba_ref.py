@@ -21,7 +21,8 @@ CLI
 Config extensions beyond the official file (docs/ARCHITECTURE.md): layer_type per layer "h" (hybrid,
 official), "a" (attention heads only), "m" (Mamba heads only); sliding_window null => all global;
 kv_reuse_group [] => no sharing; num_memory_tokens 0 => no meta tokens; mamba_proj_bias true =>
-in_proj/out_proj biases.
+in_proj/out_proj biases; fusion "concat" => "h" layers feed [norm1(attn); norm2(ssm)] to out_proj
+(2*d_inner wide) instead of their mean.
 """
 import argparse
 import json
@@ -213,6 +214,11 @@ def derive_config(raw):
     c.conv_bias = bool(g("mamba_conv_bias", True))
     c.proj_bias = bool(g("mamba_proj_bias", False))
     c.inner_norms = bool(g("mamba_inner_layernorms", True))
+    # fusion of the two kinds of heads in "h" layers (our extension, Table 9's ablation):
+    # "mean" (official) or "concat" (out_proj reads [norm1(attn); norm2(ssm)], 2*d_inner wide)
+    c.fusion = g("fusion", "mean")
+    if c.fusion not in ("mean", "concat"):
+        raise ValueError(f"config.json: fusion must be 'mean' or 'concat' (got {c.fusion!r})")
     # unsupported official options: refuse instead of computing something else
     if int(g("num_experts", 1) or 1) != 1:
         raise ValueError("config.json: num_experts != 1 is not supported")
@@ -299,7 +305,8 @@ def param_shapes(c):
         pre = f"model.layers.{p.index}."
         s[pre + "input_layernorm.weight"] = (c.H,)
         s[pre + "mamba.in_proj.weight"] = (sum(w for _, w in p.split), c.H)
-        s[pre + "mamba.out_proj.weight"] = (c.H, c.d_inner)
+        concat = c.fusion == "concat" and p.kind == "h"
+        s[pre + "mamba.out_proj.weight"] = (c.H, 2 * c.d_inner if concat else c.d_inner)
         if c.proj_bias:
             s[pre + "mamba.in_proj.bias"] = (sum(w for _, w in p.split),)
             s[pre + "mamba.out_proj.bias"] = (c.H,)
@@ -474,8 +481,9 @@ def hybrid_block(c, p, w, u, cos, sin, shared_kv):
     if p.kind == "h":
         a = attention_heads(c, p, w, parts, cos, sin, shared_kv)
         m = ssm_heads(c, w, pre, parts)
-        fused = (rms_norm(a, w[pre + "pre_avg_layernorm1.weight"], c.eps)
-                 + rms_norm(m, w[pre + "pre_avg_layernorm2.weight"], c.eps)) / 2
+        n1 = rms_norm(a, w[pre + "pre_avg_layernorm1.weight"], c.eps)
+        n2 = rms_norm(m, w[pre + "pre_avg_layernorm2.weight"], c.eps)
+        fused = torch.cat([n1, n2], dim=-1) if c.fusion == "concat" else (n1 + n2) / 2
     elif p.kind == "a":
         a = attention_heads(c, p, w, parts, cos, sin, shared_kv)
         fused = rms_norm(a, w[pre + "pre_avg_layernorm1.weight"], c.eps)

@@ -121,6 +121,7 @@ Config config_from_json(const json& j, const std::string& where) {
   }
   c.kv_reuse_every_i_layer = r.i("kv_reuse_every_i_layer", -1);
   c.kv_weight_reuse = r.b("kv_weight_reuse", false);
+  c.fusion = r.s("fusion", "mean");
   c.mamba_d_state = r.i("mamba_d_state", 16);
   c.mamba_d_conv = r.i("mamba_d_conv", 4);
   c.mamba_expand = r.i("mamba_expand", 2);
@@ -168,6 +169,7 @@ Config config_from_json(const json& j, const std::string& where) {
   if (c.memory_tokens_interspersed_every != 0)
     bad("memory_tokens_interspersed_every", "must be 0 (interspersed meta tokens are not supported)");
   if (c.kv_weight_reuse) bad("kv_weight_reuse", "true is not supported");
+  if (c.fusion != "mean" && c.fusion != "concat") bad("fusion", "must be \"mean\" or \"concat\" (got \"" + c.fusion + "\")");
   // Its meaning is not confirmed in the official code paths the 1.5B model uses.
   if (c.kv_reuse_every_i_layer > 0)
     bad("kv_reuse_every_i_layer", "> 0 is not supported (use kv_reuse_group)");
@@ -368,6 +370,7 @@ json config_to_json(const Config& c) {
   for (size_t i = 0; i < c.conv_dim.size(); ++i) cd[std::to_string(i)] = c.conv_dim[i];
   j["conv_dim"] = cd;
   j["layer_type"] = c.layer_type;
+  if (c.fusion != "mean" || j.contains("fusion")) j["fusion"] = c.fusion;  // official files lack the key
   j["num_experts"] = c.num_experts;
   auto id = [](int64_t v) { return v < 0 ? json(nullptr) : json(v); };
   j["pad_token_id"] = id(c.pad_token_id);
@@ -402,6 +405,8 @@ std::vector<LayerPlan> make_layer_plan(const Config& c) {
     }
     if (p.has_ssm) rows += 2 * c.d_inner;
     p.in_proj_rows = rows;
+    p.concat = c.fusion == "concat" && p.has_attn && p.has_ssm;
+    p.out_proj_cols = p.concat ? 2 * c.d_inner : c.d_inner;
   }
   return plan;
 }

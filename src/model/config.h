@@ -50,6 +50,10 @@ struct Config {
   // Per layer: "h" = hybrid heads (official), and our extensions for the paper's baselines:
   // "a" = attention heads only, "m" = Mamba heads only (see docs/ARCHITECTURE.md).
   std::vector<std::string> layer_type;
+  // Fusion of the two kinds of heads in "h" layers (our extension for the paper's Table 9):
+  // "mean" (official): out_proj((norm1(attn) + norm2(ssm)) / 2); "concat": out_proj([norm1(attn);
+  // norm2(ssm)]), so out_proj's input width is 2 * d_inner in those layers.
+  std::string fusion = "mean";
   int64_t num_experts = 1;
   int64_t pad_token_id = 0, bos_token_id = 1, eos_token_id = 2;
 
@@ -79,6 +83,8 @@ struct LayerPlan {
   bool producer() const;  // defined in config.cpp: has_attn && kv_source == own index
   int index = 0;
   int64_t in_proj_rows = 0;  // Q [+K+V] [+x+z]
+  bool concat = false;        // fusion "concat" in a layer with both kinds of heads
+  int64_t out_proj_cols = 0;  // d_inner, or 2 * d_inner when concat
 };
 std::vector<LayerPlan> make_layer_plan(const Config& c);
 

@@ -1,6 +1,7 @@
 // The hybrid-head block (paper §2.1, spec §3.3–3.8): attention heads and SSM heads read the same
 // in_proj output in parallel; their outputs are normalised, averaged and projected back:
-//   y = out_proj((RMSNorm1(attn) + RMSNorm2(ssm)) / 2), then the SwiGLU MLP.
+//   y = out_proj((RMSNorm1(attn) + RMSNorm2(ssm)) / 2), then the SwiGLU MLP
+// (or out_proj([RMSNorm1(attn); RMSNorm2(ssm)]) with config "fusion": "concat", Table 9's ablation).
 #include <cmath>
 #include <cstring>
 
@@ -156,8 +157,9 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
     }
   }
 
-  // Fusion: mean of the normalised head outputs (the norms' weights are the paper's β1, β2).
-  resize(a.fused, T * D);
+  // Fusion: mean of the normalised head outputs (the norms' weights are the paper's β1, β2), or
+  // with fusion "concat" (Table 9's ablation) both side by side, out_proj reading 2 * D columns.
+  resize(a.fused, T * p.out_proj_cols);
   if (p.has_attn) {
     resize(a.n1, T * D), resize(a.rstd1, T);
     rmsnorm_forward(a.n1.data(), a.rstd1.data(), a.attn.data(), w.pre_avg_norm1, T, D, eps);
@@ -166,7 +168,12 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
     resize(a.n2, T * D), resize(a.rstd2, T);
     rmsnorm_forward(a.n2.data(), a.rstd2.data(), a.ssm.data(), w.pre_avg_norm2, T, D, eps);
   }
-  if (p.has_attn && p.has_ssm) {
+  if (p.concat) {
+    for (int64_t t = 0; t < T; ++t) {
+      std::memcpy(a.fused.data() + t * 2 * D, a.n1.data() + t * D, size_t(D) * sizeof(float));
+      std::memcpy(a.fused.data() + t * 2 * D + D, a.n2.data() + t * D, size_t(D) * sizeof(float));
+    }
+  } else if (p.has_attn && p.has_ssm) {
     for (int64_t i = 0; i < T * D; ++i) a.fused[size_t(i)] = (a.n1[size_t(i)] + a.n2[size_t(i)]) * 0.5f;
   } else {
     a.fused = p.has_attn ? a.n1 : a.n2;
@@ -217,12 +224,21 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
                    a.rstd_m.data(), T, H);  // dx is now dLoss/d h_mid
 
   // Fusion: h_mid = x_in + out_proj(fused).
-  std::vector<float> dfused;
-  zeros(dfused, T * D);
+  // dfused1 / dfused2: the gradients reaching norm1(attn) / norm2(ssm).
+  std::vector<float> dfused, dfused2;
+  zeros(dfused, T * p.out_proj_cols);
   linear_backward(l, Slot::OutProj, dfused.data(), mut(g.out_proj), mut(g.out_proj_bias), dx,
                   a.fused.data(), w.out_proj, T);
-  if (p.has_attn && p.has_ssm)
+  if (p.concat) {
+    std::vector<float> cat;
+    cat.swap(dfused);
+    take_cols(dfused, cat.data(), T, 2 * D, 0, D);
+    take_cols(dfused2, cat.data(), T, 2 * D, D, D);
+  } else if (p.has_attn && p.has_ssm) {
     for (auto& v : dfused) v *= 0.5f;
+  }
+  const std::vector<float>& dfused1 = dfused;
+  const std::vector<float>& dfused_ssm = p.concat ? dfused2 : dfused;
 
   const int64_t P = p.in_proj_rows;
   std::vector<float> dproj;
@@ -242,7 +258,7 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
     std::vector<float> dssm, dxc, ddelta, dA, dB, dC, dz;
     zeros(dssm, T * D), zeros(dxc, T * D), zeros(ddelta, T * D), zeros(dA, D * N);
     zeros(dB, T * N), zeros(dC, T * N), zeros(dz, T * D);
-    rmsnorm_backward(dssm.data(), mut(g.pre_avg_norm2), dfused.data(), a.ssm.data(),
+    rmsnorm_backward(dssm.data(), mut(g.pre_avg_norm2), dfused_ssm.data(), a.ssm.data(),
                      w.pre_avg_norm2, a.rstd2.data(), T, D);
     int64_t r0 = 0;
     for (const auto& it : items) {
@@ -302,7 +318,7 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
   if (p.has_attn) {
     std::vector<float> dattn, dq;
     zeros(dattn, T * aw), zeros(dq, T * qw);
-    rmsnorm_backward(dattn.data(), mut(g.pre_avg_norm1), dfused.data(), a.attn.data(),
+    rmsnorm_backward(dattn.data(), mut(g.pre_avg_norm1), dfused1.data(), a.attn.data(),
                      w.pre_avg_norm1, a.rstd1.data(), T, D);
     const int src = p.kv_source;
     const LayerActs& s = acts.layers[size_t(src)];

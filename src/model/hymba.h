@@ -37,7 +37,7 @@ struct LayerActs {
   std::vector<float> A;                       // [D, N] = -exp(A_log)
   std::vector<float> ssm;                     // [T, D] gated scan output
   std::vector<float> n1, rstd1, n2, rstd2;    // [T, D] fusion norms (+ rstd [T])
-  std::vector<float> fused;                   // [T, D] (n1 + n2) / 2, out_proj input
+  std::vector<float> fused;                   // [T, D] (n1 + n2) / 2 ([T, 2D] concat), out_proj input
   std::vector<float> h_mid;                   // [T, H] after the block's residual add
   std::vector<float> xm, rstd_m;              // [T, H], [T] pre-MLP RMSNorm
   std::vector<float> gate, up, act;           // [T, F]

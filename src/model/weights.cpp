@@ -40,7 +40,7 @@ std::vector<ParamSpec> param_specs(const Config& c) {
     }
     if (p.has_attn) vec(pre + "mamba.pre_avg_layernorm1.weight", {D}, true);
     if (p.has_ssm) vec(pre + "mamba.pre_avg_layernorm2.weight", {D}, true);
-    mat(pre + "mamba.out_proj.weight", H, D);
+    mat(pre + "mamba.out_proj.weight", H, p.out_proj_cols);
     if (c.mamba_proj_bias) vec(pre + "mamba.out_proj.bias", {H}, true);
     vec(pre + "pre_moe_layernorm.weight", {H}, true);
     mat(pre + "moe.experts.0.gate_proj.weight", I, H);

@@ -1,4 +1,5 @@
 #include "model/config.h"
+#include "model/weights.h"
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -137,6 +138,22 @@ TEST(ModelConfig, LayerTypesAndPlan) {
   EXPECT_FALSE(plan[1].global);
 }
 
+TEST(ModelConfig, ConcatFusionWidensOutProjOfHybridLayersOnly) {
+  json j = small_cfg();
+  j["layer_type"] = json::array({"h", "a", "a", "m"});
+  EXPECT_EQ(config_from_json(j).fusion, "mean");
+  EXPECT_FALSE(config_to_json(config_from_json(j)).contains("fusion"));  // official files round-trip
+  j["fusion"] = "concat";
+  const Config c = config_from_json(j);
+  const auto plan = make_layer_plan(c);
+  EXPECT_TRUE(plan[0].concat);
+  EXPECT_EQ(plan[0].out_proj_cols, 2 * c.d_inner);
+  for (int i = 1; i < 4; ++i) EXPECT_EQ(plan[size_t(i)].out_proj_cols, c.d_inner) << i;
+  EXPECT_EQ(config_to_json(c)["fusion"], "concat");
+  for (const ParamSpec& s : param_specs(c))
+    if (s.name == "model.layers.0.mamba.out_proj.weight") EXPECT_EQ(s.shape[1], 2 * c.d_inner);
+}
+
 TEST(ModelConfig, JsonRoundTripKeepsUnknownKeys) {
   const Config c = load_config(k15b);
   const json j = config_to_json(c);
@@ -191,6 +208,8 @@ TEST(ModelConfig, InconsistentConfigsNameTheKey) {
       {[](json& j) { j["kq_norm"] = "rms"; }, {"kq_norm"}},
       {[](json& j) { j["kv_weight_reuse"] = true; }, {"kv_weight_reuse"}},
       {[](json& j) { j["kv_weight_reuse"] = "no"; }, {"kv_weight_reuse"}},
+      {[](json& j) { j["fusion"] = "sum"; }, {"fusion", "sum"}},
+      {[](json& j) { j["fusion"] = 1; }, {"fusion"}},
       {[](json& j) { j["hidden_act"] = "gelu"; }, {"hidden_act", "gelu"}},
       {[](json& j) { j["mlp_hidden_act"] = "relu"; }, {"mlp_hidden_act"}},
       {[](json& j) { j["num_mamba"] = 2; }, {"num_mamba"}},

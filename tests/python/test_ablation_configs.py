@@ -1,5 +1,5 @@
 """The paper's architectures (configs/ablations/*.json: attention-only, Mamba-only, sequential
-hybrid, parallel hybrid global, + SWA, + KV sharing, + meta tokens = Hymba) all train in C++
+hybrid, parallel hybrid global, + SWA, + KV sharing, + meta tokens = Hymba, Hymba with concat fusion) all train in C++
 (one optimizer step) and the trained checkpoints run in the engine with logits matching the
 float64 reference."""
 import glob
@@ -18,7 +18,7 @@ def main():
     try:
         data = U.make_data(work, copies=5)
         cfgs = sorted(glob.glob(os.path.join(U.SRC, "configs", "ablations", "*.json")))
-        R.check("seven ablation configs", len(cfgs) == 7, str(len(cfgs)))
+        R.check("eight ablation configs", len(cfgs) == 8, str(len(cfgs)))
         ids = [1, 20, 300, 4000, 5, 66, 700, 8, 90, 1000, 11, 12] * 2
         for cfg in cfgs:
             name = os.path.basename(cfg)[:-5]

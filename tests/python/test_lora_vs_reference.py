@@ -7,7 +7,8 @@ never widened as a whole: its backward goes through matview_backward_input). The
 detached as in PEFT, and the DPO loss (TRL's sigmoid form, reference = the base with the adapters
 off) and its gradients are checked the same way. The test also shows the engine's gradient is the detached one and not the
 one through the norm (they differ by more than the tolerance). Tolerance per tensor:
-max |engine - ref| <= 1e-3 * max |ref| + 1e-6; loss within 1e-5 relative.
+max |engine - ref| <= 1e-3 * max |ref| + 1e-6; loss within 1e-5 relative. Also LoRA/DoRA on a base
+with fusion "concat" (out_proj twice as wide).
 """
 import json
 import os
@@ -86,6 +87,25 @@ def main():
             e = np.abs(np.asarray(eng[k], np.float64) - gref[k]).max() / np.abs(gref[k]).max()
             check(f"{name}: the norm is detached (PEFT), not differentiated", d > 10 * max(e, 1e-4),
                   f"{k}: through-the-norm differs by {d:.2e}, engine vs detached {e:.2e}")
+    # fusion "concat" (Table 9's ablation): out_proj is 2*d_inner wide, its LoRA A / DoRA norms follow.
+    ccfg = json.load(open(os.path.join(U.SRC, "tests", "configs", "tiny-concat.json")))
+    for name, dora in (("lora-concat-f32", False), ("dora-concat-f32", True)):
+        ckpt = os.path.join(work, "base-concat")
+        if not os.path.exists(ckpt):
+            MC.make_checkpoint(ccfg, ckpt, "f32", seed=5)
+        model = hymba_ref.load(ckpt)
+        adapter = lora_ref.random_adapter(model, ["in_proj", "out_proj"], 4, 8.0, dora, seed=7 + dora)
+        adir = os.path.join(work, name)
+        lora_ref.write_peft(adir, adapter, 4, 8.0, dora, ["in_proj", "out_proj"])
+        out = os.path.join(adir, "g.safetensors")
+        res = U.run(["grad", "-m", ckpt, "--lora", adir, "--batch", spec, "-o", out])
+        if not check(f"{name}: hymba grad --lora", res.returncode == 0, res.stderr.strip()[-300:]):
+            continue
+        pcfg, _ = lora_ref.read_peft(adir)
+        loss_r, gref = lora_ref.gradients(model, adapter, pcfg, batch)
+        loss_e = float(res.stdout.split()[-1])
+        check(f"{name}: loss", abs(loss_e - loss_r) <= 1e-5 * abs(loss_r), f"engine {loss_e:.9g} ref {loss_r:.9g}")
+        compare(f"{name}: dA, dB{', dm' if dora else ''} vs autograd", hymba_ref.read_safetensors(out)[0], gref)
     # DPO (TRL's sigmoid loss, reference = the base with adapters off) on a LoRA and a DoRA adapter.
     ckpt = os.path.join(work, "base-f32")
     model = hymba_ref.load(ckpt)
