@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # reproduce_roadmap.sh [--tiny] [OUT] — the paper's design roadmap (Table 1 direction) at a size
-# this machine can train: every config in configs/ablations/ (attention-only … Hymba) plus a
+# this machine can train: every config in configs/ablations/ (attention-only … Hymba, and Table 9's
+# Hymba with concat instead of mean fusion) plus a
 # Transformer with Hymba's KV compression (sliding windows + cross-layer KV sharing), trained on
 # the same data — the KJV text with MQAR samples mixed in — with the same budget, then measured:
 # validation perplexity (text), MQAR accuracy (recall), needle retrieval, per-sequence state
 # bytes and decode tok/s at 2K/8K context. Writes OUT/roadmap.json and OUT/ROADMAP.md (and
 # docs/ROADMAP.md in a full run).
 #
-# Full run: ~15 minutes per config on 2 cores with the defaults (STEPS=600 BATCH=8 SEQ_LEN=256,
-# ~1.2M tokens each). --tiny: 3 small steps per config, tiny evaluations, for CI (seconds);
-# it checks the pipeline, its numbers mean nothing.
-# Not in the paper's Table 9 here: "concat instead of mean fusion" (the engine fuses by mean only).
+# Budget: STEPS BATCH SEQ_LEN (default 600 x 8 x 256, ~1.2M tokens per config, ~15 minutes each on
+# an idle 2-core machine); THREADS per process (default 1); PAR configs at a time (default 1).
+# MQAR: MQ_PAIRS MQ_VOCAB (default 4 pairs over 64 ids, a setting a small attention model learns:
+# docs/RESULTS.md) and MQ_TRAIN training samples mixed into the text (default 60000).
+# --tiny: 3 small steps per config, tiny evaluations, for CI (seconds); it checks the pipeline,
+# its numbers mean nothing.
 set -euo pipefail
 TINY=0
 if [ "${1:-}" = "--tiny" ]; then TINY=1; shift; fi
@@ -29,9 +32,13 @@ if [ $TINY = 1 ]; then
   STEPS=${STEPS:-3}; BATCH=${BATCH:-2}; SEQ_LEN=${SEQ_LEN:-32}; CTXS="256 512"; NEEDLE_LEN=256; MQ_SAMPLES=4
   CONFIGS="1-attention-only 2-mamba-only 7-hymba"
 else
-  STEPS=${STEPS:-600}; BATCH=${BATCH:-8}; SEQ_LEN=${SEQ_LEN:-256}; CTXS="2048 8192"; NEEDLE_LEN=1k,2k; MQ_SAMPLES=200
-  CONFIGS="1-attention-only 2-mamba-only 3-sequential-hybrid 4-parallel-global 5-parallel-swa 6-parallel-swa-kvshare 7-hymba transformer-kv-compressed"
+  STEPS=${STEPS:-600}; BATCH=${BATCH:-8}; SEQ_LEN=${SEQ_LEN:-256}; CTXS="2048 8192"; NEEDLE_LEN=1k,2k; MQ_SAMPLES=${MQ_SAMPLES:-200}
+  CONFIGS="1-attention-only 2-mamba-only 3-sequential-hybrid 4-parallel-global 5-parallel-swa 6-parallel-swa-kvshare 7-hymba 8-hymba-concat-fusion transformer-kv-compressed"
 fi
+# MQAR in the training mixture and in the evaluation (the same generator): pairs per sample, ids
+# for keys + values, training samples mixed into the text (MQ_TRAIN * (4 * MQ_PAIRS + 2) tokens).
+MQ_PAIRS=${MQ_PAIRS:-4}; MQ_VOCAB=${MQ_VOCAB:-64}; MQ_TRAIN=${MQ_TRAIN:-$([ $TINY = 1 ] && echo 200 || echo 60000)}
+PAR=${PAR:-1}  # configs trained and measured at the same time (each with THREADS threads)
 
 # ---- data: text + MQAR, one token stream --------------------------------------------------------
 if [ ! -f "$OUT/data/train.tok" ]; then
@@ -42,9 +49,8 @@ if [ ! -f "$OUT/data/train.tok" ]; then
     "$SRC/scripts/make_corpus.sh" "$OUT/corpus" >/dev/null
   fi
   "$HYMBA" tokenize --tokenizer "$TOK" --input "$OUT/corpus" --out "$OUT/text" --val-fraction 0.05 >/dev/null
-  NTRAIN=$([ $TINY = 1 ] && echo 200 || echo 20000)
-  "$HYMBA" eval -m "$TOK" --task mqar --make-data "$OUT/mqar" --mqar-pairs 8 --mqar-vocab 256 \
-    --train-samples "$NTRAIN" --val-samples 10 >/dev/null
+  "$HYMBA" eval -m "$TOK" --task mqar --make-data "$OUT/mqar" --mqar-pairs "$MQ_PAIRS" --mqar-vocab "$MQ_VOCAB" \
+    --train-samples "$MQ_TRAIN" --val-samples 10 >/dev/null
   mkdir -p "$OUT/data"
   "$PY" - "$OUT" <<'EOF'
 import struct, sys
@@ -88,31 +94,39 @@ json.dump(c, open(out, "w"), indent=1)
 EOF
 done
 
-# ---- train and measure -----------------------------------------------------------------------------
-for name in $CONFIGS; do
-  run="$OUT/runs/$name"; mkdir -p "$OUT/runs"
+# ---- train and measure (PAR configs at a time) --------------------------------------------------------
+one() {
+  local name=$1 run="$OUT/runs/$1" m="$OUT/measure/$1" c CHUNKS
+  mkdir -p "$OUT/runs"
   if [ ! -f "$run/model.safetensors" ]; then
     echo "== $name: training $STEPS steps of $BATCH x $SEQ_LEN tokens" >&2
     "$HYMBA" train --config "$OUT/configs/$name.json" --data "$OUT/data" --out "$run" --tokenizer "$TOK" \
       --steps "$STEPS" --batch "$BATCH" --seq-len "$SEQ_LEN" --eval-every 0 --save-every 0 $T > "$run.train.log" 2>&1 \
       || { tail -5 "$run.train.log" >&2; die "$name: training failed"; }
   fi
-  m="$OUT/measure/$name"; mkdir -p "$m"
+  mkdir -p "$m"
   CHUNKS=$([ $TINY = 1 ] && echo 2 || echo 40)
   "$HYMBA" perplexity -m "$run" --tokens "$OUT/data/val.tok" -c "$SEQ_LEN" --chunks "$CHUNKS" --json $T > "$m/ppl.json" 2>/dev/null
-  "$HYMBA" eval -m "$run" --task mqar --mqar-pairs 8 --mqar-vocab 256 --samples "$MQ_SAMPLES" --seed 11 --json "$m/mqar.json" $T >/dev/null 2>&1
+  "$HYMBA" eval -m "$run" --task mqar --mqar-pairs "$MQ_PAIRS" --mqar-vocab "$MQ_VOCAB" --samples "$MQ_SAMPLES" --seed 11 --json "$m/mqar.json" $T >/dev/null 2>&1
   "$HYMBA" eval -m "$run" --task needle --data "$HAY" --lengths "$NEEDLE_LEN" --depths 0,50,100 --json "$m/needle.json" $T >/dev/null 2>&1
   for c in $CTXS; do
     "$HYMBA" info -m "$run" --context "$c" --json > "$m/info-$c.json"
     "$HYMBA" bench -m "$run" -p 0 -n $([ $TINY = 1 ] && echo 4 || echo 32) -d "$c" --no-peaks --json $T > "$m/bench-$c.json" 2>/dev/null
   done
   echo "== $name: measured" >&2
+}
+pids=()
+for name in $CONFIGS; do
+  while [ "$(jobs -rp | wc -l)" -ge "$PAR" ]; do sleep 2; done
+  one "$name" & pids+=($!)
 done
+for p in "${pids[@]}"; do wait "$p" || die "a config failed (see above)"; done
 
 # ---- table -------------------------------------------------------------------------------------------
-"$PY" - "$OUT" "$TINY" "$STEPS" "$BATCH" "$SEQ_LEN" "$CTXS" "$SRC" $CONFIGS <<'EOF'
+"$PY" - "$OUT" "$TINY" "$STEPS" "$BATCH" "$SEQ_LEN" "$CTXS" "$SRC" "$MQ_PAIRS $MQ_VOCAB $MQ_TRAIN" $CONFIGS <<'EOF'
 import json, os, sys
-out, tiny, steps, batch, seq, ctxs, src, names = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6].split(), sys.argv[7], sys.argv[8:]
+out, tiny, steps, batch, seq, ctxs, src, mq, names = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6].split(), sys.argv[7], sys.argv[8].split(), sys.argv[9:]
+mq_pairs, mq_vocab, mq_train = map(int, mq)
 rows = {}
 for n in names:
     m = f"{out}/measure/{n}"
@@ -123,13 +137,15 @@ for n in names:
                "mqar_acc": ld("mqar.json")["acc"], "needle": sum(cells) / len(cells),
                **{f"state_mib_{c}": ld(f"info-{c}.json")["state_bytes"] / 2**20 for c in ctxs},
                **{f"decode_tok_s_{c}": [r for r in ld(f"bench-{c}.json")["rows"] if r["n_gen"]][0]["tok_s"] for c in ctxs}}
-json.dump({"steps": steps, "batch": batch, "seq_len": seq, "tokens": steps * batch * seq, "runs": rows},
+json.dump({"steps": steps, "batch": batch, "seq_len": seq, "tokens": steps * batch * seq,
+           "mqar": {"pairs": mq_pairs, "vocab": mq_vocab, "train_samples": mq_train}, "runs": rows},
           open(f"{out}/roadmap.json", "w"), indent=1)
 lines = ["# The design roadmap at small scale", "",
          f"Generated by `scripts/reproduce_roadmap.sh{' --tiny' if tiny else ''}`: every architecture trained "
          f"{steps} steps × {batch} × {seq} tokens ({steps * batch * seq:,} tokens) on the KJV text with MQAR samples mixed in "
-         "(same data, order and budget), then measured with `hymba perplexity` (text validation), `hymba eval --task mqar` "
-         "(8 pairs), `--task needle`, `hymba info` (bf16 K/V) and `hymba bench` (decode after the given context).", ""]
+         f"(same data, order and budget; {mq_train:,} MQAR samples of {mq_pairs} pairs over {mq_vocab} key/value ids), then measured with "
+         f"`hymba perplexity` (text validation), `hymba eval --task mqar` (the same MQAR setting on fresh samples; chance "
+         f"{2 / mq_vocab:.3f}), `--task needle`, `hymba info` (bf16 K/V) and `hymba bench` (decode after the given context).", ""]
 if tiny:
     lines += ["**Tiny pipeline check (CI): the numbers below mean nothing.**", ""]
 hdr = "| architecture | parameters | val ppl | MQAR acc | needle | " + " | ".join(f"state @{c} (MiB)" for c in ctxs) + " | " + \
