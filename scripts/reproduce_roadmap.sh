@@ -105,6 +105,7 @@ one() {
       || { tail -5 "$run.train.log" >&2; die "$name: training failed"; }
   fi
   mkdir -p "$m"
+  [ -f "$m/done" ] && return 0  # measured by an earlier run of this script (delete to re-measure)
   CHUNKS=$([ $TINY = 1 ] && echo 2 || echo 40)
   "$HYMBA" perplexity -m "$run" --tokens "$OUT/data/val.tok" -c "$SEQ_LEN" --chunks "$CHUNKS" --json $T > "$m/ppl.json" 2>/dev/null
   "$HYMBA" eval -m "$run" --task mqar --mqar-pairs "$MQ_PAIRS" --mqar-vocab "$MQ_VOCAB" --samples "$MQ_SAMPLES" --seed 11 --json "$m/mqar.json" $T >/dev/null 2>&1
@@ -113,6 +114,7 @@ one() {
     "$HYMBA" info -m "$run" --context "$c" --json > "$m/info-$c.json"
     "$HYMBA" bench -m "$run" -p 0 -n $([ $TINY = 1 ] && echo 4 || echo 32) -d "$c" --no-peaks --json $T > "$m/bench-$c.json" 2>/dev/null
   done
+  touch "$m/done"
   echo "== $name: measured" >&2
 }
 pids=()
@@ -123,6 +125,7 @@ done
 for p in "${pids[@]}"; do wait "$p" || die "a config failed (see above)"; done
 
 # ---- table -------------------------------------------------------------------------------------------
+CMDLINE="STEPS=$STEPS BATCH=$BATCH SEQ_LEN=$SEQ_LEN MQ_PAIRS=$MQ_PAIRS MQ_VOCAB=$MQ_VOCAB MQ_TRAIN=$MQ_TRAIN THREADS=${THREADS:-1} PAR=$PAR scripts/reproduce_roadmap.sh$([ $TINY = 1 ] && echo ' --tiny') OUT" \
 "$PY" - "$OUT" "$TINY" "$STEPS" "$BATCH" "$SEQ_LEN" "$CTXS" "$SRC" "$MQ_PAIRS $MQ_VOCAB $MQ_TRAIN" $CONFIGS <<'EOF'
 import json, os, sys
 out, tiny, steps, batch, seq, ctxs, src, mq, names = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6].split(), sys.argv[7], sys.argv[8].split(), sys.argv[9:]
@@ -146,6 +149,9 @@ lines = ["# The design roadmap at small scale", "",
          f"(same data, order and budget; {mq_train:,} MQAR samples of {mq_pairs} pairs over {mq_vocab} key/value ids), then measured with "
          f"`hymba perplexity` (text validation), `hymba eval --task mqar` (the same MQAR setting on fresh samples; chance "
          f"{2 / mq_vocab:.3f}), `--task needle`, `hymba info` (bf16 K/V) and `hymba bench` (decode after the given context).", ""]
+lines += ["```sh", os.environ.get("CMDLINE", ""), "```",
+          "Decode tok/s is one short run per context on a machine shared with other jobs (and, with PAR > 1, "
+          "with the other configs' training): noisy, compare within a row rather than across rows.", ""]
 if tiny:
     lines += ["**Tiny pipeline check (CI): the numbers below mean nothing.**", ""]
 hdr = "| architecture | parameters | val ppl | MQAR acc | needle | " + " | ".join(f"state @{c} (MiB)" for c in ctxs) + " | " + \
