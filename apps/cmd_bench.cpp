@@ -23,6 +23,8 @@
 #include "ops/quant.h"
 #include "ops/threads.h"
 #include "runtime/engine.h"
+#include "train/adapter.h"
+#include "train/finetune.h"
 #include "train/params.h"
 #include "train/step.h"
 
@@ -38,6 +40,11 @@ struct Opts : ModelFlags {
   bool train = false, no_torch = false;
   std::string train_config;
   int64_t train_batch = 8, seq_len = 256, steps = 5;
+  // --finetune
+  bool finetune = false;
+  std::string method = "lora", targets = "in_proj,out_proj,x_proj,dt_proj,mlp", grad_ckpt = "auto";
+  int64_t rank = 8, grad_accum = 1;
+  double alpha = 16.0;
 };
 
 double now_s() {
@@ -193,6 +200,106 @@ void run_train(const Opts& o) {
     std::printf("PyTorch ref %s\n", torch_note.c_str());
 }
 
+double peak_rss_mib();
+
+// Adapter fine-tuning throughput on the loaded (or --random) model: one LoRA/DoRA step = grad_accum
+// micro-batches of one row of seq_len tokens (forward + backward through the frozen base, the
+// adapters' gradients) and one AdamW step on the adapters. FLOPs are the matrix multiplies done:
+// per base weight and row 2 (forward) + 2 (input gradient; the base gets none) + 2 more when
+// activation checkpointing reruns the forward; the adapters' own and DoRA's row norms are added.
+void run_finetune(const Opts& o) {
+  HYMBA_CHECK(o.method == "lora" || o.method == "dora", "bench --finetune: --method must be lora or dora");
+  HYMBA_CHECK(o.seq_len >= 2 && o.steps >= 1 && o.grad_accum >= 1 && o.rank >= 1,
+              "--seq-len >= 2, --steps, --grad-accum and --rank >= 1");
+  HYMBA_CHECK(o.grad_ckpt == "auto" || o.grad_ckpt == "on" || o.grad_ckpt == "off",
+              "--grad-checkpointing must be auto, on or off (got '" + o.grad_ckpt + "')");
+  std::unique_ptr<Checkpoint> ck;
+  std::string what;
+  if (!o.random_config.empty()) {
+    ck = random_checkpoint(o.random_config, parse_cache_type(o.weight_type));
+    what = "random " + o.random_config + " (" + o.weight_type + " weights)";
+  } else {
+    ck = load_checkpoint(o.dir(), o.engine_options().io);
+    what = o.dir();
+  }
+  const DType qt = parse_quantize(o.quantize);
+  HYMBA_CHECK(qt == DType::F32 || qt == DType::Q8, "bench --finetune: --quantize none or q8");
+  if (qt == DType::Q8) quantize_weights(*ck, DType::Q8);
+  const Config& c = ck->config;
+  AdapterConfig ac;
+  ac.rank = o.rank, ac.alpha = o.alpha, ac.dora = o.method == "dora";
+  ac.targets = parse_targets(o.targets);
+  AdapterSet ad = init_adapters(c, ck->weights, ac, 1);
+  HymbaModel m(c, ck->weights);
+  m.set_adapters(&ad.view, &ad.gview);
+  const bool ckpt = o.grad_ckpt == "auto" ? auto_grad_checkpointing(m, o.seq_len) : o.grad_ckpt == "on";
+  m.set_grad_checkpointing(ckpt);
+  Weights frozen;
+  frozen.layers.resize(ck->weights.layers.size());
+  AdamW opt(adapter_groups(ad), int64_t(ad.data.size()));
+  const int64_t L = o.seq_len, A = o.grad_accum, M = c.num_memory_tokens;
+
+  std::mt19937 g(3);
+  std::vector<int32_t> tok(static_cast<size_t>(L + 1));
+  std::vector<int32_t> in(static_cast<size_t>(L)), tg(static_cast<size_t>(L));
+  auto step = [&]() {
+    ad.zero_grad();
+    double loss = 0;
+    for (int64_t k = 0; k < A; ++k) {
+      for (auto& t : tok) t = int32_t(3 + g() % uint32_t(c.vocab_size - 3));
+      for (int64_t t = 0; t < L; ++t) in[size_t(t)] = tok[size_t(t)], tg[size_t(t)] = tok[size_t(t + 1)];
+      loss += loss_and_grads(m, frozen, in.data(), tg.data(), 1, L, 1.0f / float(A)) / double(A);
+    }
+    opt.step(ad.data.data(), ad.grad.data(), 1e-4f);
+    return loss;
+  };
+  const double first_loss = step();  // also the warm-up
+  const double t0 = now_s();
+  double last_loss = first_loss;
+  for (int64_t i = 0; i < o.steps; ++i) last_loss = step();
+  const double sec = (now_s() - t0) / double(o.steps);
+  const double tps = double(A * L) / sec;
+
+  const double rows = double(L + M), fwd = ckpt ? 2.0 : 1.0;
+  double base_w = 0, adapter_w = 0, dora_norm = 0;
+  for (size_t l = 0; l < ck->weights.layers.size(); ++l)
+    for (int s = 0; s < kNumSlots; ++s) {
+      const MatView& w = slot_matrix(ck->weights.layers[l], Slot(s));
+      if (!w.data) continue;
+      base_w += double(w.rows * w.cols);
+      const LoraView& v = ad.view.layers[l][size_t(s)];
+      if (!v.active()) continue;
+      adapter_w += double(o.rank * (w.rows + w.cols));
+      if (v.dora()) dora_norm += double((2 * o.rank + 2) * w.rows * w.cols);
+    }
+  const double flops_micro = (2.0 * fwd + 2.0) * base_w * rows + (2.0 * fwd + 4.0) * adapter_w * rows +
+                             fwd * dora_norm + 4.0 * double(c.vocab_size * c.hidden_size) * double(L);
+  const double gflops = flops_micro * double(A) / sec / 1e9;
+  const double peak = o.no_peaks ? 0 : measure_sgemm_gflops(700);
+  const double rss = peak_rss_mib();
+  if (o.json) {
+    nlohmann::json j = {{"model", what}, {"method", o.method}, {"rank", o.rank}, {"alpha", o.alpha},
+                        {"targets", o.targets}, {"quantize", o.quantize}, {"threads", num_threads()},
+                        {"seq_len", L}, {"meta_tokens", M}, {"grad_accum", A}, {"steps", o.steps},
+                        {"grad_checkpointing", ckpt}, {"trainable_params", int64_t(ad.data.size())},
+                        {"tokens_per_s", tps}, {"step_seconds", sec}, {"matmul_gflop_s", gflops},
+                        {"machine_sgemm_gflop_s", peak},
+                        {"fraction_of_peak", peak > 0 ? nlohmann::json(gflops / peak) : nlohmann::json()},
+                        {"first_loss", first_loss}, {"last_loss", last_loss}, {"peak_rss_mib", rss}};
+    std::printf("%s\n", j.dump(2).c_str());
+    return;
+  }
+  std::printf("finetune: %s, %s r=%lld on %s, %lld trainable params, %d threads\n", what.c_str(),
+              o.method.c_str(), (long long)o.rank, o.targets.c_str(), (long long)ad.data.size(), num_threads());
+  std::printf("step = %lld x 1 row of %lld tokens (+%lld meta rows), activation checkpointing %s\n",
+              (long long)A, (long long)L, (long long)M, ckpt ? "on" : "off");
+  std::printf("hymba.cpp   %9.1f tok/s  (%.3f s/step)  matmul %.1f GFLOP/s", tps, sec, gflops);
+  if (peak > 0) std::printf(" = %.2f of sgemm peak (%.1f GFLOP/s)", gflops / peak, peak);
+  std::printf("\npeak RSS %.0f MiB; loss %.4f -> %.4f\n", rss, first_loss, last_loss);
+  std::printf("  FLOPs/row = (2 fwd%s + 2 dX) x base matrix params + adapters + DoRA norms, + 4 V*H for the head;"
+              " attention/scan not counted\n", ckpt ? " x2 (recompute)" : "");
+}
+
 // One row of the table: a test's speeds over the repetitions and the limit it is held to.
 struct Row {
   std::string test;
@@ -223,6 +330,7 @@ double peak_rss_mib() {
 void run(const Opts& o) {
   apply_threads(o.threads);
   if (o.train) return run_train(o);
+  if (o.finetune) return run_finetune(o);
   auto all = [](const std::vector<int64_t>& v, int64_t lo) {
     for (auto x : v)
       if (x < lo) return false;
@@ -382,9 +490,17 @@ Register reg("bench", "Measure prefill/decode speed against the machine's limits
   sub.add_flag("--train", o->train, "training speed (forward+backward+AdamW) instead of inference");
   sub.add_option("--config", o->train_config, "with --train: model config (default configs/bench-10m.json, 10M parameters)");
   sub.add_option("--train-batch", o->train_batch, "with --train: sequences per step (default 8)");
-  sub.add_option("--seq-len", o->seq_len, "with --train: tokens per sequence (default 256)");
-  sub.add_option("--steps", o->steps, "with --train: timed steps (default 5)");
+  sub.add_option("--seq-len", o->seq_len, "with --train/--finetune: tokens per sequence (default 256)");
+  sub.add_option("--steps", o->steps, "with --train/--finetune: timed steps after one untimed (default 5)");
   sub.add_flag("--no-torch", o->no_torch, "with --train: skip the PyTorch reference");
+  sub.add_flag("--finetune", o->finetune,
+               "LoRA/DoRA fine-tuning speed on the model (-m or --random): batch 1, --seq-len tokens, --steps steps");
+  sub.add_option("--method", o->method, "with --finetune: lora (default) or dora");
+  sub.add_option("--rank", o->rank, "with --finetune: adapter rank (default 8)");
+  sub.add_option("--alpha", o->alpha, "with --finetune: lora_alpha (default 16)");
+  sub.add_option("--target", o->targets, "with --finetune: adapted modules, as hymba finetune --target");
+  sub.add_option("--grad-accum", o->grad_accum, "with --finetune: micro-batches (rows) per optimizer step (default 1)");
+  sub.add_option("--grad-checkpointing", o->grad_ckpt, "with --finetune: auto (default), on or off, as hymba finetune");
   sub.callback([o] { run(*o); });
 });
 

@@ -18,12 +18,17 @@ namespace {
 
 struct Opts {
   std::string model, batch, out, lora;
-  double dpo_beta = 0.0;
+  double dpo_beta = 0.0, dropout = 0.0;
+  uint64_t dropout_seed = 1;
+  std::string grad_ckpt = "off";
   int threads = 0;
 };
 
 void run(const Opts& o) {
   apply_threads(o.threads);
+  HYMBA_CHECK(o.dropout >= 0 && o.dropout < 1, "--dropout must be in [0, 1)");
+  HYMBA_CHECK(o.grad_ckpt == "on" || o.grad_ckpt == "off", "--grad-checkpointing must be on or off");
+  const bool ckpt = o.grad_ckpt == "on";
   // "1,2,3;4,5,6": B sequences of L+1 ids; inputs = [:, :-1], targets = [:, 1:].
   std::vector<std::vector<int32_t>> seqs;
   size_t i = 0;
@@ -58,6 +63,7 @@ void run(const Opts& o) {
     ad = load_peft_adapter(o.lora, ck->config, ck->weights);
     ad.enable_grad();
     HymbaModel m(ck->config, ck->weights);
+    m.set_grad_checkpointing(ckpt);
     Weights frozen;
     frozen.layers.resize(ck->weights.layers.size());
     frozen.meta = ad.gmeta;  // the adapter's meta tokens (modules_to_save), if any
@@ -71,6 +77,7 @@ void run(const Opts& o) {
     } else {
       m.set_adapters(&ad.view, &ad.gview);
       m.set_meta_tokens(ad.meta);
+      m.set_adapter_dropout(float(o.dropout), o.dropout_seed);
       loss = loss_and_grads(m, frozen, in.data(), tg.data(), B, L);
     }
     for (const auto& t : ad.tensors) out.push_back({t.name, DType::F32, t.shape, ad.grad.data() + t.offset});
@@ -78,6 +85,7 @@ void run(const Opts& o) {
     a = arena_from_checkpoint(o.model);
     check_ids(a.config);
     HymbaModel m(a.config, a.w);
+    m.set_grad_checkpointing(ckpt);
     loss = loss_and_grads(m, a, in.data(), tg.data(), B, L);
     for (size_t k = 0; k < a.specs.size(); ++k)
       out.push_back({a.specs[k].name, DType::F32, a.specs[k].shape, a.grad.data() + a.offset[k]});
@@ -95,6 +103,10 @@ Register reg("grad", "Loss and parameter gradients of one batch (debugging, test
   sub.add_option("-o,--out", o->out, "output .safetensors")->required();
   sub.add_option("--lora", o->lora, "PEFT adapter folder: gradients of the adapter tensors, base frozen");
   sub.add_option("--dpo", o->dpo_beta, "with --lora: the DPO loss with this beta (batch: chosen;rejected, reference = the base)");
+  sub.add_option("--dropout", o->dropout,
+                 "with --lora: lora_dropout p with the training masks of --dropout-seed (HymbaModel::adapter_dropout)");
+  sub.add_option("--dropout-seed", o->dropout_seed, "the masks' seed (default 1)");
+  sub.add_option("--grad-checkpointing", o->grad_ckpt, "on or off (default): activation checkpointing in the backward");
   sub.add_option("-t,--threads", o->threads, "threads");
   sub.callback([o] { run(*o); });
 });

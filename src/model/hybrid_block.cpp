@@ -203,12 +203,12 @@ void zeros(std::vector<float>& v, int64_t n) { v.assign(size_t(n), 0.0f); }
 }  // namespace
 
 void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> items,
-                                const int32_t* pos, const ModelActs& acts, const LayerWeights& g,
+                                const int32_t* pos, const LayerActs& a,
+                                const std::vector<std::vector<float>>& kv, const LayerWeights& g,
                                 std::vector<std::vector<float>>& dkv) {
   const Config& c = cfg_;
   const LayerPlan& p = plan_[size_t(l)];
   const LayerWeights& w = w_.layers[size_t(l)];
-  const LayerActs& a = acts.layers[size_t(l)];
   const Dims d(c, items);
   const int64_t T = d.T, H = d.H, D = d.D, N = d.N, R = d.R, K = d.K, F = d.F;
   const int64_t nq = d.nq, nkv = d.nkv, qw = d.qw, kw = d.kw, vw = d.vw, aw = d.aw;
@@ -321,7 +321,8 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
     rmsnorm_backward(dattn.data(), mut(g.pre_avg_norm1), dfused1.data(), a.attn.data(),
                      w.pre_avg_norm1, a.rstd1.data(), T, D);
     const int src = p.kv_source;
-    const LayerActs& s = acts.layers[size_t(src)];
+    const float* Ks = kv[size_t(2 * src)].data();
+    const float* Vs = kv[size_t(2 * src + 1)].data();
     auto& dK = dkv[size_t(2 * src)];
     auto& dV = dkv[size_t(2 * src + 1)];
     if (dK.empty()) zeros(dK, T * kw), zeros(dV, T * vw);
@@ -330,8 +331,8 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
     int64_t r0 = 0;
     for (const auto& it : items) {
       attention_backward(dq.data() + r0 * qw, dK.data() + r0 * kw, dV.data() + r0 * vw,
-                         dattn.data() + r0 * aw, a.q.data() + r0 * qw, s.k.data() + r0 * kw,
-                         s.v.data() + r0 * vw, a.attn.data() + r0 * aw, a.lse.data() + r0 * nq,
+                         dattn.data() + r0 * aw, a.q.data() + r0 * qw, Ks + r0 * kw,
+                         Vs + r0 * vw, a.attn.data() + r0 * aw, a.lse.data() + r0 * nq,
                          pos + r0, pos + r0, it.n, it.n, shape, rule);
       r0 += it.n;
     }

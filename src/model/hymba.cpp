@@ -55,13 +55,19 @@ void HymbaModel::forward(float* x, std::span<const ForwardItem> items, ModelActs
   // Producer K/V of this chunk ([2l] = K, [2l+1] = V), read by consumer layers and appended to
   // the caches only after every layer ran (a consumer must not see the chunk twice).
   std::vector<std::vector<float>> chunk_kv(2 * plan_.size());
-  if (acts) acts->layers.resize(plan_.size());
+  const bool ckpt = acts && grad_ckpt_;
+  if (acts) acts->layers.assign(plan_.size(), LayerActs{}), acts->checkpointed = ckpt;
   for (size_t l = 0; l < plan_.size(); ++l) {
-    LayerActs& a = acts ? acts->layers[l] : scratch_;
+    LayerActs& a = acts ? (ckpt ? acts->work : acts->layers[l]) : scratch_;
     if (acts) a.x_in.assign(x, x + T * H);
+    if (ckpt) acts->layers[l].x_in = a.x_in;
     layer_forward(int(l), x, items, pos.data(), a, chunk_kv);
   }
-  if (acts) acts->x_final.assign(x, x + T * H);
+  if (acts) {
+    acts->x_final.assign(x, x + T * H);
+    acts->work = LayerActs{};  // the backward rebuilds it layer by layer
+    acts->kv = chunk_kv;
+  }
 
   r0 = 0;
   const int64_t kw = cfg_.num_key_value_heads * cfg_.d_qk, vw = cfg_.num_key_value_heads * cfg_.d_v;
@@ -160,8 +166,45 @@ void HymbaModel::backward(float* dx, std::span<const ForwardItem> items, const M
     HYMBA_CHECK(it.state == nullptr, "backward needs a stateless (training) forward");
   HYMBA_CHECK(acts.layers.size() == plan_.size(), "backward: activations were not kept");
   std::vector<std::vector<float>> dkv(2 * plan_.size());
-  for (int l = int(plan_.size()) - 1; l >= 0; --l)
-    layer_backward(l, dx, items, acts.pos.data(), acts, grads.layers[size_t(l)], dkv);
+  if (!acts.checkpointed) {
+    for (int l = int(plan_.size()) - 1; l >= 0; --l)
+      layer_backward(l, dx, items, acts.pos.data(), acts.layers[size_t(l)], acts.kv,
+                     grads.layers[size_t(l)], dkv);
+    return;
+  }
+  // Checkpointed: rerun layer l's forward from its kept input (same weights, same dropout masks,
+  // so the same intermediates), then its backward; only one layer's intermediates live at a time.
+  // A consumer's recomputation reads its producer's K/V, kept from the forward.
+  const int64_t T = int64_t(acts.pos.size()), H = cfg_.hidden_size;
+  LayerActs a;
+  std::vector<float> x(size_t(T * H));
+  std::vector<std::vector<float>> kv(2 * plan_.size());
+  for (int l = int(plan_.size()) - 1; l >= 0; --l) {
+    const auto& xin = acts.layers[size_t(l)].x_in;
+    HYMBA_CHECK(int64_t(xin.size()) == T * H, "backward: layer inputs were not kept");
+    a.x_in = xin;
+    std::copy(xin.begin(), xin.end(), x.begin());
+    const int src = plan_[size_t(l)].kv_source;
+    if (plan_[size_t(l)].has_attn && src != l) kv[size_t(2 * src)] = acts.kv[size_t(2 * src)],
+                                              kv[size_t(2 * src + 1)] = acts.kv[size_t(2 * src + 1)];
+    layer_forward(l, x.data(), items, acts.pos.data(), a, kv);
+    layer_backward(l, dx, items, acts.pos.data(), a, acts.kv, grads.layers[size_t(l)], dkv);
+    kv[size_t(2 * l)].clear(), kv[size_t(2 * l + 1)].clear();
+    if (plan_[size_t(l)].has_attn && src != l) kv[size_t(2 * src)].clear(), kv[size_t(2 * src + 1)].clear();
+  }
+}
+
+int64_t HymbaModel::activation_bytes_per_row() const {
+  const Config& c = cfg_;
+  int64_t f = 0;
+  for (const auto& p : plan_) {
+    f += 4 * c.hidden_size + 2 * p.in_proj_rows + 3 * c.intermediate_size;  // x_in xn h_mid xm, proj, gate up act
+    if (p.has_attn) f += 2 * (c.num_attention_heads * c.d_qk + c.num_key_value_heads * (c.d_qk + c.d_v)) +
+                         2 * c.num_attention_heads * c.d_v + c.d_inner;  // q k v (and their takes), attn, n1
+    if (p.has_ssm) f += 11 * c.d_inner + 2 * (c.dt_rank + 2 * c.mamba_d_state);
+    f += c.d_inner;  // fused
+  }
+  return f * int64_t(sizeof(float));
 }
 
 }  // namespace hymba

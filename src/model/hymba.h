@@ -44,7 +44,12 @@ struct LayerActs {
 };
 
 struct ModelActs {
+  // With activation checkpointing (HymbaModel::set_grad_checkpointing) layers[l] keeps only x_in
+  // and the backward recomputes the rest of layer l from it, one layer at a time in `work`.
   std::vector<LayerActs> layers;
+  LayerActs work;
+  bool checkpointed = false;
+  std::vector<std::vector<float>> kv;  // [2l], [2l+1]: producer l's post-RoPE K, V (consumers read them)
   std::vector<int32_t> pos;  // [T] absolute position of each row
   std::vector<float> x_final, rstd_final;  // [T, H] residual stream after the last layer, [T]
 };
@@ -99,13 +104,19 @@ class HymbaModel {
   // as is), in forwards that keep activations and their backward; the mask of every (layer,
   // module, element) comes from `seed`, so a backward sees its forward's. p = 0: off.
   void set_adapter_dropout(float p, uint64_t seed) { dropout_p_ = p, dropout_seed_ = seed; }
+  // Activation checkpointing for training forwards (ModelActs): keep each layer's input only and
+  // recompute the layer's forward in the backward (one extra forward; gradients unchanged).
+  void set_grad_checkpointing(bool on) { grad_ckpt_ = on; }
+  bool grad_checkpointing() const { return grad_ckpt_; }
+  // Bytes a non-checkpointed training forward keeps per row (all layers; for the auto choice).
+  int64_t activation_bytes_per_row() const;
 
  private:
   void layer_forward(int l, float* x, std::span<const ForwardItem> items, const int32_t* pos,
                      LayerActs& a, std::vector<std::vector<float>>& chunk_kv);
   void layer_backward(int l, float* dx, std::span<const ForwardItem> items, const int32_t* pos,
-                      const ModelActs& acts, const LayerWeights& g,
-                      std::vector<std::vector<float>>& dkv);
+                      const LayerActs& a, const std::vector<std::vector<float>>& kv,
+                      const LayerWeights& g, std::vector<std::vector<float>>& dkv);
 
   // The linear layer (layer l, slot s) with its adapter, if any. fresh: recompute DoRA norms
   // (weights may have changed: every training forward); otherwise they are computed once.
@@ -119,6 +130,7 @@ class HymbaModel {
   Weights w_;
   const float* own_meta_ = nullptr;  // the weights' meta tokens (set_meta_tokens)
   float dropout_p_ = 0.0f;
+  bool grad_ckpt_ = false;
   uint64_t dropout_seed_ = 0;
   // out[n] = in[n] dropped out (zero or / (1 - p)) with the mask of (l, s); false when off.
   bool adapter_dropout(std::vector<float>& out, const float* in, int l, Slot s, int64_t n) const;

@@ -33,6 +33,10 @@ double now_s() {
 }
 }  // namespace
 
+bool auto_grad_checkpointing(const HymbaModel& m, int64_t seq_len) {
+  return m.activation_bytes_per_row() * (seq_len + m.config().num_memory_tokens) > kAutoCheckpointBytes;
+}
+
 FinetuneResult finetune(const FinetuneOptions& o) {
   // Everything that can be refused is checked before any step.
   HYMBA_CHECK(o.method == "full" || o.method == "lora" || o.method == "dora",
@@ -144,6 +148,8 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     }
   }
   if (adapters) model.set_adapters(&ad.view, &ad.gview), model.set_meta_tokens(ad.meta), frozen.meta = ad.gmeta;
+  const bool ckpt = o.grad_checkpointing < 0 ? auto_grad_checkpointing(model, o.seq_len) : o.grad_checkpointing > 0;
+  model.set_grad_checkpointing(ckpt);
   Weights full_grads = arena.g;
   std::vector<ParamGroup> groups = adapters ? adapter_groups(ad) : param_groups(arena);
   if (!adapters && !train_meta) {  // frozen: no gradient, no update
@@ -236,10 +242,11 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     std::fprintf(stderr, "data parallel over %d MPI ranks: %lld micro-batches of each step per rank\n", dp.size,
                  (long long)(k_hi - k_lo));
   if (logs)
-    std::fprintf(stderr, "%s: %s, %zu train / %zu validation %s in %zu rows, %lld steps, %lld trainable parameters\n",
+    std::fprintf(stderr, "%s: %s, %zu train / %zu validation %s in %zu rows, %lld steps, %lld trainable parameters%s\n",
                  dpo ? "dpo" : "finetune", o.method.c_str(), dpo ? train_pairs.size() : train.size(),
                  dpo ? val_pairs.size() : val.size(), dpo ? "pairs" : "conversations", packs.size(),
-                 (long long)total, (long long)(adapters ? ad.data.size() : arena.data.size()));
+                 (long long)total, (long long)(adapters ? ad.data.size() : arena.data.size()),
+                 ckpt ? ", activation checkpointing" : "");
   FinetuneResult r;
   r.total_steps = total;
   if (step == 0 && logs && (dpo ? !val_pairs.empty() : !val.empty()))

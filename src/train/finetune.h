@@ -41,7 +41,15 @@ struct FinetuneOptions {
   // (modules_to_save, src/model/adapter.h).
   int train_meta_tokens = -1;
   double dropout = 0.0;  // PEFT's lora_dropout: on the LoRA adapters' input while training
+  // Activation checkpointing (HymbaModel::set_grad_checkpointing): 1 on, 0 off, -1 auto = on
+  // when the kept activations of one row of seq_len (+ meta) tokens would pass kAutoCheckpointBytes.
+  int grad_checkpointing = -1;
 };
+
+inline constexpr int64_t kAutoCheckpointBytes = int64_t(2) << 30;
+// The auto rule of grad_checkpointing for a model and a row length.
+class HymbaModel;
+bool auto_grad_checkpointing(const HymbaModel& m, int64_t seq_len);
 
 struct FinetuneResult {
   int64_t steps_done = 0, total_steps = 0;
