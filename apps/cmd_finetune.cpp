@@ -59,7 +59,7 @@ void add_options(CLI::App& sub, const std::shared_ptr<Opts>& o, bool dpo) {
   sub.add_option("--alpha", f.alpha, "lora_alpha; the adapter is scaled by alpha/r (default 16)");
   sub.add_option("--dropout", f.dropout,
                  "lora_dropout: dropout on the adapters' input while training, off at inference; saved in "
-                 "adapter_config.json (default 0; --method lora)");
+                 "adapter_config.json (default 0; lora and dora: DoRA's part is then computed on the dropped-out input, as PEFT)");
   sub.add_option("--target", f.targets, "modules to adapt: in_proj,out_proj,x_proj,dt_proj,gate_proj,up_proj,down_proj, mlp, all")
       ->capture_default_str();
   sub.add_flag("--train-meta-tokens", o->train_meta,

@@ -115,14 +115,14 @@ void HymbaModel::linear_forward(int l, Slot s, float* out, const float* in, cons
                                 const float* bias, int64_t T, bool accumulate, bool fresh) {
   if (!adapters_) return matmul_forward(out, in, W, bias, T, accumulate);
   const LoraView& a = adapters_->layers[size_t(l)][size_t(s)];
-  std::vector<float> dropped;
-  if (fresh && a.active() && adapter_dropout(dropped, in, l, s, T * W.cols))
-    return adapted_forward(out, in, W, bias, a, nullptr, T, accumulate, dropped.data());
   std::vector<float>& norm = dora_norm()[size_t(l) * kNumSlots + size_t(s)];
   if (a.dora() && (fresh || norm.empty())) {
     norm.resize(size_t(W.rows));
     dora_row_norms(norm.data(), W, a);
   }
+  std::vector<float> dropped;
+  if (fresh && a.active() && adapter_dropout(dropped, in, l, s, T * W.cols))
+    return adapted_forward(out, in, W, bias, a, norm.data(), T, accumulate, dropped.data());
   adapted_forward(out, in, W, bias, a, norm.data(), T, accumulate);
 }
 

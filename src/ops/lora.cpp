@@ -61,7 +61,6 @@ void adapted_forward(float* out, const float* in, const MatView& W, const float*
                      const float* lora_in) {
   if (!a.active()) return matmul_forward(out, in, W, bias, M, accumulate);
   const int64_t N = W.rows, K = W.cols;
-  HYMBA_CHECK(!lora_in || !a.dora(), "adapter dropout is implemented for LoRA only, not DoRA");
   if (!a.dora()) {
     matmul_forward(out, in, W, bias, M, accumulate);
     std::vector<float> u;
@@ -72,6 +71,21 @@ void adapted_forward(float* out, const float* in, const MatView& W, const float*
   }
   HYMBA_CHECK(norm, "adapted_forward: DoRA needs the weight norms");
   std::vector<float> z;
+  if (lora_in) {
+    // PEFT (DoraLinearVariant.forward) with a dropout that is not the identity: the base output
+    // on x, plus the DoRA part on d = dropout(x) with the base recomputed on it:
+    //   y = W·x + b + (m/n - 1) ⊙ W·d + m/n ⊙ s·B·A·d = W·x + b + m/n ⊙ z(d) - W·d.
+    matmul_forward(out, in, W, bias, M, accumulate);
+    std::vector<float> wd(size_t(M * N));
+    matmul_forward(wd.data(), lora_in, W, nullptr, M);
+    dora_inner(z, lora_in, W, a, M);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < N; ++j) {
+        const size_t i = size_t(m * N + j);
+        out[i] += a.magnitude[j] / norm[j] * z[i] - wd[i];
+      }
+    return;
+  }
   dora_inner(z, in, W, a, M);
   for (int64_t m = 0; m < M; ++m) {
     float* o = out + m * N;
@@ -106,7 +120,8 @@ void adapted_backward(float* dinp, float* dW, float* dbias, const LoraGrad& ga, 
                       int64_t M, const float* lora_in, float* dlora_in) {
   const int64_t N = W.rows, K = W.cols;
   if (M <= 0) return;
-  HYMBA_CHECK(!lora_in || (!a.dora() && dlora_in), "adapter dropout: LoRA only, with dlora_in");
+  HYMBA_CHECK(!lora_in || dlora_in, "adapter dropout: the backward needs dlora_in");
+  HYMBA_CHECK(!(lora_in && a.dora() && dW), "adapted_backward: DoRA dropout with a base gradient");
   HYMBA_CHECK(!dW || W.dtype == DType::F32, "adapted_backward: a weight gradient needs F32 weights");
   if (dbias)
     for (int64_t m = 0; m < M; ++m)
@@ -119,11 +134,12 @@ void adapted_backward(float* dinp, float* dW, float* dbias, const LoraGrad& ga, 
   }
   // dz: gradient w.r.t. the un-normalised output (DoRA) or the output itself (LoRA).
   std::vector<float> dz(dout, dout + M * N);
+  const bool dora_dropout = a.dora() && lora_in;
   if (a.dora()) {
     HYMBA_CHECK(norm, "adapted_backward: DoRA needs the weight norms");
-    if (ga.magnitude) {  // dL/dm_j = Σ_t dout_tj · z_tj / ‖·‖_j (the norm is a constant)
+    if (ga.magnitude) {  // dL/dm_j = Σ_t dout_tj · z_tj / ‖·‖_j (the norm is a constant; z of d with dropout)
       std::vector<float> z;
-      dora_inner(z, inp, W, a, M);
+      dora_inner(z, lora_in ? lora_in : inp, W, a, M);
       for (int64_t j = 0; j < N; ++j) {
         double s = 0.0;
         for (int64_t m = 0; m < M; ++m) s += double(dout[m * N + j]) * z[size_t(m * N + j)];
@@ -133,7 +149,15 @@ void adapted_backward(float* dinp, float* dW, float* dbias, const LoraGrad& ga, 
     for (int64_t m = 0; m < M; ++m)
       for (int64_t j = 0; j < N; ++j) dz[size_t(m * N + j)] *= a.magnitude[j] / norm[j];
   }
-  if (dinp || dW) {
+  if (dora_dropout) {
+    // y = W·x + m/n ⊙ z(d) - W·d: dx += dout·W; dd += (m/n ⊙ dout - dout)·W + the adapter's part.
+    if (dinp) {
+      matview_backward_input(dinp, dout, W, M);
+      std::vector<float> g(dz);
+      for (int64_t i = 0; i < M * N; ++i) g[size_t(i)] -= dout[i];
+      matview_backward_input(dlora_in, g.data(), W, M);
+    }
+  } else if (dinp || dW) {
     if (W32) matmul_backward(dinp, dW, nullptr, dz.data(), inp, W32, M, N, K);
     else if (dinp) matview_backward_input(dinp, dz.data(), W, M);
   }

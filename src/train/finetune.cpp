@@ -45,8 +45,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   const bool train_meta = o.train_meta_tokens < 0 ? !adapters : o.train_meta_tokens > 0;
   HYMBA_CHECK(!(o.q8 && !adapters), "--quantize q8 needs --method lora or dora (the base is frozen)");
   HYMBA_CHECK(o.dropout >= 0 && o.dropout < 1, "--dropout must be in [0, 1)");
-  HYMBA_CHECK(o.dropout == 0 || o.method == "lora",
-              "--dropout is for --method lora (PEFT's DoRA dropout also reroutes the base path: not implemented)");
+  HYMBA_CHECK(o.dropout == 0 || o.method != "full", "--dropout is for --method lora or dora (adapters)");
   HYMBA_CHECK(o.seq_len >= 2 && o.grad_accum >= 1 && o.epochs >= 1, "--seq-len >= 2, --grad-accum >= 1, --epochs >= 1");
   HYMBA_CHECK(o.val_fraction >= 0 && o.val_fraction < 1, "--val-fraction must be in [0, 1)");
   // Data parallel (mpirun -np K): a step's --grad-accum micro-batches are the global batch; each

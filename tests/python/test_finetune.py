@@ -11,7 +11,8 @@ modules_to_save, applied by --lora and by merge); a resume with the other settin
 --dropout P (PEFT's lora_dropout): P=0 gives the same adapter bytes as no option; P>0 trains
 differently, writes lora_dropout=P, resumes exactly (the masks are a function of seed and step),
 and does not touch inference (same logits as the same tensors with lora_dropout 0); P out of
-[0, 1), DoRA/full with dropout, and a resume with another P are refused."""
+[0, 1), full fine-tuning with dropout, and a resume with another P are refused; DoRA with
+dropout trains."""
 import json
 import os
 import shutil
@@ -163,10 +164,18 @@ def main():
         r = ft(data, drop["p3"][0], "--max-steps", "3", "--grad-accum", "2", "--resume")
         check("Bad resume with another --dropout refused", r.returncode == 1 and "dropout" in r.stderr, r.stderr.strip()[-200:])
     for extra, why in ((["--dropout", "1"], "[0, 1)"), (["--dropout", "-0.1"], "[0, 1)"),
-                       (["--dropout", "0.1", "--method", "dora"], "--method lora"),
-                       (["--dropout", "0.1", "--method", "full"], "--method lora")):
+                       (["--dropout", "0.1", "--method", "full"], "--method lora or dora")):
         r = ft(data, os.path.join(work, "bad-dropout"), "--max-steps", "1", *extra)
         check(f"Bad {' '.join(extra)} refused", r.returncode == 1 and why in r.stderr, r.stderr.strip()[-200:])
+
+    # DoRA with dropout (PEFT's DoRA part on the dropped-out input; gradients in
+    # test_lora_dropout_vs_reference.py).
+    dd = os.path.join(work, "dora-dropout")
+    r = ft(data, dd, "--max-steps", "1", "--method", "dora", "--dropout", "0.2")
+    cfg_dd = os.path.join(dd, "adapter_config.json")
+    check("dora + --dropout 0.2 trains and writes lora_dropout 0.2", r.returncode == 0 and os.path.exists(cfg_dd) and
+          abs(json.load(open(cfg_dd)).get("lora_dropout", -1) - 0.2) < 1e-9 and json.load(open(cfg_dd)).get("use_dora"),
+          r.stderr.strip()[-200:])
 
     # Bad data: named row, exit 1, nothing written.
     bad = {"no messages": ({"text": "x"}, "no \"messages\""),

@@ -3,7 +3,7 @@
 backward reruns each layer's forward from its kept input instead of keeping every intermediate.
 `hymba grad` with it on and off must give the same loss and gradients: every parameter of a full
 model (tiny config with a K/V-sharing consumer, two sequences), and the adapter tensors of a LoRA
-with lora_dropout (the masks are redrawn in the recomputation) and of a DoRA. Tolerance: max
+with lora_dropout (the masks are redrawn in the recomputation) and of a DoRA with it. Tolerance: max
 |on - off| <= 1e-6 · max |off| per tensor (the recomputation runs the same code on the same
 inputs, so in practice they are identical; the test prints the worst difference)."""
 import json
@@ -65,7 +65,7 @@ def main():
         same("full parameters", ckpt, spec, work)
         model = hymba_ref.load(ckpt)
         for name, dora, extra in (("lora + dropout 0.25", False, ["--dropout", "0.25", "--dropout-seed", "9"]),
-                                  ("dora", True, [])):
+                                  ("dora + dropout 0.25", True, ["--dropout", "0.25", "--dropout-seed", "9"])):
             adir = os.path.join(work, name.split()[0])
             lora_ref.write_peft(adir, lora_ref.random_adapter(model, ALL, 4, 8.0, dora, seed=4 + dora), 4, 8.0, dora, ALL)
             same(name, ckpt, spec, work, "--lora", adir, *extra)
