@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <optional>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -127,7 +128,8 @@ std::string finish_reason(const std::string& stop) { return stop == "length" ? "
 
 const std::map<std::string, std::string> kEndpoints = {
     {"/health", "health"}, {"/metrics", "metrics"}, {"/v1/models", "models"}, {"/v1/completions", "completions"},
-    {"/v1/chat/completions", "chat_completions"}, {"/tokenize", "tokenize"}, {"/detokenize", "detokenize"}};
+    {"/v1/chat/completions", "chat_completions"}, {"/tokenize", "tokenize"}, {"/detokenize", "detokenize"},
+    {"/lora-adapters", "lora_adapters"}};
 
 class Server {
  public:
@@ -139,6 +141,8 @@ class Server {
       HYMBA_CHECK(a.name != name_, "--lora " + a.name + "=...: the name is the base model's (--alias)");
       adapters_.push_back(a.name);
     }
+    for (const auto& a : eng.adapters())  // a float as its shortest decimal
+      global_scales_.push_back(a.name.empty() ? std::strtod(std::to_string(a.scale).c_str(), nullptr) : 0.0);
     const int64_t trained = eng.config().max_position_embeddings;
     ctx_ = o.ctx_size > 0 ? o.ctx_size : trained;
     std::stringstream keys(o.api_key);
@@ -184,6 +188,29 @@ class Server {
     });
     s.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) { guarded(q, r, false); });
     s.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) { guarded(q, r, true); });
+    // llama-server's adapter endpoints: ids in load order, path, the global scale.
+    s.Get("/lora-adapters", [this](const httplib::Request&, httplib::Response& res) {
+      json out = json::array();
+      std::lock_guard<std::mutex> l(lora_mu_);
+      const auto& info = eng_.adapters();
+      for (size_t i = 0; i < info.size(); ++i)
+        out.push_back({{"id", int(i)}, {"path", info[i].dir}, {"scale", global_scales_[i]},
+                       {"name", info[i].name.empty() ? json() : json(info[i].name)}, {"dora", info[i].dora}});
+      reply(res, 200, out);
+    });
+    s.Post("/lora-adapters", [this](const httplib::Request& q, httplib::Response& res) {
+      safe(res, [&] {
+        const json body = json::parse(q.body, nullptr, false);
+        if (body.is_discarded()) throw BadRequest("the request body is not JSON");
+        const auto list = parse_lora_list(body, "the body");
+        eng_.check_mix(as_mix(list));
+        std::lock_guard<std::mutex> l(lora_mu_);
+        std::fill(global_scales_.begin(), global_scales_.end(), 0.0f);  // unlisted: off (llama-server)
+        for (const auto& [id, sc] : list) global_scales_[size_t(id)] = sc;
+        global_set_ = true;
+        reply(res, 200, {{"success", true}});
+      });
+    });
     s.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& r) {
       safe(r, [&] {
         reply(r, 200, {{"tokens", parse_tokenize(parse_body(q.body), tok_)}});
@@ -404,12 +431,23 @@ class Server {
     lim.request_timeout_s = o_.request_timeout;
     const json body = parse_body(q.body);
     const int adapter = pick_adapter(body);
+    // llama-server's per-request adapter mix; without one, the global mix (POST /lora-adapters)
+    // if it was ever set.
+    std::optional<Engine::LoraMix> mix;
+    if (body.contains("lora") && !body["lora"].is_null()) {
+      if (adapter != 0) throw BadRequest("give either \"lora\" or an adapter's name as \"model\", not both");
+      mix = as_mix(parse_lora_list(body["lora"], "'lora'"));
+      eng_.check_mix(*mix);
+    } else if (adapter == 0) {
+      std::lock_guard<std::mutex> l(lora_mu_);
+      if (global_set_) mix = global_mix();
+    }
     {
       std::lock_guard<std::mutex> l(metrics_mu_);
       ++model_requests_[model_name(adapter)];
     }
     auto p = std::make_shared<ParsedCompletion>(parse_completion(body, chat, tok_, lim));
-    for (auto& r : p->choices) r.adapter = adapter;
+    for (auto& r : p->choices) r.adapter = adapter, r.lora = mix;
     auto sub = std::make_shared<Submitted>();
     try {
       for (auto& r : p->choices) sub->jobs.push_back(sched_.submit(r));
@@ -548,6 +586,21 @@ class Server {
   std::mutex metrics_mu_;
   std::map<std::pair<std::string, int>, int64_t> requests_;
   std::map<std::string, int64_t> model_requests_;  // completions by the model (adapter) they picked
+  // The global adapter scales (GET/POST /lora-adapters), by adapter id. At start the unnamed
+  // --lora at its scale and the named ones at 0 (they apply when a request names them).
+  std::mutex lora_mu_;
+  std::vector<double> global_scales_;  // as given (JSON shows 0.7, not float's 0.699999988)
+  bool global_set_ = false;  // POST /lora-adapters was used: requests without a choice get this mix
+  static Engine::LoraMix as_mix(const std::vector<std::pair<int, double>>& l) {
+    Engine::LoraMix m;
+    for (const auto& [id, sc] : l) m.push_back({id, float(sc)});
+    return m;
+  }
+  Engine::LoraMix global_mix() const {
+    Engine::LoraMix m;
+    for (size_t i = 0; i < global_scales_.size(); ++i) m.push_back({int(i), float(global_scales_[i])});
+    return m;
+  }
 };
 
 void run(const Opts& o) {

@@ -1,6 +1,7 @@
 #include "server_request.h"
 
 #include <algorithm>
+#include <cmath>
 #include <chrono>
 #include <random>
 
@@ -92,6 +93,19 @@ std::vector<std::vector<int32_t>> parse_prompts(const json& pr, const Tokenizer&
 }
 
 }  // namespace
+
+std::vector<std::pair<int, double>> parse_lora_list(const json& list, const char* what) {
+  const std::string w = what;
+  if (!list.is_array()) throw BadRequest(w + " must be an array of objects with 'id' and 'scale' fields");
+  std::vector<std::pair<int, double>> out;
+  for (const auto& e : list) {
+    if (!e.is_object() || !e.contains("id")) throw BadRequest(w + ": each entry must be an object with 'id' and 'scale'");
+    const double sc = get_or<double>(e, "scale", 0.0);
+    if (!(std::abs(sc) <= 1e30)) throw BadRequest(w + ": 'scale' must be a finite number of magnitude <= 1e30");
+    out.push_back({get_or<int>(e, "id", -1), sc});
+  }
+  return out;
+}
 
 json parse_body(const std::string& body) {
   json b = json::parse(body, nullptr, false);

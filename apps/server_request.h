@@ -76,6 +76,10 @@ ParsedCompletion parse_completion(const nlohmann::json& b, bool chat, const Toke
 
 // /tokenize: the ids of "content"; /detokenize: the text of "tokens".
 std::vector<int32_t> parse_tokenize(const nlohmann::json& b, const Tokenizer& tok);
+
+// llama-server's adapter list: [{"id": int, "scale": number (default 0)}, ...] (a request's
+// "lora", the body of POST /lora-adapters) -> (id, scale) pairs; ids are checked by the engine.
+std::vector<std::pair<int, double>> parse_lora_list(const nlohmann::json& list, const char* what);
 std::string parse_detokenize(const nlohmann::json& b, const Tokenizer& tok);
 
 }  // namespace hymba::cli

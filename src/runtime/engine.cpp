@@ -1,6 +1,7 @@
 #include "runtime/engine.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "base/error.h"
 #include "base/hash.h"
@@ -25,23 +26,124 @@ Engine::Engine(std::unique_ptr<Checkpoint> ckpt, const EngineOptions& opts)
     : ckpt_(prepared(std::move(ckpt), opts)), model_(ckpt_->config, ckpt_->weights), opts_(opts) {
   HYMBA_CHECK(opts_.max_chunk > 0, "max_chunk must be positive");
   model_.freeze_weights();
-  auto add = [&](const std::string& dir, float scale) {
-    Variant v;
+  auto add = [&](const std::string& name, const std::string& dir, float scale) {
+    std::unique_ptr<AdapterSet> a;
     if (!dir.empty()) {
-      v.adapter = std::make_unique<AdapterSet>(load_peft_adapter(dir, ckpt_->config, ckpt_->weights));
-      v.adapter->set_user_scale(scale);
-      v.scale = scale;
+      a = std::make_unique<AdapterSet>(load_peft_adapter(dir, ckpt_->config, ckpt_->weights));
+      a->set_user_scale(scale);
+      adapter_info_.push_back({name, dir, scale, a->cfg.dora, a->meta != nullptr});
     }
-    variants_.push_back(std::move(v));
-    // The prefix too: the meta tokens go through the adapted layers.
-    if (opts_.use_prefix) {
-      select(int(variants_.size()) - 1);
-      variants_.back().prefix = model_.compute_prefix(opts_.cache_dtype);
-    }
+    const int v = add_variant(std::move(a), scale);
+    if (!dir.empty()) adapter_variant_.push_back(v);
   };
-  add(opts_.lora, opts_.lora_scale);
-  for (const auto& a : opts_.adapters) add(a.dir, a.scale);
+  add("", opts_.lora, opts_.lora_scale);
+  for (const auto& a : opts_.adapters) add(a.name, a.dir, a.scale);
   select(0);
+}
+
+int Engine::add_variant(std::unique_ptr<AdapterSet> a, float scale) {
+  Variant v;
+  v.adapter = std::move(a);
+  v.scale = scale;
+  variants_.push_back(std::move(v));
+  const int id = int(variants_.size()) - 1;
+  n_variants_.store(id + 1);
+  // The prefix too: the meta tokens go through the adapted layers.
+  if (opts_.use_prefix) {
+    const int was = current_;
+    select(id);
+    variants_.back().prefix = model_.compute_prefix(opts_.cache_dtype);
+    if (was >= 0) select(was);
+  }
+  return id;
+}
+
+namespace {
+// Drops scale-0 entries, sorts by id; a repeated id keeps its last scale (as llama-server does).
+std::vector<std::pair<int, float>> normalised(const Engine::LoraMix& m) {
+  std::map<int, float> by_id;
+  for (const auto& [id, s] : m) by_id[id] = s;
+  std::vector<std::pair<int, float>> out;
+  for (const auto& [id, s] : by_id)
+    if (s != 0.0f) out.push_back({id, s});
+  return out;
+}
+}  // namespace
+
+void Engine::check_mix(const LoraMix& m) const {
+  for (const auto& [id, s] : m) {
+    HYMBA_CHECK(id >= 0 && id < int(adapter_info_.size()),
+                "invalid adapter id " + std::to_string(id) + " (this server has " +
+                    std::to_string(adapter_info_.size()) + " adapters: GET /lora-adapters)");
+    HYMBA_CHECK(std::isfinite(s), "adapter " + std::to_string(id) + ": the scale must be a finite number");
+  }
+  const auto n = normalised(m);
+  if (n.size() < 2) return;
+  for (const auto& [id, s] : n) {
+    const AdapterInfo& a = adapter_info_[size_t(id)];
+    HYMBA_CHECK(!a.dora, "adapter " + std::to_string(id) + " (" + adapter_info_[size_t(id)].dir +
+                                 ") is DoRA: DoRA is not additive, so it can only be used alone");
+    HYMBA_CHECK(!a.meta, "adapter " + std::to_string(id) + " (" + adapter_info_[size_t(id)].dir +
+                             ") trains the meta tokens: it can only be used alone");
+  }
+}
+
+int Engine::mix_variant(const LoraMix& m) {
+  check_mix(m);
+  const auto n = normalised(m);
+  // The variants made at load: the base alone (variant 0 without the unnamed adapter), or one
+  // adapter at its load-time scale.
+  if (n.empty() && !variants_[0].adapter) return 0;
+  if (n.size() == 1 && n[0].second == adapter_info_[size_t(n[0].first)].scale)
+    return adapter_variant_[size_t(n[0].first)];
+  if (auto it = mixes_.find(n); it != mixes_.end()) return it->second;
+  std::unique_ptr<AdapterSet> out;
+  const auto& c = model_.config();
+  if (n.size() == 1) {  // one adapter (LoRA or DoRA) at another scale: a copy, rescaled
+    out = std::make_unique<AdapterSet>(*variants_[size_t(adapter_variant_[size_t(n[0].first)])].adapter);
+    out->grad.clear();
+    out->bind();
+    out->set_user_scale(n[0].second);
+  } else if (!n.empty()) {
+    // Σ s_i·B_i·A_i = [s_1·B_1 | s_2·B_2 | ...] · [A_1; A_2; ...]: one LoRA of the summed rank with
+    // scale 1, over the union of the modules (an adapter's rows stay zero where it has none).
+    AdapterConfig cfg;
+    cfg.rank = 0;
+    std::vector<const AdapterSet*> src;
+    for (const auto& [id, s] : n) {
+      src.push_back(variants_[size_t(adapter_variant_[size_t(id)])].adapter.get());
+      cfg.rank += src.back()->cfg.rank;
+      for (Slot t : src.back()->cfg.targets)
+        if (std::find(cfg.targets.begin(), cfg.targets.end(), t) == cfg.targets.end()) cfg.targets.push_back(t);
+    }
+    cfg.alpha = double(cfg.rank);      // scale() = 1
+    out = std::make_unique<AdapterSet>(adapter_layout(c, ckpt_->weights, cfg));
+    const int64_t R = cfg.rank;
+    int64_t r0 = 0;
+    for (size_t k = 0; k < n.size(); ++k) {
+      const AdapterSet& a = *src[k];
+      for (size_t l = 0; l < a.view.layers.size(); ++l)
+        for (int t = 0; t < kNumSlots; ++t) {
+          const LoraView& v = a.view.layers[l][size_t(t)];
+          if (!v.active()) continue;
+          const MatView& W = slot_matrix(ckpt_->weights.layers[l], Slot(t));
+          LoraView& o = out->view.layers[l][size_t(t)];
+          HYMBA_CHECK(o.active() && v.rank <= a.cfg.rank, "adapter mix: layout mismatch");
+          // The views point into out->data, which this function owns and fills.
+          float* A = const_cast<float*>(o.A);
+          float* B = const_cast<float*>(o.B);
+          const float s = a.cfg.scale() * n[k].second;
+          std::copy_n(v.A, v.rank * W.cols, A + r0 * W.cols);
+          for (int64_t j = 0; j < W.rows; ++j)
+            for (int64_t q = 0; q < v.rank; ++q) B[j * R + r0 + q] = s * v.B[j * v.rank + q];
+        }
+      r0 += a.cfg.rank;
+    }
+    out->set_user_scale(1.0f);
+  }
+  const int v = add_variant(std::move(out), n.size() == 1 ? n[0].second : 1.0f);
+  mixes_[n] = v;
+  return v;
 }
 
 void Engine::select(int variant) {

@@ -1,5 +1,8 @@
 // A loaded model ready to run sequences: checkpoint + forward + the shared meta-token prefix.
 #pragma once
+#include <atomic>
+#include <deque>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -42,7 +45,7 @@ class Engine {
 
   // Which adapter a sequence runs with: 0 = the default (the base alone, or `lora`), i >= 1 =
   // options().adapters[i - 1]. A sequence must be fed with the variant it was made with.
-  int num_variants() const { return int(variants_.size()); }
+  int num_variants() const { return n_variants_.load(); }  // any thread (mix_variant adds)
 
   // A new sequence positioned after the meta tokens (computed through the variant's adapter).
   SequenceState new_sequence(int variant = 0);
@@ -62,6 +65,26 @@ class Engine {
   // variant's adapter (its tensors and scale).
   uint64_t model_tag(int variant = 0) const;
 
+  // Mixes of the loaded adapters (llama-server's per-request "lora": [{"id", "scale"}]). Ids are
+  // the load order: the unnamed `lora` first (if any), then options().adapters. A mix applies
+  // Σ scale_i · delta_i over the base (each adapter's delta at its lora_alpha / r; scale 0 =
+  // off): LoRA adapters are concatenated along the rank with the scales folded into B, so the
+  // result equals the sum exactly. A DoRA adapter, or one with trained meta tokens, is not
+  // additive: it can only be used alone (at any scale).
+  using LoraMix = std::vector<std::pair<int, float>>;
+  struct AdapterInfo {
+    std::string name, dir;  // name "" for the unnamed one
+    float scale = 1.0f;     // the load-time scale (--lora DIR:scale)
+    bool dora = false, meta = false;  // DoRA; trains the meta tokens (both not additive)
+  };
+  const std::vector<AdapterInfo>& adapters() const { return adapter_info_; }
+  // Throws an Error naming the problem (unknown id, a non-additive adapter mixed with others).
+  // Reads load-time data only: safe from any thread.
+  void check_mix(const LoraMix& m) const;
+  // The variant of a mix (an existing one when it matches, else made once and kept). Runs the
+  // meta tokens through it: call it from the thread that runs this engine.
+  int mix_variant(const LoraMix& m);
+
  private:
   std::string dir_;
   std::unique_ptr<Checkpoint> ckpt_;
@@ -74,7 +97,13 @@ class Engine {
     std::vector<std::vector<float>> dora_norms;  // this adapter's, kept across switches
   };
   void select(int variant);  // points the model at the variant's adapter
-  std::vector<Variant> variants_;
+  int add_variant(std::unique_ptr<AdapterSet> a, float scale);
+  // A deque: the model keeps pointers to a variant's DoRA norms across later additions.
+  std::deque<Variant> variants_;
+  std::atomic<int> n_variants_{0};
+  std::vector<AdapterInfo> adapter_info_;
+  std::vector<int> adapter_variant_;        // adapter id -> its variant at the load-time scale
+  std::map<std::vector<std::pair<int, float>>, int> mixes_;  // normalised mix -> variant
   int current_ = -1;
 };
 

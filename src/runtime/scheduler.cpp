@@ -118,7 +118,8 @@ std::shared_ptr<Job> Scheduler::submit(CompletionRequest r) {
     HYMBA_CHECK(b >= -100 && b <= 100, "logit_bias: values must be in [-100, 100]");
   }
   HYMBA_CHECK(r.top_logprobs <= 20, "logprobs: at most 20");
-  HYMBA_CHECK(r.adapter >= 0 && r.adapter < eng_.num_variants(), "no adapter " + std::to_string(r.adapter));
+  if (r.lora) eng_.check_mix(*r.lora);
+  else HYMBA_CHECK(r.adapter >= 0 && r.adapter < eng_.num_variants(), "no adapter " + std::to_string(r.adapter));
   Generation check(tok_, r.params, 0, r.prompt.back(), {});  // throws on bad parameters
   (void)check;
   auto job = std::make_shared<Job>();
@@ -189,6 +190,21 @@ void Scheduler::loop() {
         active.push_back(std::move(a));
       }
     }
+    // Adapter mixes become variants here, on the thread that runs the engine (a new mix runs
+    // the meta tokens through its adapters once).
+    std::erase_if(active, [&](std::unique_ptr<Active>& a) {
+      if (!a->req.lora) return false;
+      try {
+        a->req.adapter = eng_.mix_variant(*a->req.lora);
+        a->req.lora.reset();
+        while (opts_.store && model_tags_.size() < size_t(eng_.num_variants()))
+          model_tags_.push_back(eng_.model_tag(int(model_tags_.size())));
+        return false;
+      } catch (const std::exception& e) {
+        a->job->finish("error", e.what());
+        return true;
+      }
+    });
     const auto t0 = Clock::now();
     try {
       step(active);

@@ -22,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -43,6 +44,9 @@ struct CompletionRequest {
   std::vector<std::pair<int32_t, float>> logit_bias;  // added to the logits before sampling only
   std::vector<size_t> keep_at;  // prompt lengths worth keeping a state at (message boundaries)
   int adapter = 0;              // Engine variant: 0 = the default, i = options().adapters[i - 1]
+  // A mix of adapters by id and scale (Engine::mix_variant; the server's "lora" list): when set,
+  // it picks the variant instead of `adapter` (resolved by the worker, which runs the engine).
+  std::optional<Engine::LoraMix> lora;
   std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max();
 };
 
