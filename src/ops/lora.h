@@ -36,7 +36,8 @@ void dora_row_norms(float* norm, const MatView& W, const LoraView& a);
 
 // out[M, N] (=, or += with accumulate) the adapted layer of in[M, K]. Without an active adapter
 // this is exactly matmul_forward. DoRA needs norm = dora_row_norms(W, a). lora_in: what the
-// adapter path reads instead of `in` (LoRA only: PEFT's lora_dropout(x), training), or null.
+// adapter path reads instead of `in` (PEFT's lora_dropout(x), training), or null; with DoRA the
+// DoRA part is computed on it as PEFT does: W·x + b + (m/n - 1) ⊙ W·d + m/n ⊙ s·B·A·d.
 void adapted_forward(float* out, const float* in, const MatView& W, const float* bias,
                      const LoraView& a, const float* norm, int64_t M, bool accumulate = false,
                      const float* lora_in = nullptr);
