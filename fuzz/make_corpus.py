@@ -73,6 +73,8 @@ put("server_request", "completion_ids", "\x00" + json.dumps({"prompt": [1, 450, 
 put("server_request", "chat", "\x01" + json.dumps({"messages": [{"role": "system", "content": "Be brief."},
                                                                 {"role": "user", "content": "Who made the light?"}],
                                                    "max_completion_tokens": 8, "logprobs": True, "top_logprobs": 2}))
+put("server_request", "completion_lora", "\x00" + json.dumps({"prompt": "And God said", "max_tokens": 2,
+                                                              "lora": [{"id": 0, "scale": 0.7}, {"id": 1, "scale": -0.4}]}))
 put("server_request", "tokenize", "\x02" + json.dumps({"content": "In the beginning", "add_special": True}))
 put("server_request", "detokenize", "\x03" + json.dumps({"tokens": [1, 450, 7, 2]}))
 # chat messages: "\n\x01" separates messages, the next byte % 6 picks the role

@@ -1,6 +1,8 @@
 // Request bodies of `hymba server`: the first byte picks the endpoint (completions, chat
-// completions, tokenize, detokenize), the rest is the body. Parsing uses the bundled model's
-// tokenizer, as the server would; anything but BadRequest / hymba::Error escaping is a bug.
+// completions, tokenize, detokenize), the rest is the body (llama-server's "lora" list included).
+// Parsing uses the bundled model's tokenizer, as the server would; anything but BadRequest /
+// hymba::Error escaping is a bug.
+#include <cmath>
 #include <cstdint>
 
 #include "fuzz_util.h"
@@ -17,6 +19,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     switch (data[0] % 4) {
       case 0:
       case 1: {
+        // llama-server's per-request adapter list (also the body of POST /lora-adapters)
+        if (b.contains("lora") && !b["lora"].is_null())
+          for (const auto& [id, scale] : cli::parse_lora_list(b["lora"], "'lora'"))
+            fuzz::require(std::isfinite(scale), "finite adapter scales");
         const auto p = cli::parse_completion(b, data[0] % 4 == 1, *tok);
         fuzz::require(!p.choices.empty(), "a parsed request has a choice");
         for (const auto& c : p.choices) {
