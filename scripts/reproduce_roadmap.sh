@@ -9,10 +9,19 @@
 # docs/ROADMAP.md in a full run).
 #
 # Budget: STEPS BATCH SEQ_LEN (default 600 x 8 x 256, ~1.2M tokens per config, ~15 minutes each on
-# an idle 2-core machine); THREADS per process (default 1); PAR configs at a time (default 1).
+# an idle 2-core machine), LR (peak learning rate, default 1e-3); THREADS per process (default 1);
+# PAR configs at a time (default 1).
+# Size (default: the configs as they are, ~14.6M parameters): HIDDEN scales every config's width
+# alike (64-dim heads, MLP and Mamba sizes in proportion; layer pattern, windows, KV sharing and
+# fusion unchanged), META sets the meta-token count of the configs with meta tokens, WINDOW the
+# sliding window of the configs with windows.
 # MQAR: MQ_PAIRS MQ_VOCAB (default 4 pairs over 64 ids, a setting a small attention model learns:
-# docs/RESULTS.md) and MQ_TRAIN training samples mixed into the text (default 60000).
-# --tiny: 3 small steps per config, tiny evaluations, for CI (seconds); it checks the pipeline,
+# docs/RESULTS.md), MQ_TRAIN training samples mixed into the text (default 60000) and MQ_SAMPLES
+# evaluation samples (default 200).
+# CONFIGS: a subset of the configs (names as below). A rerun with the same OUT skips the configs
+# already trained and measured. TABLE_ONLY=1: no training, the table from the configs measured so
+# far (the others listed as missing).
+# --tiny: 3 small steps per config (HIDDEN=64 META=8 unless set), tiny evaluations, for CI (seconds); it checks the pipeline,
 # its numbers mean nothing.
 set -euo pipefail
 TINY=0
@@ -30,11 +39,13 @@ T="-t ${THREADS:-1}"
 
 if [ $TINY = 1 ]; then
   STEPS=${STEPS:-3}; BATCH=${BATCH:-2}; SEQ_LEN=${SEQ_LEN:-32}; CTXS="256 512"; NEEDLE_LEN=256; MQ_SAMPLES=4
-  CONFIGS="1-attention-only 2-mamba-only 7-hymba"
+  HIDDEN=${HIDDEN:-64}; META=${META:-8}  # small models: seconds, and the size overrides are exercised
+  CONFIGS=${CONFIGS:-"1-attention-only 2-mamba-only 7-hymba"}
 else
   STEPS=${STEPS:-600}; BATCH=${BATCH:-8}; SEQ_LEN=${SEQ_LEN:-256}; CTXS="2048 8192"; NEEDLE_LEN=1k,2k; MQ_SAMPLES=${MQ_SAMPLES:-200}
-  CONFIGS="1-attention-only 2-mamba-only 3-sequential-hybrid 4-parallel-global 5-parallel-swa 6-parallel-swa-kvshare 7-hymba 8-hymba-concat-fusion transformer-kv-compressed"
+  CONFIGS=${CONFIGS:-"1-attention-only 2-mamba-only 3-sequential-hybrid 4-parallel-global 5-parallel-swa 6-parallel-swa-kvshare 7-hymba 8-hymba-concat-fusion transformer-kv-compressed"}
 fi
+LR=${LR:-1e-3}  # peak learning rate (hymba train --lr; WSD schedule)
 # MQAR in the training mixture and in the evaluation (the same generator): pairs per sample, ids
 # for keys + values, training samples mixed into the text (MQ_TRAIN * (4 * MQ_PAIRS + 2) tokens).
 MQ_PAIRS=${MQ_PAIRS:-4}; MQ_VOCAB=${MQ_VOCAB:-64}; MQ_TRAIN=${MQ_TRAIN:-$([ $TINY = 1 ] && echo 200 || echo 60000)}
@@ -77,8 +88,8 @@ HAY=$(ls "$OUT"/corpus/* | head -1)
 # ---- configs --------------------------------------------------------------------------------------
 mkdir -p "$OUT/configs"
 for name in $CONFIGS; do
-  "$PY" - "$SRC" "$OUT/configs/$name.json" "$name" "$TINY" <<'EOF'
-import json, sys
+  HIDDEN=${HIDDEN:-} META=${META:-} WINDOW=${WINDOW:-} "$PY" - "$SRC" "$OUT/configs/$name.json" "$name" "$TINY" <<'EOF'
+import json, os, sys
 src, out, name, tiny = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 if name == "transformer-kv-compressed":
     # attention-only layers with Hymba's windows and KV sharing (Table 9's "Transformer with the
@@ -90,6 +101,23 @@ if name == "transformer-kv-compressed":
 else:
     c = json.load(open(f"{src}/configs/ablations/{name}.json"))
 c["vocab_size"] = 4096  # the bundled tokenizer's
+# Size overrides, applied to every config alike so each keeps its layer pattern, windows, KV sharing
+# and fusion: HIDDEN scales the width (heads keep their 64-dim head size, the MLP its ratio to the
+# hidden size, the Mamba inner size its expand factor); META replaces the meta-token count of the
+# configs that have meta tokens; WINDOW the sliding-window size of those that have windows.
+hid, meta, win = (int(os.environ.get(k) or 0) for k in ("HIDDEN", "META", "WINDOW"))
+if hid:
+    r = hid / c["hidden_size"]
+    c["hidden_size"] = hid
+    c["num_attention_heads"] = max(1, round(c["num_attention_heads"] * r))
+    assert hid % c["num_attention_heads"] == 0, f"HIDDEN={hid}: not a multiple of {c['num_attention_heads']} heads"
+    c["num_key_value_heads"] = min(c["num_key_value_heads"], c["num_attention_heads"])
+    c["intermediate_size"] = max(8, round(c["intermediate_size"] * r / 8) * 8)
+    c["conv_dim"] = {k: c["mamba_expand"] * hid for k in c["conv_dim"]}
+if meta and c.get("num_memory_tokens", 0) > 0:
+    c["num_memory_tokens"] = meta
+if win and c.get("sliding_window"):
+    c["sliding_window"] = win
 json.dump(c, open(out, "w"), indent=1)
 EOF
 done
@@ -101,7 +129,7 @@ one() {
   if [ ! -f "$run/model.safetensors" ]; then
     echo "== $name: training $STEPS steps of $BATCH x $SEQ_LEN tokens" >&2
     "$HYMBA" train --config "$OUT/configs/$name.json" --data "$OUT/data" --out "$run" --tokenizer "$TOK" \
-      --steps "$STEPS" --batch "$BATCH" --seq-len "$SEQ_LEN" --eval-every 0 --save-every 0 $T > "$run.train.log" 2>&1 \
+      --steps "$STEPS" --batch "$BATCH" --seq-len "$SEQ_LEN" --lr "$LR" --eval-every 0 --save-every 0 $T > "$run.train.log" 2>&1 \
       || { tail -5 "$run.train.log" >&2; die "$name: training failed"; }
   fi
   mkdir -p "$m"
@@ -118,35 +146,47 @@ one() {
   echo "== $name: measured" >&2
 }
 pids=()
-for name in $CONFIGS; do
-  while [ "$(jobs -rp | wc -l)" -ge "$PAR" ]; do sleep 2; done
-  one "$name" & pids+=($!)
-done
-for p in "${pids[@]}"; do wait "$p" || die "a config failed (see above)"; done
+if [ "${TABLE_ONLY:-0}" != 1 ]; then
+  for name in $CONFIGS; do
+    while [ "$(jobs -rp | wc -l)" -ge "$PAR" ]; do sleep 2; done
+    one "$name" & pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || die "a config failed (see above)"; done
+fi
 
 # ---- table -------------------------------------------------------------------------------------------
-CMDLINE="STEPS=$STEPS BATCH=$BATCH SEQ_LEN=$SEQ_LEN MQ_PAIRS=$MQ_PAIRS MQ_VOCAB=$MQ_VOCAB MQ_TRAIN=$MQ_TRAIN THREADS=${THREADS:-1} PAR=$PAR scripts/reproduce_roadmap.sh$([ $TINY = 1 ] && echo ' --tiny') OUT" \
+SIZE=""  # the size overrides in effect, recorded with the command line
+for v in HIDDEN META WINDOW; do [ -n "${!v:-}" ] && SIZE+="$v=${!v} "; done
+SIZE="$SIZE" LR="$LR" \
+CMDLINE="${SIZE}STEPS=$STEPS BATCH=$BATCH SEQ_LEN=$SEQ_LEN LR=$LR MQ_PAIRS=$MQ_PAIRS MQ_VOCAB=$MQ_VOCAB MQ_TRAIN=$MQ_TRAIN MQ_SAMPLES=$MQ_SAMPLES THREADS=${THREADS:-1} PAR=$PAR scripts/reproduce_roadmap.sh$([ $TINY = 1 ] && echo ' --tiny') OUT" \
 "$PY" - "$OUT" "$TINY" "$STEPS" "$BATCH" "$SEQ_LEN" "$CTXS" "$SRC" "$MQ_PAIRS $MQ_VOCAB $MQ_TRAIN" $CONFIGS <<'EOF'
 import json, os, sys
 out, tiny, steps, batch, seq, ctxs, src, mq, names = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6].split(), sys.argv[7], sys.argv[8].split(), sys.argv[9:]
 mq_pairs, mq_vocab, mq_train = map(int, mq)
-rows = {}
+rows, missing = {}, []
 for n in names:
     m = f"{out}/measure/{n}"
+    if not os.path.exists(f"{m}/done"):  # TABLE_ONLY=1 before the run finished
+        missing.append(n)
+        continue
     ld = lambda f: json.load(open(f"{m}/{f}"))
     needle = ld("needle.json")
     cells = [x for row in needle["retrieved"] for x in row]
     rows[n] = {"parameters": ld(f"info-{ctxs[0]}.json")["parameters"], "val_ppl": ld("ppl.json")["ppl"],
-               "mqar_acc": ld("mqar.json")["acc"], "needle": sum(cells) / len(cells),
+               "mqar_acc": ld("mqar.json")["acc"], "mqar_stderr": ld("mqar.json")["acc_stderr"], "needle": sum(cells) / len(cells),
                **{f"state_mib_{c}": ld(f"info-{c}.json")["state_bytes"] / 2**20 for c in ctxs},
                **{f"decode_tok_s_{c}": [r for r in ld(f"bench-{c}.json")["rows"] if r["n_gen"]][0]["tok_s"] for c in ctxs}}
-json.dump({"steps": steps, "batch": batch, "seq_len": seq, "tokens": steps * batch * seq,
-           "mqar": {"pairs": mq_pairs, "vocab": mq_vocab, "train_samples": mq_train}, "runs": rows},
+size = dict(kv.split("=") for kv in os.environ.get("SIZE", "").split())
+json.dump({"steps": steps, "batch": batch, "seq_len": seq, "tokens": steps * batch * seq, "lr": float(os.environ["LR"]),
+           "size_overrides": {k: int(v) for k, v in size.items()},
+           "mqar": {"pairs": mq_pairs, "vocab": mq_vocab, "train_samples": mq_train}, "runs": rows, "missing": missing},
           open(f"{out}/roadmap.json", "w"), indent=1)
 lines = ["# The design roadmap at small scale", "",
          f"Generated by `scripts/reproduce_roadmap.sh{' --tiny' if tiny else ''}`: every architecture trained "
-         f"{steps} steps × {batch} × {seq} tokens ({steps * batch * seq:,} tokens) on the KJV text with MQAR samples mixed in "
-         f"(same data, order and budget; {mq_train:,} MQAR samples of {mq_pairs} pairs over {mq_vocab} key/value ids), then measured with "
+         f"{steps} steps × {batch} × {seq} tokens ({steps * batch * seq:,} tokens, peak lr {os.environ['LR']}) on the KJV text with MQAR samples mixed in "
+         f"(same data, order and budget; "
+         + (f"configs/ablations scaled alike ({', '.join(f'{k}={v}' for k, v in size.items())}); " if size else "")
+         + f"{mq_train:,} MQAR samples of {mq_pairs} pairs over {mq_vocab} key/value ids), then measured with "
          f"`hymba perplexity` (text validation), `hymba eval --task mqar` (the same MQAR setting on fresh samples; chance "
          f"{2 / mq_vocab:.3f}), `--task needle`, `hymba info` (bf16 K/V) and `hymba bench` (decode after the given context).", ""]
 lines += ["```sh", os.environ.get("CMDLINE", ""), "```",
@@ -154,11 +194,13 @@ lines += ["```sh", os.environ.get("CMDLINE", ""), "```",
           "with the other configs' training): noisy, compare within a row rather than across rows.", ""]
 if tiny:
     lines += ["**Tiny pipeline check (CI): the numbers below mean nothing.**", ""]
+if missing:
+    lines += [f"**Partial table: not yet trained and measured: {', '.join(missing)}.**", ""]
 hdr = "| architecture | parameters | val ppl | MQAR acc | needle | " + " | ".join(f"state @{c} (MiB)" for c in ctxs) + " | " + \
       " | ".join(f"decode tok/s @{c}" for c in ctxs) + " |"
 lines += [hdr, "|" + "---|" * (5 + 2 * len(ctxs))]
 for n, r in rows.items():
-    lines.append(f"| {n} | {r['parameters']:,} | {r['val_ppl']:.2f} | {r['mqar_acc']:.3f} | {r['needle']:.2f} | " +
+    lines.append(f"| {n} | {r['parameters']:,} | {r['val_ppl']:.2f} | {r['mqar_acc']:.3f} ± {r['mqar_stderr']:.3f} | {r['needle']:.2f} | " +
                  " | ".join(f"{r[f'state_mib_{c}']:.2f}" for c in ctxs) + " | " +
                  " | ".join(f"{r[f'decode_tok_s_{c}']:.1f}" for c in ctxs) + " |")
 def get(n, k):

@@ -2,7 +2,7 @@
 """scripts/reproduce_roadmap.sh --tiny end to end (CI's pipeline check; the full run is not in CI):
 data (text + MQAR mixed into one token stream), three architectures trained a few steps, each
 measured (perplexity, MQAR, needle, state bytes, decode speed), roadmap.json + ROADMAP.md written
-with a row per architecture and the three comparisons with the paper's direction; docs/ROADMAP.md
+with a row per architecture (small sizes through the HIDDEN/META overrides) and the three comparisons with the paper's direction; docs/ROADMAP.md
 is left alone by the tiny run."""
 import json
 import math
@@ -32,8 +32,11 @@ def main():
         names = ["1-attention-only", "2-mamba-only", "7-hymba"]
         RES.check("a row per architecture", sorted(j["runs"]) == names, str(sorted(j["runs"])))
         finite = all(math.isfinite(v) for r_ in j["runs"].values() for v in r_.values())
-        RES.check("every measurement present and finite", finite and all(len(r_) == 8 for r_ in j["runs"].values()),
+        RES.check("every measurement present and finite", finite and all(len(r_) == 9 for r_ in j["runs"].values()),
                   json.dumps(j["runs"]["7-hymba"]))
+        RES.check("the size overrides (HIDDEN=64 META=8 in --tiny) applied and recorded",
+                  j["size_overrides"] == {"HIDDEN": 64, "META": 8} and all(r_["parameters"] < 2_000_000 for r_ in j["runs"].values()),
+                  json.dumps(j["size_overrides"]) + " " + str([r_["parameters"] for r_ in j["runs"].values()]))
         st = {n: j["runs"][n]["state_mib_512"] / j["runs"][n]["state_mib_256"] for n in names}
         RES.check("state grows with context for attention, not for Mamba", st["1-attention-only"] > 1.9 and abs(st["2-mamba-only"] - 1) < 1e-9,
                   str(st))
