@@ -129,6 +129,16 @@ def resp(port, *args):
         s.close()
 
 
+def start_redis(res):
+    """A started Redis (use it in a with block), or None after a failed check of res: setup.sh
+    installs redis-server, so its absence fails the test rather than skipping it."""
+    r = Redis()
+    if res.check("redis-server is installed (scripts/setup.sh installs it) and answers", r.installed and r.up):
+        return r
+    r.__exit__()
+    return None
+
+
 class Redis:
     """A throw-away redis-server (Debian's) on a free loopback port; .up says whether it answers,
     .url is for --state-store. None of it when redis-server is not installed (.installed False)."""

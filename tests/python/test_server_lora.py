@@ -9,7 +9,7 @@ by "model" (bundled model, f32 K/V cache, greedy). Two small adapters are traine
 - a prompt kept under adapter A is not reused for adapter B (usage cached_tokens 0, and B's answer
   is B's), while A reuses it;
 - with --state-store, a state stored under A by one replica is restored under A by another, never
-  under B (skipped without Debian's redis-server);
+  under B (Debian's redis-server, which setup.sh installs);
 - an unknown model name is a 404 naming the served models; bad --lora values are refused at start;
 - a plain `--lora DIR` (no name) still applies to every request.
 """
@@ -64,15 +64,12 @@ def complete(srv, prompt, model, n=12):
 def state_store(a, b):
     """Two replicas with the same adapters sharing --state-store: a state stored under A by one is
     restored under A by the other, never under B."""
-    redis = S.Redis()
-    if not redis.installed:
-        print("[SKIP] redis-server is not installed (scripts/setup.sh installs it)")
+    redis = S.start_redis(RES)
+    if redis is None:
         return
     servers = []
     with redis:
         try:
-            if not RES.check("redis-server answers", redis.up):
-                return
             flags = ["--cache-type", "f32", "--cache-block", "16", "--state-store", redis.url,
                      "--lora", f"A={a}", "--lora", f"B={b}:0.5"]
             servers = [S.Server(*flags), S.Server(*flags)]

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """`hymba server --state-store redis://... --state-store-key FILE`: entries carry an HMAC-SHA256
-over all their bytes (a redis-server started by the test on a free loopback port; skipped with a
-message if redis-server is not installed).
+over all their bytes (a redis-server started by the test on a free loopback port; without
+Debian's redis-server, which scripts/setup.sh installs, the test fails).
 - two replicas with the same key share states: a chat whose turns alternate between them gives
   the same replies as one replica without a store and the second turn reports cached tokens;
 - entries the keyed replicas cannot trust are not restored: one with a single flipped byte, one
@@ -32,10 +32,9 @@ def conversation(system):
 
 
 def main():
-    redis = S.Redis()
-    if not redis.installed:
-        print("[SKIP] redis-server is not installed (scripts/setup.sh installs it)")
-        return 0
+    redis = S.start_redis(RES)
+    if redis is None:
+        return RES.finish()
     work = tempfile.mkdtemp(prefix="hymba-key-")
     k1, k2, short = (os.path.join(work, n) for n in ("k1", "k2", "short"))
     open(k1, "w").write("6f1c0e5b2a9d47c3b8e1f0a2d4c6b8e0\n")
@@ -44,8 +43,6 @@ def main():
     servers = []
     with redis:
         try:
-            if not RES.check("redis-server answers", redis.up):
-                return RES.finish()
             url, rport = redis.url, redis.port
             common = ["--cache-type", "f32", "--parallel", "1"]
             a = S.Server("--state-store", url, "--state-store-key", k1, *common)
