@@ -17,8 +17,9 @@ struct MatView {
 };
 
 // out[M, N] = in[M, K] · Wᵀ (+ bias[N] if bias) ; N = W.rows, K = W.cols.
-// With accumulate, out += instead of =. BF16/F16/Q8/Q4_0 weights are widened on the fly (activations
-// stay F32); M == 1 (decode) runs a bandwidth-bound GEMV, larger M goes through BLAS sgemm.
+// With accumulate, out += instead of =. BF16/F16 weights are widened on the fly (activations stay
+// F32); Q8/Q4_0 weights multiply 8-bit activations (quantize_act_q8) in integers. Small M
+// (decode) runs a bandwidth-bound GEMV; larger M BLAS sgemm, or for Q8/Q4_0 an int8 GEMM.
 // Threaded internally; must not be called from inside an OpenMP parallel region.
 void matmul_forward(float* out, const float* in, const MatView& W, const float* bias, int64_t M,
                     bool accumulate = false);
@@ -32,7 +33,8 @@ void matmul_backward(float* dinp, float* dW, float* dbias, const float* dout, co
 void matrow_to_f32(float* dst, const MatView& W, int64_t row);
 
 // Which kernel matmul_forward uses: Auto picks GEMV for M <= matmul_gemv_max_m(W.dtype), else
-// BLAS. Forcing a path is for tests and benchmarks; both give the same result up to rounding.
+// BLAS (the int8 GEMM for Q8/Q4_0 weights). Forcing a path is for tests and benchmarks; both give
+// the same result up to rounding.
 enum class MatmulPath { Auto, Gemv, Blas };
 void matmul_forward_path(MatmulPath path, float* out, const float* in, const MatView& W,
                          const float* bias, int64_t M, bool accumulate = false);
