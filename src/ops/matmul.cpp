@@ -121,8 +121,13 @@ HWY_INLINE void Tile(float* out, int64_t N, const float* in, const T* w, const f
 template <int MC, typename T>
 HWY_INLINE void RowsMC(float* out, int64_t N, const float* in, const T* w, const float* sc,
                        int64_t K, const float* bias, int64_t n0, int64_t n1, bool acc) {
-  // 4 rows x 1-2 inputs, or 2 rows x 3-4: at most 8 accumulators fit AVX2's 16 registers.
+  // AVX2 (16 registers): 4 rows x 1-2 inputs or 2 rows x 3-4, at most 8 accumulators. AVX-512
+  // (32): 4 rows x up to 4 inputs, each weight vector widened once for twice the inputs.
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  constexpr int R = 4;
+#else
   constexpr int R = MC <= 2 ? 4 : 2;
+#endif
   const int64_t KB = K / kQ8Block, ld = RowStride<T>(K);
   int64_t n = n0;
   for (; n + R <= n1; n += R)
