@@ -323,12 +323,141 @@ HWY_INLINE void RowsQ(float* out, int64_t N, const QActs& a, const void* w, bool
     TileQ<1, MC>(out + n, N, a, wb + n * stride, q4, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
 }
 
+#if HWY_TARGET == HWY_AVX3_DL
+// The GEMV on 512-bit vectors (AVX-512 VNNI): two blocks per vpdpbusd, half the instructions
+// per block of the 256-bit TileQ. The weights are the unsigned operand: q4_0's nibbles c, q8_0's
+// codes + 128 (one xor); the offsets return as an int32 init of -8·Σq (-128·Σq) per 4 codes
+// that the dot product accumulates onto, so the block sums are exactly the TileQ ones. A q4_0
+// pair of blocks loads as [qs_b | qs_b+1] and its high nibbles as the upper half, so the
+// activations of each pair are stored permuted alike: [b 0-15 | b+1 0-15 | b 16-31 | b+1 16-31].
+HWY_INLINE __m512i Dpbusd512(__m512i acc, __m512i u, __m512i s) {
+  asm("vpdpbusd %[s], %[u], %[acc]" : [acc] "+v"(acc) : [u] "v"(u), [s] "v"(s));  // see GDotU
+  return acc;
+}
+// Per activation row: xp[K] (pairs of blocks, permuted for q4_0) and ip[KB / 2 · 16] (the inits).
+HWY_INLINE void PrepActs512(int8_t* xp, int32_t* ip, const int8_t* q, int64_t M, int64_t K, bool q4) {
+  const int64_t KP = K / kQ8Block / 2;
+  const __m512i off = _mm512_set1_epi8(q4 ? 8 : char(0x80));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t p = 0; p < KP; ++p) {
+      const int8_t* s = q + m * K + p * 64;
+      __m512i v;
+      if (q4) {
+        auto ld = [&](int o) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + o)); };
+        v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set_m128i(ld(32), ld(0))), _mm256_set_m128i(ld(48), ld(16)), 1);
+      } else {
+        v = _mm512_loadu_si512(s);
+      }
+      _mm512_storeu_si512(xp + m * K + p * 64, v);
+      _mm512_storeu_si512(ip + (m * KP + p) * 16,
+                          _mm512_sub_epi32(_mm512_setzero_si512(), Dpbusd512(_mm512_setzero_si512(), off, v)));
+    }
+}
+// The scales of blocks 2p, 2p+1 ([f0, f1] in the low lanes of v) spread over their lanes.
+HWY_INLINE __m512 Spread512(__m512i pat, __m128 v) { return _mm512_permutexvar_ps(pat, _mm512_castps128_ps512(v)); }
+
+template <int R, int MC>
+HWY_INLINE void TileQ512(float* out, int64_t N, const QActs& a, const int8_t* xp, const int32_t* ip,
+                         const void* wp, bool q4, const float* sc, int64_t K, const float* bias, bool accumulate) {
+  const int64_t KB = K / kQ8Block, KP = KB / 2;
+  const __m512i pat = q4 ? _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0)
+                         : _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i low4 = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(char(0x80));
+  __m512 acc[R][MC];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < MC; ++j) acc[r][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < KP; ++p) {
+    __m512 dx[MC];
+    for (int j = 0; j < MC; ++j)
+      dx[j] = Spread512(pat, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(a.d + j * KB + 2 * p))));
+    for (int r = 0; r < R; ++r) {
+      __m512i wv;
+      __m512 dw;
+      if (q4) {
+        const BlockQ4_0* blk = static_cast<const BlockQ4_0*>(wp) + r * KB + 2 * p;
+        _mm_prefetch(reinterpret_cast<const char*>(blk + R * KB), _MM_HINT_T0);
+        const __m256i y = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[0].qs))),
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[1].qs)), 1);
+        wv = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(y), _mm256_srli_epi16(y, 4), 1), low4);
+        dw = Spread512(pat, _mm_cvtph_ps(_mm_cvtsi32_si128(int(uint32_t(blk[0].d) | uint32_t(blk[1].d) << 16))));
+      } else {
+        const int8_t* wr = static_cast<const int8_t*>(wp) + r * K + p * 64;
+        _mm_prefetch(reinterpret_cast<const char*>(wr + R * K), _MM_HINT_T0);
+        wv = _mm512_xor_si512(_mm512_loadu_si512(wr), flip);
+        dw = Spread512(pat, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sc + r * KB + 2 * p))));
+      }
+      for (int j = 0; j < MC; ++j) {
+        const __m512i s = Dpbusd512(_mm512_loadu_si512(ip + (j * KP + p) * 16), wv, _mm512_loadu_si512(xp + j * K + p * 64));
+        acc[r][j] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx[j]), _mm512_cvtepi32_ps(s), acc[r][j]);
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < MC; ++j) {
+      float s = _mm512_reduce_add_ps(acc[r][j]);
+      if (KB % 2) {  // an odd last block: its integer sum in scalar code
+        const int64_t b = KB - 1;
+        const int8_t* xq = a.q + j * K + b * kQ8Block;
+        int32_t isum = 0;
+        float dw;
+        if (q4) {
+          const BlockQ4_0& blk = static_cast<const BlockQ4_0*>(wp)[r * KB + b];
+          for (int i = 0; i < 16; ++i) isum += ((blk.qs[i] & 15) - 8) * xq[i] + ((blk.qs[i] >> 4) - 8) * xq[i + 16];
+          dw = f16_to_f32(blk.d);
+        } else {
+          const int8_t* wr = static_cast<const int8_t*>(wp) + r * K + b * kQ8Block;
+          for (int i = 0; i < kQ8Block; ++i) isum += wr[i] * xq[i];
+          dw = sc[r * KB + b];
+        }
+        s += dw * a.d[j * KB + b] * float(isum);
+      }
+      if (bias) s += bias[r];
+      float& o = out[j * N + r];
+      o = accumulate ? o + s : s;
+    }
+}
+
+template <int MC>
+HWY_INLINE void RowsQ512(float* out, int64_t N, const QActs& a, const int8_t* xp, const int32_t* ip, const void* w,
+                         bool q4, const float* sc, int64_t K, const float* bias, int64_t n0, int64_t n1, bool acc) {
+  constexpr int R = MC == 1 ? 8 : 4;
+  const int64_t KB = K / kQ8Block;
+  const size_t stride = q4 ? size_t(KB) * sizeof(BlockQ4_0) : size_t(K);
+  const char* wb = static_cast<const char*>(w);
+  int64_t n = n0;
+  for (; n + R <= n1; n += R)
+    TileQ512<R, MC>(out + n, N, a, xp, ip, wb + n * stride, q4, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
+  for (; n < n1; ++n)
+    TileQ512<1, MC>(out + n, N, a, xp, ip, wb + n * stride, q4, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
+}
+#endif
+
 // Rows [n0, n1) of out = act · Wᵀ for Q8/Q4_0 W; blocks of 32 rows outside, as GemvRangeT.
 void GemvQRange(float* out, const QActs& a, const void* w, int dtype, const float* sc, const float* bias,
                 int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1, bool acc) {
   const bool q4 = DType(dtype) == DType::Q4_0;
   const int64_t KB = K / kQ8Block;
   constexpr int64_t kBlock = 32;
+#if HWY_TARGET == HWY_AVX3_DL
+  {  // each thread prepares its own copy of the permuted activations (M·K bytes, cheap)
+    static thread_local std::vector<int8_t> xp;
+    static thread_local std::vector<int32_t> ip;
+    if (xp.size() < size_t(M * K)) xp.resize(size_t(M * K));
+    if (ip.size() < size_t(M * (KB / 2) * 16)) ip.resize(size_t(M * (KB / 2) * 16));
+    PrepActs512(xp.data(), ip.data(), a.q, M, K, q4);
+    const int64_t ipr = (KB / 2) * 16;
+    for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
+      const int64_t b1 = std::min(n1, b0 + kBlock);
+      int64_t m = 0;
+      auto at = [&](int64_t m) { return QActs{a.q + m * K, a.d + m * KB, nullptr}; };
+      for (; m + 2 <= M; m += 2)
+        RowsQ512<2>(out + m * N, N, at(m), xp.data() + m * K, ip.data() + m * ipr, w, q4, sc, K, bias, b0, b1, acc);
+      if (m < M) RowsQ512<1>(out + m * N, N, at(m), xp.data() + m * K, ip.data() + m * ipr, w, q4, sc, K, bias, b0, b1, acc);
+    }
+    return;
+  }
+#endif
   for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
     const int64_t b1 = std::min(n1, b0 + kBlock);
     int64_t m = 0;

@@ -100,7 +100,7 @@ Q8Matrix make_q4_0(int64_t N, int64_t K, Rng& rng) {
 
 void check_matmul(DType t) {
   Rng rng(42);
-  for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 128}, {129, 32}, {5, 64}, {301, 1600}}) {
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 128}, {129, 32}, {5, 64}, {11, 96}, {301, 1600}}) {
     const Q8Matrix w = t == DType::Q8 ? make_q8(N, K, rng) : make_q4_0(N, K, rng);
     std::vector<float> row(static_cast<size_t>(K));
     for (int64_t r : {int64_t(0), N / 2, N - 1}) {

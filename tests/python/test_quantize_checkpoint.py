@@ -185,9 +185,13 @@ def main():
                 row = rows[fmt]
                 want = {"ppl_base": np.exp(nll_b / n), "ppl": np.exp(nll_q / n), "mean_kl": kl / n}
                 # ppl_base to 1e-4; the quantized model's figures to 1e-2: its 8-bit activations
-                # round a few boundary values differently in float32 and float64 (testlib).
+                # round a few boundary values differently in float32 and float64 (testlib). q8_0's
+                # mean KL (~1.3e-4) is the most sensitive: engine builds differing only in float
+                # summation order (attention decode, int8 GEMV/GEMM kernels) gave 1.297e-4 to
+                # 1.368e-4 against the reference's 1.326e-4, so KL gets 5e-2.
+                tol = {"ppl_base": 1e-4, "ppl": 1e-2, "mean_kl": 5e-2}
                 bad = [f"{k} {row[k]:.6g} vs {v:.6g}" for k, v in want.items()
-                       if abs(row[k] - v) > (1e-4 if k == "ppl_base" else 1e-2) * abs(v) + 1e-7]
+                       if abs(row[k] - v) > tol[k] * abs(v) + 1e-7]
                 RES.check(f"--report {fmt}: PPLs and mean KL equal the reference's ({n} positions)",
                           not bad and row["scored_tokens"] == n, "; ".join(bad) + f" KL {kl / n:.3e}")
                 RES.check(f"--report {fmt}: top-1 agreement equals the reference's",
