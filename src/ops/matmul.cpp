@@ -719,7 +719,9 @@ void GemmQT(float* out, const int8_t* q, const float* d, const void* w, bool q4,
     uint8_t* pb = Scratch(pbuf, pcap, size_t(np) * size_t(cs + ds * 4));
     uint8_t* wc = pb;
     float* wd = reinterpret_cast<float*>(pb + np * cs);
-#pragma omp for schedule(static)
+    // Dynamic: on a shared machine a descheduled thread's panels go to the other threads. Each
+    // output is computed whole by one tile, so the result does not depend on who takes which.
+#pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < panels; ++p) {
       const int64_t n0 = p * np, rows = std::min(np, N - n0);
       for (int64_t r = 0; r < rows; ++r) DecodeRowG(wc + r * cs, wd + r * ds, w, q4, sc, KB, NG, UW, n0 + r);
