@@ -212,6 +212,26 @@ void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, int
   }
 }
 
+// d_w·d_x·Σ w·x of block b of weight row r and activation row j, in scalar code: the portable
+// targets' whole sum, and the 512-bit kernel's odd last block.
+HWY_INLINE float BlockTermScalar(const QActs& a, const void* wp, bool q4, const float* sc, int64_t K,
+                                 int64_t r, int64_t j, int64_t b) {
+  const int64_t KB = K / kQ8Block;
+  const int8_t* xq = a.q + j * K + b * kQ8Block;
+  int32_t isum = 0;
+  float dw;
+  if (q4) {
+    const BlockQ4_0& blk = static_cast<const BlockQ4_0*>(wp)[r * KB + b];
+    for (int i = 0; i < 16; ++i) isum += ((blk.qs[i] & 15) - 8) * xq[i] + ((blk.qs[i] >> 4) - 8) * xq[i + 16];
+    dw = f16_to_f32(blk.d);
+  } else {
+    const int8_t* wr = static_cast<const int8_t*>(wp) + r * K + b * kQ8Block;
+    for (int i = 0; i < kQ8Block; ++i) isum += wr[i] * xq[i];
+    dw = sc[r * KB + b];
+  }
+  return dw * a.d[j * KB + b] * float(isum);
+}
+
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
 // Σ of 4 adjacent u8·s8 products per int32 lane (u ≤ 127 here, so maddubs cannot saturate).
 HWY_INLINE __m256i Dot4(__m256i u, __m256i s) {
@@ -286,22 +306,7 @@ HWY_INLINE void TileQ(float* out, int64_t N, const QActs& a, const void* wp, boo
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < MC; ++j) {
       float s = 0.0f;
-      for (int64_t b = 0; b < KB; ++b) {
-        const int8_t* xq = a.q + j * K + b * kQ8Block;
-        int32_t isum = 0;
-        float dw;
-        if (q4) {
-          const BlockQ4_0& blk = static_cast<const BlockQ4_0*>(wp)[r * KB + b];
-          for (int i = 0; i < 16; ++i)
-            isum += ((blk.qs[i] & 15) - 8) * xq[i] + ((blk.qs[i] >> 4) - 8) * xq[i + 16];
-          dw = f16_to_f32(blk.d);
-        } else {
-          const int8_t* wr = static_cast<const int8_t*>(wp) + r * K + b * kQ8Block;
-          for (int i = 0; i < kQ8Block; ++i) isum += wr[i] * xq[i];
-          dw = sc[r * KB + b];
-        }
-        s += dw * a.d[j * KB + b] * float(isum);
-      }
+      for (int64_t b = 0; b < KB; ++b) s += BlockTermScalar(a, wp, q4, sc, K, r, j, b);
       if (bias) s += bias[r];
       float& o = out[j * N + r];
       o = accumulate ? o + s : s;
@@ -396,22 +401,7 @@ HWY_INLINE void TileQ512(float* out, int64_t N, const QActs& a, const int8_t* xp
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < MC; ++j) {
       float s = _mm512_reduce_add_ps(acc[r][j]);
-      if (KB % 2) {  // an odd last block: its integer sum in scalar code
-        const int64_t b = KB - 1;
-        const int8_t* xq = a.q + j * K + b * kQ8Block;
-        int32_t isum = 0;
-        float dw;
-        if (q4) {
-          const BlockQ4_0& blk = static_cast<const BlockQ4_0*>(wp)[r * KB + b];
-          for (int i = 0; i < 16; ++i) isum += ((blk.qs[i] & 15) - 8) * xq[i] + ((blk.qs[i] >> 4) - 8) * xq[i + 16];
-          dw = f16_to_f32(blk.d);
-        } else {
-          const int8_t* wr = static_cast<const int8_t*>(wp) + r * K + b * kQ8Block;
-          for (int i = 0; i < kQ8Block; ++i) isum += wr[i] * xq[i];
-          dw = sc[r * KB + b];
-        }
-        s += dw * a.d[j * KB + b] * float(isum);
-      }
+      if (KB % 2) s += BlockTermScalar(a, wp, q4, sc, K, r, j, KB - 1);  // an odd last block
       if (bias) s += bias[r];
       float& o = out[j * N + r];
       o = accumulate ? o + s : s;
