@@ -5,19 +5,20 @@
 # Transformer with Hymba's KV compression (sliding windows + cross-layer KV sharing), trained on
 # the same data — the KJV text with MQAR samples mixed in — with the same budget, then measured:
 # validation perplexity (text), MQAR accuracy (recall), needle retrieval, per-sequence state
-# bytes and decode tok/s at 2K/8K context. Writes OUT/roadmap.json and OUT/ROADMAP.md (and
-# docs/ROADMAP.md in a full run).
+# bytes and decode tok/s at 2K/8K context. Writes OUT/roadmap.json and OUT/ROADMAP.md (docs/ROADMAP.md
+# keeps dated runs with their reading, written by hand from OUT/ROADMAP.md: a run does not overwrite it).
 #
 # Budget: STEPS BATCH SEQ_LEN (default 600 x 8 x 256, ~1.2M tokens per config, ~15 minutes each on
-# an idle 2-core machine), LR (peak learning rate, default 1e-3); THREADS per process (default 1);
-# PAR configs at a time (default 1).
+# an idle 2-core machine), LR (peak learning rate, default 1e-3), SEED (init and data order, default
+# 1); THREADS per process (default 1); PAR configs at a time (default 1).
 # Size (default: the configs as they are, ~14.6M parameters): HIDDEN scales every config's width
 # alike (64-dim heads, MLP and Mamba sizes in proportion; layer pattern, windows, KV sharing and
 # fusion unchanged), META sets the meta-token count of the configs with meta tokens, WINDOW the
 # sliding window of the configs with windows.
 # MQAR: MQ_PAIRS MQ_VOCAB (default 4 pairs over 64 ids, a setting a small attention model learns:
 # docs/RESULTS.md), MQ_TRAIN training samples mixed into the text (default 60000) and MQ_SAMPLES
-# evaluation samples (default 200).
+# evaluation samples (default 200). MQ_ONLY=1: train on the MQAR samples alone (no text: every
+# training token is MQAR); the perplexity column is then on held-out MQAR samples.
 # CONFIGS: a subset of the configs (names as below). A rerun with the same OUT skips the configs
 # already trained and measured. TABLE_ONLY=1: no training, the table from the configs measured so
 # far (the others listed as missing).
@@ -50,6 +51,8 @@ LR=${LR:-1e-3}  # peak learning rate (hymba train --lr; WSD schedule)
 # for keys + values, training samples mixed into the text (MQ_TRAIN * (4 * MQ_PAIRS + 2) tokens).
 MQ_PAIRS=${MQ_PAIRS:-4}; MQ_VOCAB=${MQ_VOCAB:-64}; MQ_TRAIN=${MQ_TRAIN:-$([ $TINY = 1 ] && echo 200 || echo 60000)}
 PAR=${PAR:-1}  # configs trained and measured at the same time (each with THREADS threads)
+SEED=${SEED:-1}  # hymba train --seed: initialisation and data order
+MQ_ONLY=${MQ_ONLY:-0}
 
 # ---- data: text + MQAR, one token stream --------------------------------------------------------
 if [ ! -f "$OUT/data/train.tok" ]; then
@@ -60,13 +63,14 @@ if [ ! -f "$OUT/data/train.tok" ]; then
     "$SRC/scripts/make_corpus.sh" "$OUT/corpus" >/dev/null
   fi
   "$HYMBA" tokenize --tokenizer "$TOK" --input "$OUT/corpus" --out "$OUT/text" --val-fraction 0.05 >/dev/null
+  # MQ_ONLY: enough held-out samples for the perplexity's 40 chunks of SEQ_LEN tokens
   "$HYMBA" eval -m "$TOK" --task mqar --make-data "$OUT/mqar" --mqar-pairs "$MQ_PAIRS" --mqar-vocab "$MQ_VOCAB" \
-    --train-samples "$MQ_TRAIN" --val-samples 10 >/dev/null
+    --train-samples "$MQ_TRAIN" --val-samples $([ "$MQ_ONLY" = 1 ] && echo $(( 41 * SEQ_LEN / (4 * MQ_PAIRS + 2) + 1 )) || echo 10) >/dev/null
   mkdir -p "$OUT/data"
-  "$PY" - "$OUT" <<'EOF'
+  "$PY" - "$OUT" "$MQ_ONLY" <<'EOF'
 import struct, sys
 import numpy as np
-out = sys.argv[1]
+out, mq_only = sys.argv[1], sys.argv[2] == "1"
 def read(p):
     raw = open(p, "rb").read()
     magic, ver, width, count, vocab, _ = struct.unpack("<8sIIQII", raw[:32])
@@ -74,10 +78,12 @@ def read(p):
     return np.frombuffer(raw[32:32 + count * width], dtype=np.uint16 if width == 2 else np.uint32), vocab
 text, v = read(f"{out}/text/train.tok")
 mq, _ = read(f"{out}/mqar/train.tok")
+if mq_only:
+    text = text[:0]
 ids = np.concatenate([text, mq]).astype(np.uint16)
 with open(f"{out}/data/train.tok", "wb") as f:
     f.write(b"HYMBATOK" + struct.pack("<IIQII", 1, 2, len(ids), v, 0) + ids.tobytes())
-val, _ = read(f"{out}/text/val.tok")
+val, _ = read(f"{out}/{'mqar' if mq_only else 'text'}/val.tok")
 with open(f"{out}/data/val.tok", "wb") as f:
     f.write(b"HYMBATOK" + struct.pack("<IIQII", 1, 2, len(val), v, 0) + val.astype(np.uint16).tobytes())
 print(f"roadmap data: {len(text)} text + {len(mq)} MQAR training tokens, {len(val)} validation tokens", file=sys.stderr)
@@ -129,7 +135,7 @@ one() {
   if [ ! -f "$run/model.safetensors" ]; then
     echo "== $name: training $STEPS steps of $BATCH x $SEQ_LEN tokens" >&2
     "$HYMBA" train --config "$OUT/configs/$name.json" --data "$OUT/data" --out "$run" --tokenizer "$TOK" \
-      --steps "$STEPS" --batch "$BATCH" --seq-len "$SEQ_LEN" --lr "$LR" --eval-every 0 --save-every 0 $T > "$run.train.log" 2>&1 \
+      --steps "$STEPS" --batch "$BATCH" --seq-len "$SEQ_LEN" --lr "$LR" --seed "$SEED" --eval-every 0 --save-every 0 $T > "$run.train.log" 2>&1 \
       || { tail -5 "$run.train.log" >&2; die "$name: training failed"; }
   fi
   mkdir -p "$m"
@@ -157,12 +163,13 @@ fi
 # ---- table -------------------------------------------------------------------------------------------
 SIZE=""  # the size overrides in effect, recorded with the command line
 for v in HIDDEN META WINDOW; do [ -n "${!v:-}" ] && SIZE+="$v=${!v} "; done
-SIZE="$SIZE" LR="$LR" \
-CMDLINE="${SIZE}STEPS=$STEPS BATCH=$BATCH SEQ_LEN=$SEQ_LEN LR=$LR MQ_PAIRS=$MQ_PAIRS MQ_VOCAB=$MQ_VOCAB MQ_TRAIN=$MQ_TRAIN MQ_SAMPLES=$MQ_SAMPLES THREADS=${THREADS:-1} PAR=$PAR scripts/reproduce_roadmap.sh$([ $TINY = 1 ] && echo ' --tiny') OUT" \
+SIZE="$SIZE" LR="$LR" SEED="$SEED" MQ_ONLY="$MQ_ONLY" \
+CMDLINE="${SIZE}STEPS=$STEPS BATCH=$BATCH SEQ_LEN=$SEQ_LEN LR=$LR SEED=$SEED $([ "$MQ_ONLY" = 1 ] && echo 'MQ_ONLY=1 ')MQ_PAIRS=$MQ_PAIRS MQ_VOCAB=$MQ_VOCAB MQ_TRAIN=$MQ_TRAIN MQ_SAMPLES=$MQ_SAMPLES THREADS=${THREADS:-1} PAR=$PAR scripts/reproduce_roadmap.sh$([ $TINY = 1 ] && echo ' --tiny') OUT" \
 "$PY" - "$OUT" "$TINY" "$STEPS" "$BATCH" "$SEQ_LEN" "$CTXS" "$SRC" "$MQ_PAIRS $MQ_VOCAB $MQ_TRAIN" $CONFIGS <<'EOF'
 import json, os, sys
 out, tiny, steps, batch, seq, ctxs, src, mq, names = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6].split(), sys.argv[7], sys.argv[8].split(), sys.argv[9:]
 mq_pairs, mq_vocab, mq_train = map(int, mq)
+mq_only, seed = os.environ.get("MQ_ONLY") == "1", int(os.environ.get("SEED") or 1)
 rows, missing = {}, []
 for n in names:
     m = f"{out}/measure/{n}"
@@ -178,16 +185,18 @@ for n in names:
                **{f"decode_tok_s_{c}": [r for r in ld(f"bench-{c}.json")["rows"] if r["n_gen"]][0]["tok_s"] for c in ctxs}}
 size = dict(kv.split("=") for kv in os.environ.get("SIZE", "").split())
 json.dump({"steps": steps, "batch": batch, "seq_len": seq, "tokens": steps * batch * seq, "lr": float(os.environ["LR"]),
+           "seed": seed, "train_data": "mqar" if mq_only else "text+mqar",
            "size_overrides": {k: int(v) for k, v in size.items()},
            "mqar": {"pairs": mq_pairs, "vocab": mq_vocab, "train_samples": mq_train}, "runs": rows, "missing": missing},
           open(f"{out}/roadmap.json", "w"), indent=1)
 lines = ["# The design roadmap at small scale", "",
          f"Generated by `scripts/reproduce_roadmap.sh{' --tiny' if tiny else ''}`: every architecture trained "
-         f"{steps} steps × {batch} × {seq} tokens ({steps * batch * seq:,} tokens, peak lr {os.environ['LR']}) on the KJV text with MQAR samples mixed in "
-         f"(same data, order and budget; "
+         f"{steps} steps × {batch} × {seq} tokens ({steps * batch * seq:,} tokens, peak lr {os.environ['LR']}, seed {seed}) "
+         + ("on MQAR samples only " if mq_only else "on the KJV text with MQAR samples mixed in ")
+         + f"(same data, order and budget; "
          + (f"configs/ablations scaled alike ({', '.join(f'{k}={v}' for k, v in size.items())}); " if size else "")
          + f"{mq_train:,} MQAR samples of {mq_pairs} pairs over {mq_vocab} key/value ids), then measured with "
-         f"`hymba perplexity` (text validation), `hymba eval --task mqar` (the same MQAR setting on fresh samples; chance "
+         f"`hymba perplexity` ({'held-out MQAR samples' if mq_only else 'text validation'}), `hymba eval --task mqar` (the same MQAR setting on fresh samples; chance "
          f"{2 / mq_vocab:.3f}), `--task needle`, `hymba info` (bf16 K/V) and `hymba bench` (decode after the given context).", ""]
 lines += ["```sh", os.environ.get("CMDLINE", ""), "```",
           "Decode tok/s is one short run per context on a machine shared with other jobs (and, with PAR > 1, "
@@ -196,7 +205,7 @@ if tiny:
     lines += ["**Tiny pipeline check (CI): the numbers below mean nothing.**", ""]
 if missing:
     lines += [f"**Partial table: not yet trained and measured: {', '.join(missing)}.**", ""]
-hdr = "| architecture | parameters | val ppl | MQAR acc | needle | " + " | ".join(f"state @{c} (MiB)" for c in ctxs) + " | " + \
+hdr = f"| architecture | parameters | val ppl{' (MQAR)' if mq_only else ''} | MQAR acc | needle | " + " | ".join(f"state @{c} (MiB)" for c in ctxs) + " | " + \
       " | ".join(f"decode tok/s @{c}" for c in ctxs) + " |"
 lines += [hdr, "|" + "---|" * (5 + 2 * len(ctxs))]
 for n, r in rows.items():
@@ -220,7 +229,5 @@ if all(n in rows for n in (A, Mb, H)):
                   "(one noisy run on a shared machine).")
 lines += ["", "## Against the paper's Table 1 direction", ""] + claims
 open(f"{out}/ROADMAP.md", "w").write("\n".join(lines) + "\n")
-if not tiny:
-    open(f"{src}/docs/ROADMAP.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
