@@ -155,7 +155,28 @@ BENCHMARK(BM_GemmQ4)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)-
 BENCHMARK(BM_GemvQ8)->Arg(1)->Arg(4)->Arg(16)->Arg(64)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GemmQ8)->Arg(1)->Arg(4)->Arg(16)->Arg(64)->Arg(512)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
-// Prefill M = 512 with bf16 weights (widen + sgemm), F32 weights for comparison.
+// Prefill M = 512 with bf16 weights at the Hymba-1.5B shapes [N, K]: the bf16 GEMM (vdpbf16ps,
+// where the CPU has AVX512-BF16) against widen + sgemm, the path it replaces.
+void BM_Prefill512BF16(benchmark::State& st) {
+  run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Blas, false);
+}
+void BM_Prefill512Sgemm(benchmark::State& st) {
+  run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Sgemm, false);
+}
+BENCHMARK(BM_Prefill512BF16)
+    ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
+    ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Prefill512Sgemm)
+    ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
+    ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMillisecond);
+// The GEMV/GEMM crossover for bf16: [8960, 1600], M = arg (GEMV: BM_Gemv above).
+void BM_GemmBF16(benchmark::State& st) {
+  run_forward(st, 8960, 1600, st.range(0), MatmulPath::Blas, true);
+}
+BENCHMARK(BM_GemmBF16)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(48)->Arg(64)->Arg(128)
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// Prefill M = 512 with bf16 weights (Auto), F32 weights for comparison.
 void BM_Prefill512(benchmark::State& st) {
   run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Auto, false);
 }

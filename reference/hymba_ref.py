@@ -362,6 +362,19 @@ def quantize_inputs(w):
     return w
 
 
+def act_bf16(x):
+    """The engine's bf16 activations for BF16 weights in the bf16 GEMM (src/ops/matmul.cpp,
+    GemmBF16: more than 64 rows on a CPU with AVX512-BF16): x in float32, rounded to bf16
+    nearest-even; returned in float64."""
+    return x.to(torch.float32).to(torch.bfloat16).to(torch.float64)
+
+
+def round_inputs_bf16(w):
+    """Marks a weight as multiplied by the bf16 GEMM in the engine: linear() then multiplies act_bf16(x)."""
+    w.hymba_forward = lambda x: act_bf16(x) @ w.t()
+    return w
+
+
 def linear(x, w, b=None):
     """x [..., in], w [out, in], b [out] -> [..., out]. A weight marked by quantize_inputs (or an
     adapter on one, see tests/python/lora_ref.py) brings its own product."""

@@ -660,18 +660,17 @@ HWY_INLINE void GemmTile(float* out, int64_t N, const uint8_t* wc, const float* 
     }
 }
 
-// GemmTile for rw <= RW rows and ma <= MA activation rows (the edges of the panel and of M).
-template <int RW, int MA, bool UW>
-HWY_INLINE void GemmTileAny(int rw, int ma, float* out, int64_t N, const uint8_t* wc, const float* wd,
-                            const int8_t* ac, const float* ad, const int32_t* ai, int64_t cs, int64_t ds,
-                            int64_t NG, const float* bias, bool accumulate) {
+// f.template operator()<R, A>() for the tile size R = rw <= RW, A = ma <= MA known at run time
+// only (the edges of a panel and of M), so each edge tile is a fully unrolled instantiation.
+template <int RW, int MA, class F>
+HWY_INLINE void WithTile(int rw, int ma, F&& f) {
   if constexpr (RW > 1) {
-    if (rw < RW) return GemmTileAny<RW - 1, MA, UW>(rw, ma, out, N, wc, wd, ac, ad, ai, cs, ds, NG, bias, accumulate);
+    if (rw < RW) return WithTile<RW - 1, MA>(rw, ma, f);
   }
   if constexpr (MA > 1) {
-    if (ma < MA) return GemmTileAny<RW, MA - 1, UW>(rw, ma, out, N, wc, wd, ac, ad, ai, cs, ds, NG, bias, accumulate);
+    if (ma < MA) return WithTile<RW, MA - 1>(rw, ma, f);
   }
-  GemmTile<RW, MA, UW>(out, N, wc, wd, ac, ad, ai, cs, ds, NG, bias, accumulate);
+  f.template operator()<RW, MA>();
 }
 
 // A 64-byte-aligned scratch buffer per thread, grown on demand.
@@ -718,9 +717,10 @@ void GemmQT(float* out, const int8_t* q, const float* d, const void* w, bool q4,
       for (int64_t m0 = 0; m0 < M; m0 += MA) {
         const int ma = int(std::min(MA, M - m0));
         for (int64_t r0 = 0; r0 < rows; r0 += RW)
-          GemmTileAny<RW, MA, UW>(int(std::min(RW, rows - r0)), ma, out + m0 * N + n0 + r0, N, wc + r0 * cs,
-                                  wd + r0 * ds, ac + m0 * cs, ad + m0 * ds, ai + m0 * ds, cs, ds, NG,
-                                  bias ? bias + n0 + r0 : nullptr, accumulate);
+          WithTile<RW, MA>(int(std::min(RW, rows - r0)), ma, [&]<int R, int A>() {
+            GemmTile<R, A, UW>(out + m0 * N + n0 + r0, N, wc + r0 * cs, wd + r0 * ds, ac + m0 * cs, ad + m0 * ds,
+                               ai + m0 * ds, cs, ds, NG, bias ? bias + n0 + r0 : nullptr, accumulate);
+          });
       }
     }
   }
@@ -733,6 +733,105 @@ void GemmQ(float* out, const int8_t* q, const float* d, const void* w, int dtype
   const bool q4 = DType(dtype) == DType::Q4_0;
   if (GemmUnsignedW(q4)) GemmQT<true>(out, q, d, w, q4, sc, bias, M, N, K, accumulate, nt);
   else GemmQT<false>(out, q, d, w, q4, sc, bias, M, N, K, accumulate, nt);
+}
+
+
+// ---- BF16 GEMM for bf16 weights times many activation rows (prefill) with AVX-512 BF16's
+// vdpbf16ps: each of 16 F32 lanes += a[2i]·b[2i] + a[2i+1]·b[2i+1] (the bf16 products are exact;
+// the sums round to nearest-even in F32; bf16 denormals read as zero). The activations are
+// rounded to bf16 once per call (nearest-even, f32_to_bf16), as llama.cpp does for BF16 weights,
+// and zero-padded to whole 32-element chunks. Inner products: weight and activation rows are both
+// contiguous in K, so the weights need no packing (a row's partial last chunk is a masked,
+// zero-filled load). A panel of weight rows (~256 KiB, L2) serves all activation rows in RW x MA
+// register tiles; each output is one tile's sum, so the result does not depend on the thread
+// split. Other targets, and AVX3_DL CPUs without AVX512-BF16, return false: the caller widens the
+// weights to F32 for sgemm instead.
+#if HWY_TARGET == HWY_AVX3_DL
+HWY_INLINE __m512 Dpbf16(__m512 acc, __m512i a, __m512i b) {
+  // Inline asm, like vpdpbusd above: this Highway's AVX3_DL target string has no avx512bf16
+  // (GemmBF16 checks the CPU at run time).
+  asm("vdpbf16ps %[b], %[a], %[acc]" : [acc] "+v"(acc) : [a] "v"(a), [b] "v"(b));
+  return acc;
+}
+// Row x[K] -> dst[Kp] in bf16, nearest-even (NaN stays a quiet NaN), zeros past K.
+HWY_INLINE void RoundRowBf16(uint16_t* dst, const float* x, int64_t K, int64_t Kp) {
+  const __m512i one = _mm512_set1_epi32(1), bias = _mm512_set1_epi32(0x7fff), quiet = _mm512_set1_epi32(0x40);
+  for (int64_t k = 0; k < Kp; k += 16) {
+    const __mmask16 m = k + 16 <= K ? __mmask16(0xffff) : k < K ? __mmask16((1u << (K - k)) - 1) : __mmask16(0);
+    const __m512 v = _mm512_maskz_loadu_ps(m, x + k);
+    const __m512i u = _mm512_castps_si512(v);
+    __m512i h = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(bias, _mm512_and_si512(_mm512_srli_epi32(u, 16), one))), 16);
+    h = _mm512_mask_or_epi32(h, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_srli_epi32(u, 16), quiet);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm512_cvtepi32_epi16(h));
+  }
+}
+constexpr int kBfRW = 6, kBfMA = 4;  // RW·MA accumulators + MA + 1 of 32 registers
+constexpr int64_t kBfPanelBytes = int64_t(256) << 10;  // of weight rows, kept in L2 (1 MiB on Zen 4)
+
+// out[j, r] (=|+=) Σ_k a[j, k]·w[r, k] (+ bias[r]) for RW weight rows (stride K) and MA
+// activation rows (stride Kp).
+template <int RW, int MA>
+HWY_INLINE void Bf16Tile(float* out, int64_t N, const uint16_t* w, int64_t K, const uint16_t* a, int64_t Kp,
+                         const float* bias, bool accumulate) {
+  __m512 acc[RW][MA];
+  for (int r = 0; r < RW; ++r)
+    for (int j = 0; j < MA; ++j) acc[r][j] = _mm512_setzero_ps();
+  auto step = [&](int64_t k, __mmask32 mask) {
+    __m512i av[MA];
+    for (int j = 0; j < MA; ++j) av[j] = _mm512_loadu_si512(a + j * Kp + k);
+    for (int r = 0; r < RW; ++r) {
+      const __m512i wv = _mm512_maskz_loadu_epi16(mask, w + r * K + k);
+      for (int j = 0; j < MA; ++j) acc[r][j] = Dpbf16(acc[r][j], wv, av[j]);
+    }
+  };
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) step(k, ~__mmask32(0));
+  if (k < K) step(k, __mmask32((uint64_t(1) << (K - k)) - 1));
+  for (int r = 0; r < RW; ++r)
+    for (int j = 0; j < MA; ++j) {
+      float s = _mm512_reduce_add_ps(acc[r][j]);
+      if (bias) s += bias[r];
+      float& o = out[j * N + r];
+      o = accumulate ? o + s : s;
+    }
+}
+#endif
+
+bool GemmBF16(float* out, const float* in, const void* wv, const float* bias, int64_t M, int64_t N, int64_t K,
+              bool accumulate, int nt) {
+#if HWY_TARGET == HWY_AVX3_DL
+  static const bool has_bf16 = __builtin_cpu_supports("avx512bf16");
+  if (!has_bf16) return false;
+  const uint16_t* w = static_cast<const uint16_t*>(wv);
+  const int64_t Kp = (K + 31) / 32 * 32;
+  static thread_local hwy::AlignedFreeUniquePtr<uint8_t[]> abuf;
+  static thread_local size_t acap = 0;
+  uint16_t* ab = reinterpret_cast<uint16_t*>(Scratch(abuf, acap, size_t(M * Kp) * 2));
+  constexpr int64_t RW = kBfRW, MA = kBfMA;
+  const int64_t np = std::max<int64_t>(RW, kBfPanelBytes / (2 * K) / RW * RW);
+  const int64_t panels = (N + np - 1) / np;
+  const int use = int(std::max<int64_t>(1, std::min<int64_t>(nt, panels)));
+#pragma omp parallel num_threads(use)
+  {
+#pragma omp for schedule(static)
+    for (int64_t m = 0; m < M; ++m) RoundRowBf16(ab + m * Kp, in + m * K, K, Kp);
+    // Dynamic, as GemmQT: a descheduled thread's panels go to the other threads.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t n0 = p * np, rows = std::min(np, N - n0);
+      for (int64_t m0 = 0; m0 < M; m0 += MA)
+        for (int64_t r0 = 0; r0 < rows; r0 += RW)
+          WithTile<RW, MA>(int(std::min(RW, rows - r0)), int(std::min(MA, M - m0)), [&]<int R, int A>() {
+            Bf16Tile<R, A>(out + m0 * N + n0 + r0, N, w + (n0 + r0) * K, K, ab + m0 * Kp, Kp,
+                           bias ? bias + n0 + r0 : nullptr, accumulate);
+          });
+    }
+  }
+  return true;
+#else
+  (void)out, (void)in, (void)wv, (void)bias, (void)M, (void)N, (void)K, (void)accumulate, (void)nt;
+  return false;
+#endif
 }
 
 template <typename T>
@@ -773,6 +872,7 @@ namespace hymba {
 HWY_EXPORT(GemvRange);
 HWY_EXPORT(GemvQRange);
 HWY_EXPORT(GemmQ);
+HWY_EXPORT(GemmBF16);
 HWY_EXPORT(QuantizeActs);
 HWY_EXPORT(Widen);
 
@@ -851,8 +951,12 @@ float prepare_out(float* out, const float* bias, int64_t M, int64_t N, bool accu
   return 1.0f;
 }
 
-void blas(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc) {
+void blas(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc,
+          bool sgemm_only) {
   const int64_t N = W.rows, K = W.cols;
+  if (W.dtype == DType::BF16 && !sgemm_only &&
+      HWY_DYNAMIC_DISPATCH(GemmBF16)(out, in, W.data, bias, M, N, K, acc, num_threads()))
+    return;
   if (quantized(W.dtype)) {  // int8 GEMM on the 8-bit activations of the GEMV path: one result
     const QActs a = quantize_acts(in, M, K, false);
     HWY_DYNAMIC_DISPATCH(GemmQ)(out, a.q, a.d, W.data, int(W.dtype), W.scales, bias, M, N, K, acc, num_threads());
@@ -896,6 +1000,13 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
 // moving the switch below 64 moves which float sums the model-level tests see; left at 64.
 int64_t matmul_gemv_max_m(DType t) { return t == DType::F32 ? 16 : 64; }
 
+bool matmul_bf16_gemm() {
+  float out = 0.0f;
+  const float in[2] = {1.0f, 1.0f};
+  const uint16_t w[2] = {0x3f80, 0x3f80};  // 1.0 in bf16
+  return HWY_DYNAMIC_DISPATCH(GemmBF16)(&out, in, w, nullptr, 1, 1, 2, false, 1);
+}
+
 void matmul_forward_path(MatmulPath path, float* out, const float* in, const MatView& W,
                          const float* bias, int64_t M, bool accumulate) {
   check_view(W, "matmul_forward");
@@ -909,7 +1020,7 @@ void matmul_forward_path(MatmulPath path, float* out, const float* in, const Mat
     path = M <= matmul_gemv_max_m(W.dtype) ? MatmulPath::Gemv : MatmulPath::Blas;
   ensure_threads_initialized();
   if (path == MatmulPath::Gemv) gemv(out, in, W, bias, M, accumulate);
-  else blas(out, in, W, bias, M, accumulate);
+  else blas(out, in, W, bias, M, accumulate, path == MatmulPath::Sgemm);
 }
 
 void matmul_forward(float* out, const float* in, const MatView& W, const float* bias, int64_t M,

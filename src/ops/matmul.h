@@ -19,7 +19,8 @@ struct MatView {
 // out[M, N] = in[M, K] · Wᵀ (+ bias[N] if bias) ; N = W.rows, K = W.cols.
 // With accumulate, out += instead of =. BF16/F16 weights are widened on the fly (activations stay
 // F32); Q8/Q4_0 weights multiply 8-bit activations (quantize_act_q8) in integers. Small M
-// (decode) runs a bandwidth-bound GEMV; larger M BLAS sgemm, or for Q8/Q4_0 an int8 GEMM.
+// (decode) runs a bandwidth-bound GEMV; larger M BLAS sgemm, or for Q8/Q4_0 an int8 GEMM, or for
+// BF16 on AVX512-BF16 CPUs a bf16 GEMM on activations rounded to bf16 (see MatmulPath).
 // Threaded internally; must not be called from inside an OpenMP parallel region.
 void matmul_forward(float* out, const float* in, const MatView& W, const float* bias, int64_t M,
                     bool accumulate = false);
@@ -33,12 +34,17 @@ void matmul_backward(float* dinp, float* dW, float* dbias, const float* dout, co
 void matrow_to_f32(float* dst, const MatView& W, int64_t row);
 
 // Which kernel matmul_forward uses: Auto picks GEMV for M <= matmul_gemv_max_m(W.dtype), else
-// BLAS (the int8 GEMM for Q8/Q4_0 weights). Forcing a path is for tests and benchmarks; both give
-// the same result up to rounding.
-enum class MatmulPath { Auto, Gemv, Blas };
+// BLAS: the int8 GEMM for Q8/Q4_0 weights; for BF16 weights the bf16 GEMM (vdpbf16ps, activations
+// rounded to bf16) where the CPU has AVX512-BF16 (matmul_bf16_gemm()), else the weights widened
+// to F32 for sgemm. Sgemm forces that widen + sgemm path (= Blas for the other dtypes). Forcing a
+// path is for tests and benchmarks; all give the same result up to rounding.
+enum class MatmulPath { Auto, Gemv, Blas, Sgemm };
 void matmul_forward_path(MatmulPath path, float* out, const float* in, const MatView& W,
                          const float* bias, int64_t M, bool accumulate = false);
 // Largest M that Auto sends to the GEMV kernel (crossover measured, see matmul.cpp).
 int64_t matmul_gemv_max_m(DType t);
+// True where the Blas path of BF16 weights is the bf16 GEMM (AVX512-BF16 on the dispatched target),
+// i.e. rounds its activations to bf16.
+bool matmul_bf16_gemm();
 
 }  // namespace hymba

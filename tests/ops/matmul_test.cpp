@@ -2,9 +2,12 @@
 #include "ops/matmul.h"
 
 #include <gtest/gtest.h>
+#include <hwy/targets.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "base/error.h"
@@ -50,6 +53,22 @@ std::vector<double> ref_forward(const std::vector<float>& in, const std::vector<
   return out;
 }
 
+// x rounded to bf16 and back (nearest-even): what the bf16 GEMM multiplies.
+std::vector<float> bf16_rounded(const std::vector<float>& x) {
+  std::vector<float> r(x.size());
+  for (size_t i = 0; i < x.size(); ++i) r[i] = bf16_to_f32(f32_to_bf16(x[i]));
+  return r;
+}
+// Whether matmul_forward_path(path, ...) with these weights rounds its activations to bf16.
+bool rounds_acts(DType dt, MatmulPath path, int64_t M) {
+  if (dt != DType::BF16 || !matmul_bf16_gemm()) return false;
+  return path == MatmulPath::Blas || (path == MatmulPath::Auto && M > matmul_gemv_max_m(dt));
+}
+
+struct TargetGuard {
+  ~TargetGuard() { hwy::SetSupportedTargetsForTest(0); }
+};
+
 // F32 sums of K <= 129 products of values in [-1, 1]: relative error ~1e-6; 1e-5 leaves margin
 // while catching any wrong index or dropped tail (those give errors ~1e-2 and up).
 constexpr double kTol = 1e-5;
@@ -70,8 +89,9 @@ TEST_P(MatmulForward, MatchesNaiveDouble) {
         std::vector<float> out = accumulate ? init : std::vector<float>(size_t(M * N), 123.0f);
         matmul_forward_path(path, out.data(), in.data(), w.view, use_bias ? bias.data() : nullptr,
                             M, accumulate);
-        const auto ref = ref_forward(in, w.exact, use_bias ? bias.data() : nullptr,
-                                     accumulate ? &init : nullptr, M, N, K);
+        // The bf16 GEMM's reference: the product of the bf16-rounded activations.
+        const auto ref = ref_forward(rounds_acts(dt, path, M) ? bf16_rounded(in) : in, w.exact,
+                                     use_bias ? bias.data() : nullptr, accumulate ? &init : nullptr, M, N, K);
         EXPECT_LT(norm_err(out, ref), kTol) << "dtype " << dtype_name(dt) << " M=" << M
                                             << " N=" << N << " K=" << K << " bias=" << use_bias
                                             << " accumulate=" << accumulate;
@@ -83,7 +103,8 @@ TEST_P(MatmulForward, MatchesNaiveDouble) {
 INSTANTIATE_TEST_SUITE_P(
     All, MatmulForward,
     ::testing::Combine(::testing::Values(DType::F32, DType::BF16, DType::F16),
-                       ::testing::Values(MatmulPath::Auto, MatmulPath::Gemv, MatmulPath::Blas)));
+                       ::testing::Values(MatmulPath::Auto, MatmulPath::Gemv, MatmulPath::Blas,
+                                         MatmulPath::Sgemm)));
 
 // The two kernels agree on realistic shapes (K large enough for the vector loop to dominate),
 // and Auto picks one of them.
@@ -98,10 +119,14 @@ TEST(Matmul, GemvAndBlasPathsAgree) {
       std::vector<float> a(size_t(M * N)), b(size_t(M * N));
       matmul_forward_path(MatmulPath::Gemv, a.data(), in.data(), w.view, bias.data(), M);
       matmul_forward_path(MatmulPath::Blas, b.data(), in.data(), w.view, bias.data(), M);
-      const std::vector<double> bd(b.begin(), b.end());
-      EXPECT_LT(norm_err(a, bd), 1e-5) << dtype_name(dt) << " M=" << M;
       const auto ref = ref_forward(in, w.exact, bias.data(), nullptr, M, N, K);
       EXPECT_LT(norm_err(a, ref), 1e-5);
+      if (rounds_acts(dt, MatmulPath::Blas, M)) {  // the bf16 GEMM: checked in MatmulBf16Gemm.*
+        EXPECT_LT(norm_err(b, ref_forward(bf16_rounded(in), w.exact, bias.data(), nullptr, M, N, K)), 1e-5);
+        continue;
+      }
+      const std::vector<double> bd(b.begin(), b.end());
+      EXPECT_LT(norm_err(a, bd), 1e-5) << dtype_name(dt) << " M=" << M;
     }
   }
 }
@@ -120,6 +145,74 @@ TEST(Matmul, GemvIndependentOfThreadCount) {
   matmul_forward_path(MatmulPath::Gemv, b.data(), in.data(), w.view, nullptr, M);
   set_num_threads(saved);
   EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+}
+
+// The bf16 GEMM (vdpbf16ps where the CPU has AVX512-BF16; widen + sgemm elsewhere) on every
+// target against the naive double product of the bf16-rounded activations and the bf16 weights,
+// element by element within F32 summation rounding (one rounding per 32-element chunk, a lane
+// sum and the bias: (K/32 + 8) ulps of Σ|terms|), on shapes that end mid-tile, mid-chunk and
+// mid-pair (odd K); and against the sgemm path on the same activations.
+TEST(MatmulBf16Gemm, MatchesNaiveDoubleOfRoundedActivationsOnEveryTarget) {
+  TargetGuard guard;
+  bool gemm_seen = false;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    const bool gemm = matmul_bf16_gemm();
+    gemm_seen |= gemm;
+    Rng rng(17);
+    double worst_unrounded = 0.0;  // the same check without the rounding: must fail somewhere
+    for (int64_t M : {1, 3, 7, 65, 130})
+      for (int64_t N : {1, 5, 37, 101})
+        for (int64_t K : {1, 2, 31, 33, 64, 129, 257}) {
+          const Weights w = make_weights(DType::BF16, N, K, rng);
+          const std::vector<float> in = rng.vec(size_t(M * K)), bias = rng.vec(size_t(N));
+          const std::vector<float> xr = bf16_rounded(in);
+          const std::vector<float>& x = gemm ? xr : in;
+          std::vector<float> out(size_t(M * N)), port(size_t(M * N));
+          matmul_forward_path(MatmulPath::Blas, out.data(), in.data(), w.view, bias.data(), M);
+          matmul_forward_path(MatmulPath::Sgemm, port.data(), x.data(), w.view, bias.data(), M);
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double ref = bias[size_t(n)], mag = std::fabs(bias[size_t(n)]), ref_in = bias[size_t(n)];
+              for (int64_t k = 0; k < K; ++k) {
+                const double wk = w.exact[size_t(n * K + k)];
+                ref += double(x[size_t(m * K + k)]) * wk;
+                ref_in += double(in[size_t(m * K + k)]) * wk;
+                mag += std::fabs(double(x[size_t(m * K + k)]) * wk);
+              }
+              // (sgemm, the other targets' path, sums sequentially: K ulps)
+              const double tol = double((gemm ? K / 32 : K) + 8) * 0x1p-24 * mag, o = out[size_t(m * N + n)];
+              ASSERT_LE(std::fabs(o - ref), tol) << "M=" << M << " N=" << N << " K=" << K << " m=" << m << " n=" << n;
+              ASSERT_LE(std::fabs(port[size_t(m * N + n)] - o), 2e-6 * mag + 1e-30) << "vs sgemm, K=" << K;
+              worst_unrounded = std::max(worst_unrounded, std::fabs(o - ref_in) / tol);
+            }
+        }
+    if (gemm) EXPECT_GT(worst_unrounded, 10.0) << "activations not rounded to bf16?";
+  }
+  if (!gemm_seen && __builtin_cpu_supports("avx512bf16")) ADD_FAILURE() << "AVX512-BF16 CPU without the bf16 GEMM";
+}
+
+// Each output is one tile's sum: bit-identical for any thread count. A non-finite activation makes
+// its own output row non-finite and no other.
+TEST(MatmulBf16Gemm, IndependentOfThreadCountNonFiniteStaysInItsRow) {
+  Rng rng(19);
+  const int64_t M = 70, N = 259, K = 333;
+  const Weights w = make_weights(DType::BF16, N, K, rng);
+  std::vector<float> in = rng.vec(size_t(M * K));
+  in[size_t(5 * K + 100)] = std::numeric_limits<float>::quiet_NaN();
+  in[size_t(9 * K + 7)] = std::numeric_limits<float>::infinity();
+  const int saved = num_threads();
+  std::vector<float> a(size_t(M * N)), b(size_t(M * N));
+  set_num_threads(1);
+  matmul_forward_path(MatmulPath::Blas, a.data(), in.data(), w.view, nullptr, M);
+  set_num_threads(std::max(2, saved));
+  matmul_forward_path(MatmulPath::Blas, b.data(), in.data(), w.view, nullptr, M);
+  set_num_threads(saved);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      ASSERT_EQ(std::isfinite(a[size_t(m * N + n)]), m != 5 && m != 9) << "m=" << m << " n=" << n;
 }
 
 TEST(Matmul, BackwardMatchesNaiveDouble) {

@@ -119,6 +119,56 @@ def test_random_checkpoints():
         compare(f"{name} f32 single token", os.path.join(WORK, f"{name}-f32"), ids[:1], TOL["f32"])
 
 
+def bf16_gemm_reference(ckpt):
+    """The reference with every matrix the engine's bf16 GEMM multiplies (all linears of a
+    stateless forward of more than 64 rows) fed bf16-rounded activations (R.act_bf16)."""
+    m = R.load(ckpt)
+    for name in list(m.params):
+        if name.endswith(".weight") and m.params[name].dim() == 2 and name != "model.embed_tokens.weight":
+            m.params[name] = R.round_inputs_bf16(m.params[name])
+    if m.cfg.tie:
+        m.params["lm_head.weight"] = R.round_inputs_bf16(m.params["model.embed_tokens.weight"].clone())
+        m.cfg.tie = False
+    return m
+
+
+def test_bf16_gemm_long_prompt():
+    """A prompt of 120 tokens runs its projections through the bf16 GEMM where the CPU has
+    AVX512-BF16, which rounds the activations to bf16 (as llama.cpp does for BF16 weights). On
+    random tiny models that moves the logits by up to ~10% of max|logit| (the SSM's dt and the
+    attention amplify one activation ulp), far past the 1e-3 of test_random_checkpoints, so the
+    engine is compared with a reference that rounds the same inputs (one forward, --mode
+    stateless, so every row takes the GEMM): the bound of 8-bit activations (testlib), since a
+    value on a rounding boundary may round either way in float32 vs float64. And the rounding
+    must be visible: the unrounded reference is farther off than the bound allows."""
+    import testlib as U
+    probe = os.path.join(WORK, "bf16-probe.npy")
+    for name in ("tiny-hymba", "tiny-mqa", "baseline-mamba"):
+        config = json.load(open(os.path.join(CONFIG_DIR, name + ".json")))
+        cfg = R.derive_config(config)
+        ckpt = os.path.join(WORK, f"{name}-bf16-long")
+        MC.make_checkpoint(config, ckpt, "bf16", seed=11)
+        ids = [int(i) for i in np.random.default_rng(5).integers(0, cfg.V, 120)]
+        rc, so, se = run_bin(["logits", "-m", ckpt, "--ids", ",".join(map(str, ids)), "-o", probe, "--mode", "stateless"])
+        if not check(f"{name} bf16 120 tokens stateless: runs", rc == 0, se.strip()[-300:]):
+            continue
+        got = np.load(probe).astype(np.float64)
+        with torch.no_grad():
+            full = R.load(ckpt).forward(np.array([ids], dtype=np.int64))[0].numpy()
+            rounded = bf16_gemm_reference(ckpt).forward(np.array([ids], dtype=np.int64))[0].numpy()
+        scale = max(1.0, float(np.abs(full).max()))
+        e_full = float(np.abs(got - full).max())
+        if e_full <= TOL["bf16"] * scale:  # the CPU has no AVX512-BF16: the F32 path, as before
+            check(f"{name} bf16 120 tokens: F32 activations (no bf16 GEMM on this CPU)", True,
+                  f"max abs err {e_full:.3e}")
+            continue
+        ok, msg, e, bound = U.close_with_8bit_activations(got, rounded)
+        check(f"{name} bf16 120 tokens: engine vs reference with bf16 activations", ok, msg)
+        d = float(np.abs(full - rounded).max())
+        check(f"{name} bf16 120 tokens: the rounding is visible", d > 2 * e and d > TOL["bf16"] * scale,
+              f"unrounded vs rounded reference {d:.3e}, engine vs rounded {e:.3e}")
+
+
 def test_official_init():
     path = os.path.join(CONFIG_DIR, "tiny-hymba.json")
     out = os.path.join(WORK, "init-tiny-hymba")
@@ -251,7 +301,7 @@ def test_bad_inputs():
 def main():
     os.makedirs(WORK, exist_ok=True)
     print(f"HYMBA_BIN={BIN}\nHYMBA_BUILD_DIR={BUILD}", flush=True)
-    for fn in (test_random_checkpoints, test_official_init, test_bad_inputs):
+    for fn in (test_random_checkpoints, test_bf16_gemm_long_prompt, test_official_init, test_bad_inputs):
         try:
             fn()
         except Exception:  # noqa: BLE001
