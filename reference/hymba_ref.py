@@ -369,10 +369,27 @@ def act_bf16(x):
     return x.to(torch.float32).to(torch.bfloat16).to(torch.float64)
 
 
-def round_inputs_bf16(w):
-    """Marks a weight as multiplied by the bf16 GEMM in the engine: linear() then multiplies act_bf16(x)."""
-    w.hymba_forward = lambda x: act_bf16(x) @ w.t()
+def round_inputs_bf16(w, skip_rows=0):
+    """Marks a weight as multiplied by the bf16 GEMM in the engine: linear() then multiplies
+    act_bf16(x), except the first skip_rows rows of the sequence axis (x [..., L, in])."""
+    def fwd(x):
+        return torch.cat([x[..., :skip_rows, :], act_bf16(x[..., skip_rows:, :])], dim=-2) @ w.t()
+    w.hymba_forward = fwd
     return w
+
+
+def round_bf16_gemm_inputs(m, skip_rows=0):
+    """The reference model m as the engine runs it where the bf16 GEMM takes every projection: all
+    linears (and the head, untied) multiply act_bf16(x); the first skip_rows rows of the layers'
+    linears are left alone (the meta-token prefix, which the engine computes apart through the F32
+    GEMV when it has at most 64 rows). Returns m."""
+    for name in list(m.params):
+        if name.startswith("model.layers.") and name.endswith(".weight") and m.params[name].dim() == 2:
+            m.params[name] = round_inputs_bf16(m.params[name], skip_rows)
+    head = m.params["model.embed_tokens.weight"] if m.cfg.tie else m.params["lm_head.weight"]
+    m.params["lm_head.weight"] = round_inputs_bf16(head.clone())
+    m.cfg.tie = False
+    return m
 
 
 def linear(x, w, b=None):

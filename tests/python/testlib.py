@@ -69,6 +69,19 @@ def make_config(work, name="tiny-hymba.json", **edits):
     return path
 
 
+def bf16_gemm():
+    """Whether the engine's BF16 matmuls of more than 64 rows run the bf16 GEMM (rounding their
+    activations to bf16): Highway's AVX3_DL target (src/ops/matmul.cpp) plus AVX512-BF16."""
+    need = {"avx512_bf16", "avx512_vnni", "avx512vbmi", "avx512_vbmi2", "avx512_bitalg",
+            "avx512_vpopcntdq", "vaes", "vpclmulqdq"}
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return need <= set(flags)
+
+
 def close_with_8bit_activations(got, want):
     """Engine logits [n, V] vs the float64 reference when Q8/Q4_0 matmuls quantize their inputs
     (src/ops/quant.h, quantize_act_q8). The engine's float32 activations and the reference's
