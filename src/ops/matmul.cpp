@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -951,10 +952,20 @@ float prepare_out(float* out, const float* bias, int64_t M, int64_t N, bool accu
   return 1.0f;
 }
 
+// HYMBA_BF16_GEMM=0 in the environment keeps BF16 prefill on F32 activations (widen + sgemm):
+// results that match a float64 reference of the unrounded model, at the old speed.
+bool bf16_gemm_allowed() {
+  static const bool allowed = [] {
+    const char* e = std::getenv("HYMBA_BF16_GEMM");
+    return !e || std::strcmp(e, "0") != 0;
+  }();
+  return allowed;
+}
+
 void blas(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc,
           bool sgemm_only) {
   const int64_t N = W.rows, K = W.cols;
-  if (W.dtype == DType::BF16 && !sgemm_only &&
+  if (W.dtype == DType::BF16 && !sgemm_only && bf16_gemm_allowed() &&
       HWY_DYNAMIC_DISPATCH(GemmBF16)(out, in, W.data, bias, M, N, K, acc, num_threads()))
     return;
   if (quantized(W.dtype)) {  // int8 GEMM on the 8-bit activations of the GEMV path: one result
@@ -1001,6 +1012,7 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
 int64_t matmul_gemv_max_m(DType t) { return t == DType::F32 ? 16 : 64; }
 
 bool matmul_bf16_gemm() {
+  if (!bf16_gemm_allowed()) return false;
   float out = 0.0f;
   const float in[2] = {1.0f, 1.0f};
   const uint16_t w[2] = {0x3f80, 0x3f80};  // 1.0 in bf16

@@ -43,8 +43,8 @@ void matmul_forward_path(MatmulPath path, float* out, const float* in, const Mat
                          const float* bias, int64_t M, bool accumulate = false);
 // Largest M that Auto sends to the GEMV kernel (crossover measured, see matmul.cpp).
 int64_t matmul_gemv_max_m(DType t);
-// True where the Blas path of BF16 weights is the bf16 GEMM (AVX512-BF16 on the dispatched target),
-// i.e. rounds its activations to bf16.
+// True where the Blas path of BF16 weights is the bf16 GEMM (AVX512-BF16 on the dispatched target,
+// and not turned off by HYMBA_BF16_GEMM=0 in the environment), i.e. rounds its activations to bf16.
 bool matmul_bf16_gemm();
 
 }  // namespace hymba

@@ -10,6 +10,11 @@ norms, fusion weights, the text loss and the loss with each branch's fusion norm
 drawn maps themselves. On the bundled model (text longer than its sliding window) and on a
 `hymba init` checkpoint. Also: the figures exist, and bad input is refused.
 """
+# The engine runs with F32 activations throughout (HYMBA_BF16_GEMM=0): this test checks `hymba analyze`'s
+# logic against the unrounded float64 reference at its tight bounds. The bf16 GEMM (activations
+# rounded to bf16 in prefill of more than 64 rows on AVX512-BF16 CPUs) moves them by the
+# rounding's size and is checked against a reference that rounds alike in
+# test_engine_vs_reference.py and test_perplexity.py.
 import copy
 import json
 import os
@@ -21,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+os.environ["HYMBA_BF16_GEMM"] = "0"  # see above; inherited by every hymba run
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testlib as U  # noqa: E402
 
