@@ -40,6 +40,13 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 
+// out[j·N + r] (=|+=) s + bias[r]: how every tile below stores the sum of weight row r and input j.
+HWY_INLINE void StoreSum(float* out, int64_t N, int r, int j, float s, const float* bias, bool accumulate) {
+  if (bias) s += bias[r];
+  float& o = out[j * N + r];
+  o = accumulate ? o + s : s;
+}
+
 
 // Q8 rows: int8 widened and multiplied by the block's scale (a vector never straddles two
 // blocks: the lane count divides kQ8Block).
@@ -110,9 +117,7 @@ HWY_INLINE void Tile(float* out, int64_t N, const float* in, const T* w, const f
     for (int j = 0; j < MC; ++j) {
       float s = hn::GetLane(hn::SumOfLanes(df, acc[r][j]));
       for (int64_t kk = k; kk < K; ++kk) s += RowAt(w + r * ld, sc ? sc + r * KB : nullptr, kk) * in[j * K + kk];
-      if (bias) s += bias[r];
-      float& o = out[j * N + r];
-      o = accumulate ? o + s : s;
+      StoreSum(out, N, r, j, s, bias, accumulate);
     }
   }
 }
@@ -294,9 +299,7 @@ HWY_INLINE void TileQ(float* out, int64_t N, const QActs& a, const void* wp, boo
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < MC; ++j) {
       float s = HSum(acc[r][j]);
-      if (bias) s += bias[r];
-      float& o = out[j * N + r];
-      o = accumulate ? o + s : s;
+      StoreSum(out, N, r, j, s, bias, accumulate);
     }
 }
 #else
@@ -308,9 +311,7 @@ HWY_INLINE void TileQ(float* out, int64_t N, const QActs& a, const void* wp, boo
     for (int j = 0; j < MC; ++j) {
       float s = 0.0f;
       for (int64_t b = 0; b < KB; ++b) s += BlockTermScalar(a, wp, q4, sc, K, r, j, b);
-      if (bias) s += bias[r];
-      float& o = out[j * N + r];
-      o = accumulate ? o + s : s;
+      StoreSum(out, N, r, j, s, bias, accumulate);
     }
 }
 #endif
@@ -403,9 +404,7 @@ HWY_INLINE void TileQ512(float* out, int64_t N, const QActs& a, const int8_t* xp
     for (int j = 0; j < MC; ++j) {
       float s = _mm512_reduce_add_ps(acc[r][j]);
       if (KB % 2) s += BlockTermScalar(a, wp, q4, sc, K, r, j, KB - 1);  // an odd last block
-      if (bias) s += bias[r];
-      float& o = out[j * N + r];
-      o = accumulate ? o + s : s;
+      StoreSum(out, N, r, j, s, bias, accumulate);
     }
 }
 
@@ -655,9 +654,7 @@ HWY_INLINE void GemmTile(float* out, int64_t N, const uint8_t* wc, const float* 
   for (int r = 0; r < RW; ++r)
     for (int j = 0; j < MA; ++j) {
       float s = res[r][j];
-      if (bias) s += bias[r];
-      float& o = out[j * N + r];
-      o = accumulate ? o + s : s;
+      StoreSum(out, N, r, j, s, bias, accumulate);
     }
 }
 
@@ -791,9 +788,7 @@ HWY_INLINE void Bf16Tile(float* out, int64_t N, const uint16_t* w, int64_t K, co
   for (int r = 0; r < RW; ++r)
     for (int j = 0; j < MA; ++j) {
       float s = _mm512_reduce_add_ps(acc[r][j]);
-      if (bias) s += bias[r];
-      float& o = out[j * N + r];
-      o = accumulate ? o + s : s;
+      StoreSum(out, N, r, j, s, bias, accumulate);
     }
 }
 #endif

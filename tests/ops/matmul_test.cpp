@@ -131,20 +131,25 @@ TEST(Matmul, GemvAndBlasPathsAgree) {
   }
 }
 
+// The output of `path` on 1 thread; expects the same bits on 2 (or all) threads.
+std::vector<float> same_on_any_thread_count(MatmulPath path, const Weights& w, const std::vector<float>& in, int64_t M) {
+  const int saved = num_threads();
+  std::vector<float> a(size_t(M * w.view.rows)), b(a.size());
+  set_num_threads(1);
+  matmul_forward_path(path, a.data(), in.data(), w.view, nullptr, M);
+  set_num_threads(std::max(2, saved));
+  matmul_forward_path(path, b.data(), in.data(), w.view, nullptr, M);
+  set_num_threads(saved);
+  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+  return a;
+}
+
 // GEMV rows are each summed by one thread in a fixed order: bit-identical for any thread count.
 TEST(Matmul, GemvIndependentOfThreadCount) {
   Rng rng(3);
   const int64_t N = 517, K = 333, M = 3;
   const Weights w = make_weights(DType::BF16, N, K, rng);
-  const std::vector<float> in = rng.vec(size_t(M * K));
-  const int saved = num_threads();
-  std::vector<float> a(size_t(M * N)), b(size_t(M * N));
-  set_num_threads(1);
-  matmul_forward_path(MatmulPath::Gemv, a.data(), in.data(), w.view, nullptr, M);
-  set_num_threads(std::max(2, saved));
-  matmul_forward_path(MatmulPath::Gemv, b.data(), in.data(), w.view, nullptr, M);
-  set_num_threads(saved);
-  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+  same_on_any_thread_count(MatmulPath::Gemv, w, rng.vec(size_t(M * K)), M);
 }
 
 // The bf16 GEMM (vdpbf16ps where the CPU has AVX512-BF16; widen + sgemm elsewhere) on every
@@ -202,14 +207,7 @@ TEST(MatmulBf16Gemm, IndependentOfThreadCountNonFiniteStaysInItsRow) {
   std::vector<float> in = rng.vec(size_t(M * K));
   in[size_t(5 * K + 100)] = std::numeric_limits<float>::quiet_NaN();
   in[size_t(9 * K + 7)] = std::numeric_limits<float>::infinity();
-  const int saved = num_threads();
-  std::vector<float> a(size_t(M * N)), b(size_t(M * N));
-  set_num_threads(1);
-  matmul_forward_path(MatmulPath::Blas, a.data(), in.data(), w.view, nullptr, M);
-  set_num_threads(std::max(2, saved));
-  matmul_forward_path(MatmulPath::Blas, b.data(), in.data(), w.view, nullptr, M);
-  set_num_threads(saved);
-  EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+  const std::vector<float> a = same_on_any_thread_count(MatmulPath::Blas, w, in, M);
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n)
       ASSERT_EQ(std::isfinite(a[size_t(m * N + n)]), m != 5 && m != 9) << "m=" << m << " n=" << n;
