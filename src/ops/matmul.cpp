@@ -763,6 +763,15 @@ HWY_INLINE void RoundRowBf16(uint16_t* dst, const float* x, int64_t K, int64_t K
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm512_cvtepi32_epi16(h));
   }
 }
+// {Σa, Σb, Σc, Σd} of four vectors.
+HWY_INLINE __m128 Sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));  // a02 b02 a13 b13 per 128 bits
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  const __m512 x = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                 _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  // a b c d per 128 bits
+  const __m256 y = _mm256_add_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+  return _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1));
+}
 constexpr int kBfRW = 6, kBfMA = 4;  // RW·MA accumulators + MA + 1 of 32 registers
 constexpr int64_t kBfPanelBytes = int64_t(256) << 10;  // of weight rows, kept in L2 (1 MiB on Zen 4)
 
@@ -785,11 +794,15 @@ HWY_INLINE void Bf16Tile(float* out, int64_t N, const uint16_t* w, int64_t K, co
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) step(k, ~__mmask32(0));
   if (k < K) step(k, __mmask32((uint64_t(1) << (K - k)) - 1));
-  for (int r = 0; r < RW; ++r)
-    for (int j = 0; j < MA; ++j) {
-      float s = _mm512_reduce_add_ps(acc[r][j]);
-      StoreSum(out, N, r, j, s, bias, accumulate);
+  for (int r = 0; r < RW; ++r) {
+    if constexpr (MA == 4) {  // the 4 sums of a row at once: 13 shuffles/adds instead of 4 x 8
+      float s[4];
+      _mm_storeu_ps(s, Sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
+      for (int j = 0; j < 4; ++j) StoreSum(out, N, r, j, s[j], bias, accumulate);
+    } else {
+      for (int j = 0; j < MA; ++j) StoreSum(out, N, r, j, _mm512_reduce_add_ps(acc[r][j]), bias, accumulate);
     }
+  }
 }
 #endif
 
