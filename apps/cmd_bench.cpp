@@ -447,16 +447,16 @@ void run(const Opts& o) {
       jr.push_back(x);
     }
     nlohmann::json j = {{"model", what}, {"params", params}, {"weight_bytes_per_token", wbytes},
-                        {"threads", num_threads()}, {"cache_type", o.cache_type}, {"quantize", o.quantize},
-                        {"load", load_how}, {"load_s", load_s}, {"huge_page_mib", huge_mib},
+                        {"threads", num_threads()}, {"openmp_waiting", openmp_waiting()},
+                        {"cache_type", o.cache_type}, {"quantize", o.quantize}, {"load", load_how}, {"load_s", load_s}, {"huge_page_mib", huge_mib},
                         {"machine_read_gb_s", peak_bw}, {"machine_sgemm_gflop_s", peak_gemm},
                         {"peak_rss_mib", peak_rss_mib()}, {"rows", jr}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
-  std::printf("model: %s, %lld params, %.0f MiB of weights read per decode step, %d threads, cache %s, quantize %s\n",
-              what.c_str(), (long long)params, double(wbytes) / 1048576.0, num_threads(), o.cache_type.c_str(),
-              o.quantize.c_str());
+  std::printf("model: %s, %lld params, %.0f MiB of weights read per decode step, %d threads (%s), cache %s, quantize %s\n",
+              what.c_str(), (long long)params, double(wbytes) / 1048576.0, num_threads(), openmp_waiting().c_str(),
+              o.cache_type.c_str(), o.quantize.c_str());
   std::printf("load: %s in %.2f s (%.0f MiB on 2 MiB pages)\n", load_how.c_str(), load_s, huge_mib);
   if (!o.no_peaks)
     std::printf("limits measured in this run: read bandwidth %.1f GB/s, sgemm %.1f GFLOP/s\n", peak_bw, peak_gemm);

@@ -4,6 +4,9 @@
 #include <exception>
 
 #include <malloc.h>
+#include <unistd.h>
+
+#include <cstdlib>
 
 #include "base/error.h"
 #include "command.h"
@@ -15,7 +18,24 @@ std::vector<Command>& registry() {
 }
 }  // namespace hymba::cli
 
+namespace {
+// libgomp's threads spin ~300,000 times at every barrier before they sleep, and a decode step
+// has ~200 barriers. When anything else runs on the cores, a waiting thread burns the time slice
+// its descheduled partner needs: q4_0 decode of the 1.5B shape fell to 1.1-1.7 tok/s at load 10,
+// against 7-8 with GOMP_SPINCOUNT=1000..4000 (docs/RESULTS.md, "OpenMP waiting"). libgomp reads
+// its settings once, before main, so the only way to change its default is to run again with
+// them set. A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT always wins.
+constexpr const char* kSpinCount = "3000";
+
+void set_openmp_waiting(char** argv) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  if (setenv("GOMP_SPINCOUNT", kSpinCount, 1) != 0) return;
+  execv("/proc/self/exe", argv);  // returns only on failure: then run on with libgomp's default
+}
+}  // namespace
+
 int main(int argc, char** argv) {
+  set_openmp_waiting(argv);
   // Every forward/backward allocates its activations afresh; by default glibc hands large blocks
   // back to the kernel on free, and the next step page-faults them in again (1.6x slower
   // training, `hymba bench --train`). Keep freed memory in the process instead.

@@ -64,6 +64,16 @@ int num_threads() {
   return g_threads.load(std::memory_order_acquire);
 }
 
+std::string openmp_waiting() {
+  std::string w;
+  for (const char* v : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"})
+    if (const char* e = std::getenv(v)) {
+      if (!w.empty()) w += ' ';
+      w.append(v).append("=").append(e);
+    }
+  return w.empty() ? "libgomp default" : w;
+}
+
 const char* blas_threading() {
   switch (openblas_get_parallel()) {
     case 0: return "sequential";

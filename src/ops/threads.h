@@ -2,6 +2,8 @@
 // oversubscribe the cores and BLAS results (training) are reproducible for a given setting.
 #pragma once
 
+#include <string>
+
 namespace hymba {
 
 // Threads for OpenMP regions and OpenBLAS calls; n <= 0 restores the default.
@@ -17,6 +19,10 @@ int default_num_threads();
 
 // "pthread", "openmp" or "sequential": the OpenBLAS build loaded at run time.
 const char* blas_threading();
+
+// How idle OpenMP threads wait, as libgomp was told at start-up: "OMP_WAIT_POLICY=..." and/or
+// "GOMP_SPINCOUNT=...", or "libgomp default" (apps/main.cpp sets the CLI's).
+std::string openmp_waiting();
 
 // Applies the default once if set_num_threads was never called (cheap after the first call).
 void ensure_threads_initialized();

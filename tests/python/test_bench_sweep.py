@@ -31,6 +31,15 @@ def main():
     t = U.run(["bench", "-p", "8", "-n", "2", "-b", "1,2", "--no-peaks"])
     R.check("markdown table", t.returncode == 0 and "| test | t/s |" in t.stdout and "| tg2 x2 |" in t.stdout,
             t.stdout[-300:])
+    # The CLI runs with short OpenMP spin waits unless the user chose (apps/main.cpp): the table
+    # header and the JSON say which setting a figure was measured with.
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    d = U.run(["bench", "-p", "0", "-n", "1", "--no-peaks", "--json"], env=env)
+    R.check("default OpenMP waiting: short spins", d.returncode == 0 and
+            json.loads(d.stdout).get("openmp_waiting") == "GOMP_SPINCOUNT=3000", (d.stdout + d.stderr)[-200:])
+    u = U.run(["bench", "-p", "0", "-n", "1", "--no-peaks"], env={**env, "OMP_WAIT_POLICY": "passive"})
+    R.check("the user's OMP_WAIT_POLICY wins", u.returncode == 0 and "threads (OMP_WAIT_POLICY=passive)" in u.stdout,
+            u.stdout[:300])
     for bad in (["-b", "0"], ["-p", "-1"], ["-r", "0"], ["-d", "1,-2"]):
         b = U.run(["bench", "--no-peaks", *bad])
         R.check(f"Reject {' '.join(bad)}", b.returncode == 1 and b.stderr.startswith("hymba: error:"),
