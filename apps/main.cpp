@@ -30,7 +30,8 @@ constexpr const char* kSpinCount = "3000";
 void set_openmp_waiting(char** argv) {
   if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
   if (setenv("GOMP_SPINCOUNT", kSpinCount, 1) != 0) return;
-  execv("/proc/self/exe", argv);  // returns only on failure: then run on with libgomp's default
+  execv("/proc/self/exe", argv);  // returns only on failure: then run on with libgomp's default,
+  unsetenv("GOMP_SPINCOUNT");      // and say so (bench prints the setting; child processes inherit it)
 }
 }  // namespace
 
