@@ -34,7 +34,7 @@ struct Opts : ModelFlags {
   int num_fewshot = 0;
   bool no_share = false, benchmark = false;
   // needle / mqar
-  std::string lengths = "1k,2k,4k,8k", depths = "0,25,50,75,100", png, make_data;
+  std::string lengths = "1k,2k,4k,8k", depths = "0,25,50,75,100", png, make_data, data_format = "tok";
   int trials = 1;
   uint64_t seed = 0;
   int64_t mqar_pairs = 8, mqar_vocab = 256, samples = 100, train_samples = 20000, val_samples = 500;
@@ -202,7 +202,7 @@ void run_mqar(const Opts& o) {
       const Config c = load_config(dir + "/config.json");  // validated as every command validates it
       vocab = c.vocab_size, mo.bos = int32_t(c.bos_token_id), mo.eos = int32_t(c.eos_token_id);
     }
-    recall::mqar_write_data(o.make_data, mo, o.train_samples, o.val_samples, vocab);
+    recall::mqar_write_data(o.make_data, mo, o.train_samples, o.val_samples, vocab, o.data_format);
     std::printf("mqar: wrote %lld training and %lld validation samples (%lld pairs, %lld tokens each) to %s\n",
                 (long long)o.train_samples, (long long)o.val_samples, (long long)o.mqar_pairs, (long long)(4 * o.mqar_pairs + 2),
                 o.make_data.c_str());
@@ -332,6 +332,9 @@ Register reg("eval", "lm-evaluation-harness tasks (arc, piqa, hellaswag, winogra
   sub.add_option("--mqar-vocab", o->mqar_vocab, "mqar: ids used for keys + values (default 256, from id 3)");
   sub.add_option("--samples", o->samples, "mqar: samples to evaluate (default 100)");
   sub.add_option("--make-data", o->make_data, "mqar: write train.tok/val.tok for `hymba train` to this folder instead");
+  sub.add_option("--data-format", o->data_format,
+                 "mqar --make-data: tok (default; train.tok/val.tok, samples back to back, loss on every token) or jsonl "
+                 "(train.jsonl/val.jsonl, one sample per row with a completion_mask on the answers: Zoology's loss)");
   sub.add_option("--train-samples", o->train_samples, "mqar --make-data: training samples (default 20000)");
   sub.add_option("--val-samples", o->val_samples, "mqar --make-data: validation samples (default 500)");
   sub.callback([o] { run(*o); });

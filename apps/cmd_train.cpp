@@ -29,7 +29,13 @@ Register reg("train", "Train or fine-tune a model on tokenized data", [](CLI::Ap
   auto& t = o->t;
   sub.add_option("--config", t.config, "config.json of the model to train (new model, or checked on --resume)");
   sub.add_option("--init-from", t.init_from, "start from this Hugging Face checkpoint (full fine-tuning)");
-  sub.add_option("--data", t.data, "folder written by `hymba tokenize`")->required();
+  sub.add_option("--data", t.data,
+                 "folder written by `hymba tokenize` (train.tok [+ val.tok]: random windows, loss on every token), or "
+                 "pre-tokenized rows for a completion-only loss: a folder with train.jsonl [+ val.jsonl] or one .jsonl "
+                 "file, each line {\"input_ids\": [...], \"completion_mask\": [0/1...]} or {\"input_ids\", \"labels\" "
+                 "(-100 = no loss)}; one row per sequence, padded to the longest in the batch, never packed (--seq-len: "
+                 "the longest row allowed)")
+      ->required();
   sub.add_option("--out", t.out, "output folder: checkpoint-STEP/ folders (weights, trainer state, metrics), latest -> the newest, and links so the folder loads as a model")->required();
   sub.add_option("--tokenizer", t.tokenizer, "tokenizer folder to copy next to the checkpoint");
   sub.add_flag("--resume", t.resume, "continue the run saved in --out");

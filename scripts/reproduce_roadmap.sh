@@ -19,6 +19,14 @@
 # docs/RESULTS.md), MQ_TRAIN training samples mixed into the text (default 60000) and MQ_SAMPLES
 # evaluation samples (default 200). MQ_ONLY=1: train on the MQAR samples alone (no text: every
 # training token is MQAR); the perplexity column is then on held-out MQAR samples.
+# MQ_ANSWER_LOSS=1 (the default with MQ_ONLY=1; needs it): Zoology's setup: one MQAR sample per
+# training row (padded, never packed with another, so each starts at position 0 as in the
+# evaluation) and the loss on the answers only (the value after each query key; `hymba eval
+# --make-data --data-format jsonl` rows with a completion_mask, trained by `hymba train`). A row is
+# then 4 * MQ_PAIRS + 1 tokens (SEQ_LEN is only its upper bound): STEPS x BATCH samples. The
+# perplexity column stays on all tokens of held-out samples, which this loss does not train.
+# MQ_ANSWER_LOSS=0 with MQ_ONLY=1: run 2's setup (random windows of the sample stream, loss on
+# every token).
 # CONFIGS: a subset of the configs (names as below). A rerun with the same OUT skips the configs
 # already trained and measured. TABLE_ONLY=1: no training, the table from the configs measured so
 # far (the others listed as missing).
@@ -53,6 +61,12 @@ MQ_PAIRS=${MQ_PAIRS:-4}; MQ_VOCAB=${MQ_VOCAB:-64}; MQ_TRAIN=${MQ_TRAIN:-$([ $TIN
 PAR=${PAR:-1}  # configs trained and measured at the same time (each with THREADS threads)
 SEED=${SEED:-1}  # hymba train --seed: initialisation and data order
 MQ_ONLY=${MQ_ONLY:-0}
+MQ_ANSWER_LOSS=${MQ_ANSWER_LOSS:-$MQ_ONLY}
+if [ "$MQ_ANSWER_LOSS" = 1 ]; then
+  [ "$MQ_ONLY" = 1 ] || die "MQ_ANSWER_LOSS=1 needs MQ_ONLY=1 (the text has no answers to mask)"
+  [ "$SEQ_LEN" -ge $(( 4 * MQ_PAIRS + 1 )) ] || die "MQ_ANSWER_LOSS=1: SEQ_LEN=$SEQ_LEN is shorter than a sample ($(( 4 * MQ_PAIRS + 1 )) tokens)"
+fi
+TRAIN_DATA=$OUT/$([ "$MQ_ANSWER_LOSS" = 1 ] && echo mqar-rows || echo data)
 
 # ---- data: text + MQAR, one token stream --------------------------------------------------------
 if [ ! -f "$OUT/data/train.tok" ]; then
@@ -66,6 +80,9 @@ if [ ! -f "$OUT/data/train.tok" ]; then
   # MQ_ONLY: enough held-out samples for the perplexity's 40 chunks of SEQ_LEN tokens
   "$HYMBA" eval -m "$TOK" --task mqar --make-data "$OUT/mqar" --mqar-pairs "$MQ_PAIRS" --mqar-vocab "$MQ_VOCAB" \
     --train-samples "$MQ_TRAIN" --val-samples $([ "$MQ_ONLY" = 1 ] && echo $(( 41 * SEQ_LEN / (4 * MQ_PAIRS + 2) + 1 )) || echo 10) >/dev/null
+  # the same samples (same seed) as rows with a completion mask on the answers
+  [ "$MQ_ANSWER_LOSS" = 1 ] && "$HYMBA" eval -m "$TOK" --task mqar --make-data "$OUT/mqar-rows" --data-format jsonl \
+    --mqar-pairs "$MQ_PAIRS" --mqar-vocab "$MQ_VOCAB" --train-samples "$MQ_TRAIN" --val-samples 100 >/dev/null
   mkdir -p "$OUT/data"
   "$PY" - "$OUT" "$MQ_ONLY" <<'EOF'
 import struct, sys
@@ -133,8 +150,8 @@ one() {
   local name=$1 run="$OUT/runs/$1" m="$OUT/measure/$1" c CHUNKS
   mkdir -p "$OUT/runs"
   if [ ! -f "$run/model.safetensors" ]; then
-    echo "== $name: training $STEPS steps of $BATCH x $SEQ_LEN tokens" >&2
-    "$HYMBA" train --config "$OUT/configs/$name.json" --data "$OUT/data" --out "$run" --tokenizer "$TOK" \
+    echo "== $name: training $STEPS steps of $BATCH x $([ "$MQ_ANSWER_LOSS" = 1 ] && echo "$(( 4 * MQ_PAIRS + 1 )) (one MQAR sample, loss on the answers)" || echo "$SEQ_LEN") tokens" >&2
+    "$HYMBA" train --config "$OUT/configs/$name.json" --data "$TRAIN_DATA" --out "$run" --tokenizer "$TOK" \
       --steps "$STEPS" --batch "$BATCH" --seq-len "$SEQ_LEN" --lr "$LR" --seed "$SEED" --eval-every 0 --save-every 0 $T > "$run.train.log" 2>&1 \
       || { tail -5 "$run.train.log" >&2; die "$name: training failed"; }
   fi
@@ -163,13 +180,15 @@ fi
 # ---- table -------------------------------------------------------------------------------------------
 SIZE=""  # the size overrides in effect, recorded with the command line
 for v in HIDDEN META WINDOW; do [ -n "${!v:-}" ] && SIZE+="$v=${!v} "; done
-SIZE="$SIZE" LR="$LR" SEED="$SEED" MQ_ONLY="$MQ_ONLY" \
-CMDLINE="${SIZE}STEPS=$STEPS BATCH=$BATCH SEQ_LEN=$SEQ_LEN LR=$LR SEED=$SEED $([ "$MQ_ONLY" = 1 ] && echo 'MQ_ONLY=1 ')MQ_PAIRS=$MQ_PAIRS MQ_VOCAB=$MQ_VOCAB MQ_TRAIN=$MQ_TRAIN MQ_SAMPLES=$MQ_SAMPLES THREADS=${THREADS:-1} PAR=$PAR scripts/reproduce_roadmap.sh$([ $TINY = 1 ] && echo ' --tiny') OUT" \
+SIZE="$SIZE" LR="$LR" SEED="$SEED" MQ_ONLY="$MQ_ONLY" MQ_ANSWER_LOSS="$MQ_ANSWER_LOSS" \
+CMDLINE="${SIZE}STEPS=$STEPS BATCH=$BATCH SEQ_LEN=$SEQ_LEN LR=$LR SEED=$SEED $([ "$MQ_ONLY" = 1 ] && echo "MQ_ONLY=1 MQ_ANSWER_LOSS=$MQ_ANSWER_LOSS ")MQ_PAIRS=$MQ_PAIRS MQ_VOCAB=$MQ_VOCAB MQ_TRAIN=$MQ_TRAIN MQ_SAMPLES=$MQ_SAMPLES THREADS=${THREADS:-1} PAR=$PAR scripts/reproduce_roadmap.sh$([ $TINY = 1 ] && echo ' --tiny') OUT" \
 "$PY" - "$OUT" "$TINY" "$STEPS" "$BATCH" "$SEQ_LEN" "$CTXS" "$SRC" "$MQ_PAIRS $MQ_VOCAB $MQ_TRAIN" $CONFIGS <<'EOF'
 import json, os, sys
 out, tiny, steps, batch, seq, ctxs, src, mq, names = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6].split(), sys.argv[7], sys.argv[8].split(), sys.argv[9:]
 mq_pairs, mq_vocab, mq_train = map(int, mq)
 mq_only, seed = os.environ.get("MQ_ONLY") == "1", int(os.environ.get("SEED") or 1)
+answers = os.environ.get("MQ_ANSWER_LOSS") == "1"
+row = 4 * mq_pairs + 1 if answers else seq  # tokens per training row
 rows, missing = {}, []
 for n in names:
     m = f"{out}/measure/{n}"
@@ -184,19 +203,20 @@ for n in names:
                **{f"state_mib_{c}": ld(f"info-{c}.json")["state_bytes"] / 2**20 for c in ctxs},
                **{f"decode_tok_s_{c}": [r for r in ld(f"bench-{c}.json")["rows"] if r["n_gen"]][0]["tok_s"] for c in ctxs}}
 size = dict(kv.split("=") for kv in os.environ.get("SIZE", "").split())
-json.dump({"steps": steps, "batch": batch, "seq_len": seq, "tokens": steps * batch * seq, "lr": float(os.environ["LR"]),
-           "seed": seed, "train_data": "mqar" if mq_only else "text+mqar",
+json.dump({"steps": steps, "batch": batch, "seq_len": row, "tokens": steps * batch * row, "lr": float(os.environ["LR"]),
+           "seed": seed, "train_data": "mqar" if mq_only else "text+mqar", "loss": "answers" if answers else "all tokens",
            "size_overrides": {k: int(v) for k, v in size.items()},
            "mqar": {"pairs": mq_pairs, "vocab": mq_vocab, "train_samples": mq_train}, "runs": rows, "missing": missing},
           open(f"{out}/roadmap.json", "w"), indent=1)
 lines = ["# The design roadmap at small scale", "",
          f"Generated by `scripts/reproduce_roadmap.sh{' --tiny' if tiny else ''}`: every architecture trained "
-         f"{steps} steps × {batch} × {seq} tokens ({steps * batch * seq:,} tokens, peak lr {os.environ['LR']}, seed {seed}) "
-         + ("on MQAR samples only " if mq_only else "on the KJV text with MQAR samples mixed in ")
+         f"{steps} steps × {batch} × {row} tokens ({steps * batch * row:,} tokens, peak lr {os.environ['LR']}, seed {seed}) "
+         + ("on MQAR samples only, one per row, with the loss on the answers only (Zoology's setup) " if answers
+            else "on MQAR samples only " if mq_only else "on the KJV text with MQAR samples mixed in ")
          + f"(same data, order and budget; "
          + (f"configs/ablations scaled alike ({', '.join(f'{k}={v}' for k, v in size.items())}); " if size else "")
          + f"{mq_train:,} MQAR samples of {mq_pairs} pairs over {mq_vocab} key/value ids), then measured with "
-         f"`hymba perplexity` ({'held-out MQAR samples' if mq_only else 'text validation'}), `hymba eval --task mqar` (the same MQAR setting on fresh samples; chance "
+         f"`hymba perplexity` ({'held-out MQAR samples, every token (not the trained loss)' if answers else 'held-out MQAR samples' if mq_only else 'text validation'}), `hymba eval --task mqar` (the same MQAR setting on fresh samples; chance "
          f"{2 / mq_vocab:.3f}), `--task needle`, `hymba info` (bf16 K/V) and `hymba bench` (decode after the given context).", ""]
 lines += ["```sh", os.environ.get("CMDLINE", ""), "```",
           "Decode tok/s is one short run per context on a machine shared with other jobs (and, with PAR > 1, "

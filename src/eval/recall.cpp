@@ -163,26 +163,40 @@ std::vector<int> mqar_eval(Engine& eng, const MqarOptions& o, int64_t n, std::ve
   return correct;
 }
 
-void mqar_write_data(const std::string& dir, const MqarOptions& o, int64_t n_train, int64_t n_val, int64_t model_vocab) {
+void mqar_write_data(const std::string& dir, const MqarOptions& o, int64_t n_train, int64_t n_val, int64_t model_vocab,
+                     const std::string& format) {
+  HYMBA_CHECK(format == "tok" || format == "jsonl", "MQAR data: --data-format must be tok or jsonl (got '" + format + "')");
   HYMBA_CHECK(n_train >= 1 && n_val >= 1, "MQAR data: --train-samples and --val-samples must be >= 1");
   HYMBA_CHECK(o.first + o.vocab <= model_vocab, "MQAR data: ids up to " + std::to_string(o.first + o.vocab) +
                                                     " do not fit a vocabulary of " + std::to_string(model_vocab));
   std::filesystem::create_directories(dir);
+  const bool jsonl = format == "jsonl";
   auto write = [&](const std::string& name, int64_t n, uint64_t seed) {
     std::vector<int32_t> ids;
+    std::string rows;
     uint64_t rng = seed;
     for (int64_t i = 0; i < n; ++i) {
       const auto s = mqar_sample(o, rng);
       ids.insert(ids.end(), s.ids.begin(), s.ids.end());
+      if (!jsonl) continue;
+      std::vector<int> mask(s.ids.size(), 0);
+      for (int64_t q : s.query_pos) mask[size_t(q + 1)] = 1;  // the value that answers the query key
+      rows += "{\"input_ids\": [";
+      for (size_t k = 0; k < s.ids.size(); ++k) rows += (k ? ", " : "") + std::to_string(s.ids[k]);
+      rows += "], \"completion_mask\": [";
+      for (size_t k = 0; k < mask.size(); ++k) rows += (k ? ", " : "") + std::to_string(mask[k]);
+      rows += "]}\n";
     }
-    write_token_file(dir + "/" + name, ids, model_vocab);
+    if (jsonl) write_file_atomic(dir + "/" + name, rows);
+    else write_token_file(dir + "/" + name, ids, model_vocab);
     return int64_t(ids.size());
   };
-  const int64_t nt = write("train.tok", n_train, o.seed), nv = write("val.tok", n_val, o.seed + 0x5eed);
-  nlohmann::json meta = {{"format", "hymba-tokens"}, {"generator", "mqar"}, {"pairs", o.pairs}, {"mqar_vocab", o.vocab},
-                         {"first_id", o.first}, {"seed", o.seed}, {"sample_tokens", 4 * o.pairs + 2},
-                         {"train", {{"file", "train.tok"}, {"documents", n_train}, {"tokens", nt}}},
-                         {"val", {{"file", "val.tok"}, {"documents", n_val}, {"tokens", nv}}}};
+  const std::string ext = jsonl ? ".jsonl" : ".tok";
+  const int64_t nt = write("train" + ext, n_train, o.seed), nv = write("val" + ext, n_val, o.seed + 0x5eed);
+  nlohmann::json meta = {{"format", jsonl ? "jsonl-completion-mask" : "hymba-tokens"}, {"generator", "mqar"}, {"pairs", o.pairs},
+                         {"mqar_vocab", o.vocab}, {"first_id", o.first}, {"seed", o.seed}, {"sample_tokens", 4 * o.pairs + 2},
+                         {"train", {{"file", "train" + ext}, {"documents", n_train}, {"tokens", nt}}},
+                         {"val", {{"file", "val" + ext}, {"documents", n_val}, {"tokens", nv}}}};
   write_file_atomic(dir + "/meta.json", meta.dump(2) + "\n");
 }
 

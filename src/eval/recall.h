@@ -60,8 +60,12 @@ MqarSample mqar_sample(const MqarOptions& o, uint64_t& rng);
 // Per query: correct or not, for `n` samples drawn from o.seed; samples are batched.
 std::vector<int> mqar_eval(Engine& eng, const MqarOptions& o, int64_t n, std::vector<MqarSample>* samples = nullptr,
                            const std::function<void(int64_t)>& progress = {});
-// Training data for `hymba train`: dir/train.tok and dir/val.tok of samples back to back
-// (validation drawn from another seed), and dir/meta.json.
-void mqar_write_data(const std::string& dir, const MqarOptions& o, int64_t n_train, int64_t n_val, int64_t model_vocab);
+// Training data for `hymba train` (validation drawn from another seed), and dir/meta.json:
+//  - format "tok": dir/train.tok and dir/val.tok, samples back to back (the loss on every token);
+//  - format "jsonl": dir/train.jsonl and dir/val.jsonl, one sample per row
+//    {"input_ids": [...], "completion_mask": [...]} with the mask 1 on the answers only (the value
+//    after each query key), for Zoology's loss on the answers (src/train/sft.h).
+void mqar_write_data(const std::string& dir, const MqarOptions& o, int64_t n_train, int64_t n_val, int64_t model_vocab,
+                     const std::string& format = "tok");
 
 }  // namespace hymba::recall

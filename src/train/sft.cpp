@@ -1,5 +1,6 @@
 #include "train/sft.h"
 
+#include <algorithm>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -128,6 +129,69 @@ std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer&
   });
   HYMBA_CHECK(!out.empty(), path + ": no conversations");
   return out;
+}
+
+std::vector<SftExample> load_token_jsonl(const std::string& path, int64_t vocab_size, int64_t max_tokens) {
+  std::vector<SftExample> out;
+  each_row(path, [&](const nlohmann::json& j, int64_t row, const std::string& where) {
+    auto ints = [&](const char* key) {
+      HYMBA_CHECK(j[key].is_array(), where + "\"" + key + "\" must be a list of integers");
+      std::vector<int64_t> v;
+      for (const auto& x : j[key]) {
+        HYMBA_CHECK(x.is_number_integer(), where + "\"" + key + "\" must be a list of integers");
+        v.push_back(x.get<int64_t>());
+      }
+      return v;
+    };
+    HYMBA_CHECK(j.is_object() && j.contains("input_ids"), where + "no \"input_ids\" list");
+    const bool has_mask = j.contains("completion_mask"), has_labels = j.contains("labels");
+    HYMBA_CHECK(has_mask != has_labels, where + "needs exactly one of \"completion_mask\" and \"labels\"");
+    const auto ids = ints("input_ids"), m = ints(has_mask ? "completion_mask" : "labels");
+    const int64_t n = int64_t(ids.size());
+    for (int64_t i = 0; i < n; ++i)
+      HYMBA_CHECK(ids[size_t(i)] >= 0 && ids[size_t(i)] < vocab_size,
+                  where + "input_ids[" + std::to_string(i) + "] = " + std::to_string(ids[size_t(i)]) +
+                      " is outside the model's vocabulary [0, " + std::to_string(vocab_size) + ")");
+    HYMBA_CHECK(int64_t(m.size()) == n, where + "\"" + (has_mask ? "completion_mask" : "labels") + "\" has " +
+                                            std::to_string(m.size()) + " entries for " + std::to_string(n) + " input_ids");
+    HYMBA_CHECK(n >= 2, where + "too short (fewer than 2 input_ids)");
+    HYMBA_CHECK(n - 1 <= max_tokens, where + std::to_string(n - 1) + " tokens, longer than --seq-len " +
+                                         std::to_string(max_tokens));
+    SftExample e;
+    e.row = row;
+    e.inputs.assign(ids.begin(), ids.end() - 1);
+    e.targets.assign(size_t(n - 1), -1);
+    for (int64_t i = 1; i < n; ++i) {
+      const int64_t v = m[size_t(i)];
+      if (has_mask) {
+        HYMBA_CHECK(v == 0 || v == 1, where + "completion_mask[" + std::to_string(i) + "] is " + std::to_string(v) + ", not 0 or 1");
+        if (v) e.targets[size_t(i - 1)] = int32_t(ids[size_t(i)]);
+      } else {
+        HYMBA_CHECK(v == -100 || (v >= 0 && v < vocab_size),
+                    where + "labels[" + std::to_string(i) + "] = " + std::to_string(v) + " is neither -100 nor an id in [0, " +
+                        std::to_string(vocab_size) + ")");
+        if (v >= 0) e.targets[size_t(i - 1)] = int32_t(v);
+      }
+    }
+    // The first position predicts nothing (no token before it): a mask there has no target.
+    HYMBA_CHECK(e.counted() > 0, where + "nothing to learn from (no completion token after the first)");
+    out.push_back(std::move(e));
+  });
+  HYMBA_CHECK(!out.empty(), path + ": no rows");
+  return out;
+}
+
+void example_rows(const std::vector<SftExample>& ex, const int64_t* idx, int B, int64_t L, int32_t pad,
+                  int32_t* inputs, int32_t* targets) {
+  for (int b = 0; b < B; ++b) {
+    const SftExample& e = ex[size_t(idx[b])];
+    const int64_t n = int64_t(e.inputs.size());
+    HYMBA_CHECK(n <= L, "example of row " + std::to_string(e.row) + " is longer than the row (" + std::to_string(L) + ")");
+    std::copy(e.inputs.begin(), e.inputs.end(), inputs + b * L);
+    std::copy(e.targets.begin(), e.targets.end(), targets + b * L);
+    std::fill(inputs + b * L + n, inputs + (b + 1) * L, pad);
+    std::fill(targets + b * L + n, targets + (b + 1) * L, -1);
+  }
 }
 
 std::vector<std::vector<int64_t>> pack_examples(const std::vector<SftExample>& ex, int64_t capacity) {

@@ -23,6 +23,22 @@ struct SftExample {
 std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer& tok,
                                        int64_t max_tokens);
 
+// Pre-tokenized rows with a completion-only loss, as Hugging Face tokenized datasets hold them:
+//   {"input_ids": [ids], "completion_mask": [1 or 0 per id]}  (TRL: loss where the mask is 1)
+//   {"input_ids": [ids], "labels": [id or -100 per id]}       (transformers: -100 is ignored)
+// Same masked targets as the chat rows above (target i predicts id i+1; it counts when id i+1 is
+// in the completion / has a label). Each row is refused with "FILE:ROW: why" when it is not an
+// object of integer lists, has an id outside [0, vocab_size), a mask of another length, values
+// other than 0/1 (or a label other than an id or -100), nothing to learn, or more than max_tokens
+// next-token pairs.
+std::vector<SftExample> load_token_jsonl(const std::string& path, int64_t vocab_size, int64_t max_tokens);
+
+// Rows [B, L] for the batched step: example idx[b] at the start of row b, the rest padded with
+// `pad` and target -1, so a sample never shares a row (or its attention and SSM state) with
+// another and always starts at position 0, as it does at inference. Every example must fit L.
+void example_rows(const std::vector<SftExample>& ex, const int64_t* idx, int B, int64_t L, int32_t pad,
+                  int32_t* inputs, int32_t* targets);
+
 // Preference pairs for DPO: JSONL rows {"prompt": "text" | [messages], "chosen": "text" |
 // [assistant message], "rejected": same} ("messages" is accepted for "prompt"). Both completions
 // follow the rendered prompt; targets only on the completion (+ EOS). Errors name FILE:ROW.

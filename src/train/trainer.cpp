@@ -1,5 +1,6 @@
 #include "train/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "train/data.h"
 #include "train/dist.h"
 #include "train/params.h"
+#include "train/sft.h"
 #include "train/step.h"
 #include "train/train_state.h"
 
@@ -107,11 +109,20 @@ TrainResult train(const TrainOptions& o) {
   if (o.resume) HYMBA_CHECK(!ck.empty(), "--resume: no checkpoint (train_state.json) in " + o.out);
   else HYMBA_CHECK(ck.empty(), "--out " + o.out + " already holds a training run: pass --resume to "
                                "continue it, or choose another folder");
-  TokenWindows train_data(o.data + "/train.tok");
-  std::unique_ptr<TokenWindows> val_data;
-  if (fs::exists(o.data + "/val.tok")) val_data = std::make_unique<TokenWindows>(o.data + "/val.tok");
-  HYMBA_CHECK(train_data.num_tokens() > o.seq_len + 1,
-              "training data " + o.data + "/train.tok has fewer tokens than --seq-len + 2");
+  // Token stream (train.tok: random windows, loss on every token) or pre-tokenized rows
+  // (train.jsonl or a .jsonl file: one row per sequence, loss on its completion only).
+  const bool rows = fs::is_regular_file(o.data) || fs::exists(o.data + "/train.jsonl");
+  const std::string train_rows = fs::is_regular_file(o.data) ? o.data : o.data + "/train.jsonl";
+  if (rows)
+    HYMBA_CHECK(!fs::exists(o.data + "/train.tok"),
+                o.data + " holds both train.tok and train.jsonl: keep the one to train on");
+  std::unique_ptr<TokenWindows> train_data, val_data;
+  if (!rows) {
+    train_data = std::make_unique<TokenWindows>(o.data + "/train.tok");
+    if (fs::exists(o.data + "/val.tok")) val_data = std::make_unique<TokenWindows>(o.data + "/val.tok");
+    HYMBA_CHECK(train_data->num_tokens() > o.seq_len + 1,
+                "training data " + o.data + "/train.tok has fewer tokens than --seq-len + 2");
+  }
 
   if (dp.root()) clean_stale_checkpoints(o.out);
   ParamArena arena;
@@ -129,9 +140,25 @@ TrainResult train(const TrainOptions& o) {
     arena = arena_from_init(load_config(o.config), o.seed);
   }
   const Config& c = arena.config;
-  HYMBA_CHECK(train_data.vocab_size() <= c.vocab_size,
-              "data vocabulary (" + std::to_string(train_data.vocab_size()) +
-                  ") is larger than the model's vocab_size (" + std::to_string(c.vocab_size) + ")");
+  if (train_data)
+    HYMBA_CHECK(train_data->vocab_size() <= c.vocab_size,
+                "data vocabulary (" + std::to_string(train_data->vocab_size()) +
+                    ") is larger than the model's vocab_size (" + std::to_string(c.vocab_size) + ")");
+  std::vector<SftExample> train_ex, val_ex;
+  if (rows) {
+    train_ex = load_token_jsonl(train_rows, c.vocab_size, o.seq_len);
+    if (!fs::is_regular_file(o.data) && fs::exists(o.data + "/val.jsonl"))
+      val_ex = load_token_jsonl(o.data + "/val.jsonl", c.vocab_size, o.seq_len);
+  }
+  const int32_t pad = c.pad_token_id >= 0 && c.pad_token_id < c.vocab_size ? int32_t(c.pad_token_id) : 0;
+  // Rows idx[0..B) padded to the longest of them (as Hugging Face's collators pad to the longest
+  // in the batch); returns that length.
+  auto fill_rows = [&](const std::vector<SftExample>& ex, const int64_t* idx, int B, int32_t* in, int32_t* tg) {
+    int64_t L = 1;
+    for (int b = 0; b < B; ++b) L = std::max(L, int64_t(ex[size_t(idx[b])].inputs.size()));
+    example_rows(ex, idx, B, L, pad, in, tg);
+    return L;
+  };
 
   AdamW opt(param_groups(arena), arena.numel(), o.adamw);
   TrainState ts;
@@ -164,6 +191,23 @@ TrainResult train(const TrainOptions& o) {
   }
 
   auto eval_val = [&]() -> double {
+    if (rows) {  // the first eval_batches * batch validation rows, in order
+      if (val_ex.empty()) return -1;
+      const int64_t n = std::min(int64_t(val_ex.size()), o.eval_batches * o.batch);
+      std::vector<int32_t> in(size_t(o.batch * o.seq_len)), tg(in.size());
+      std::vector<int64_t> idx(size_t(o.batch));
+      double sum = 0;
+      int64_t cnt = 0;
+      for (int64_t i0 = 0; i0 < n; i0 += o.batch) {
+        const int B = int(std::min<int64_t>(o.batch, n - i0));
+        for (int b = 0; b < B; ++b) idx[size_t(b)] = i0 + b;
+        const int64_t L = fill_rows(val_ex, idx.data(), B, in.data(), tg.data());
+        int64_t k = 0;
+        const double l = loss_only(model, in.data(), tg.data(), B, L, &k);
+        sum += l * double(k), cnt += k;
+      }
+      return cnt ? sum / double(cnt) : -1;
+    }
     if (!val_data || val_data->num_sequential(o.seq_len) == 0) return -1;
     SequentialWindows it(*val_data, o.batch, o.seq_len, o.eval_batches * o.batch);
     std::vector<int32_t> in(size_t(o.batch * o.seq_len)), tg(in.size());
@@ -195,8 +239,8 @@ TrainResult train(const TrainOptions& o) {
   };
 
   TrainResult r;
-  const int64_t tokens_per_step = int64_t(o.batch) * o.seq_len * o.grad_accum;
   std::vector<int32_t> in(size_t(o.batch * o.seq_len)), tg(in.size());
+  std::vector<int64_t> idx(size_t(o.batch));
   const double t_start = now_s();
   const int64_t first_step = step;
   double t_log = now_s();
@@ -205,16 +249,25 @@ TrainResult train(const TrainOptions& o) {
   while (step < o.steps) {
     arena.zero_grad();
     double loss = 0;
+    int64_t step_tokens = 0;
     for (int k = 0; k < o.grad_accum; ++k) {
-      train_data.sample(o.batch, o.seq_len, data_rng, in.data(), tg.data());
+      int64_t L = o.seq_len;
+      if (rows) {  // B rows drawn uniformly (with replacement), one example each
+        for (int b = 0; b < o.batch; ++b) idx[size_t(b)] = int64_t(rng_below(data_rng, train_ex.size()));
+        L = fill_rows(train_ex, idx.data(), o.batch, in.data(), tg.data());
+        for (int b = 0; b < o.batch; ++b) step_tokens += int64_t(train_ex[size_t(idx[size_t(b)])].inputs.size());
+      } else {
+        train_data->sample(o.batch, o.seq_len, data_rng, in.data(), tg.data());
+        step_tokens += int64_t(o.batch) * o.seq_len;
+      }
       // This rank's rows, weighted by their share of the batch's counted targets, so that the sum
       // over ranks is the mean over the whole batch (one rank: weight 1, as before).
       int64_t mine = 0, all = 0;
-      for (int64_t i = 0; i < int64_t(tg.size()); ++i)
-        if (tg[size_t(i)] >= 0) ++all, mine += (i >= row_lo * o.seq_len && i < row_hi * o.seq_len);
+      for (int64_t i = 0; i < int64_t(o.batch) * L; ++i)
+        if (tg[size_t(i)] >= 0) ++all, mine += (i >= row_lo * L && i < row_hi * L);
       const float w = all ? float(double(mine) / double(all)) : 0.0f;
-      const size_t at = size_t(row_lo * o.seq_len);
-      const double l = loss_and_grads(model, arena, in.data() + at, tg.data() + at, row_hi - row_lo, o.seq_len, w);
+      const size_t at = size_t(row_lo * L);
+      const double l = loss_and_grads(model, arena, in.data() + at, tg.data() + at, row_hi - row_lo, L, w);
       loss += (dp.size == 1 ? l : l * w) / o.grad_accum;
     }
     comm_since_log += dist_reduce_step(arena.grad.data(), arena.grad.size(), std::span<double>(&loss, 1), g_train_stop);
@@ -223,8 +276,8 @@ TrainResult train(const TrainOptions& o) {
     const float lr = sched.lr(step);
     const double gnorm = opt.step(arena.data.data(), arena.grad.data(), lr, 1.0f / float(o.grad_accum));
     ++step;
-    ts.tokens_seen += tokens_per_step;
-    tokens_since_log += tokens_per_step;
+    ts.tokens_seen += step_tokens;
+    tokens_since_log += step_tokens;
     r.last_loss = loss;
     double val = -1;
     if (dp.root() && o.eval_every > 0 && (step % o.eval_every == 0 || step == o.steps)) val = eval_val(), r.last_val_loss = val;

@@ -14,7 +14,8 @@ namespace hymba {
 struct TrainOptions {
   std::string config;     // config.json of a new model (or checked against the resumed one)
   std::string init_from;  // start from this HF checkpoint (fine-tuning) instead of random init
-  std::string data;       // folder from `hymba tokenize` (train.tok, val.tok)
+  std::string data;       // folder from `hymba tokenize` (train.tok, val.tok), or token rows with a
+                          // completion mask (train.jsonl, val.jsonl; or one .jsonl file): src/train/sft.h
   std::string out;        // output folder: checkpoint + trainer state + metrics.csv + loss.png
   std::string tokenizer;  // optional: tokenizer folder copied next to the checkpoint
   bool resume = false;

@@ -3,7 +3,8 @@
 data (text + MQAR mixed into one token stream), three architectures trained a few steps, each
 measured (perplexity, MQAR, needle, state bytes, decode speed), roadmap.json + ROADMAP.md written
 with a row per architecture (small sizes through the HIDDEN/META overrides) and the three comparisons with the paper's direction; then
-MQ_ONLY=1 SEED=2 on one config (MQAR-only training data); docs/ROADMAP.md is left alone."""
+MQ_ONLY=1 SEED=2 on one config (MQAR-only training data, one sample per row with the loss on the
+answers); docs/ROADMAP.md is left alone."""
 import json
 import math
 import os
@@ -49,15 +50,23 @@ def main():
                            env=dict(os.environ, HYMBA=U.BIN, MQ_ONLY="1", SEED="2", CONFIGS="2-mamba-only"))
         if RES.check("MQ_ONLY=1 SEED=2 runs", r.returncode == 0, r.stderr.strip()[-400:]):
             j2 = json.load(open(os.path.join(out2, "roadmap.json")))
-            RES.check("MQ_ONLY: MQAR-only data and the seed recorded",
-                      j2["train_data"] == "mqar" and j2["seed"] == 2 and j["train_data"] == "text+mqar" and j["seed"] == 1,
-                      json.dumps({k: j2[k] for k in ("train_data", "seed")}))
+            RES.check("MQ_ONLY: MQAR-only data, the answers-only loss (its default) and the seed recorded",
+                      j2["train_data"] == "mqar" and j2["seed"] == 2 and j["train_data"] == "text+mqar" and j["seed"] == 1
+                      and j2["loss"] == "answers" and j["loss"] == "all tokens" and j2["seq_len"] == 17,
+                      json.dumps({k: j2[k] for k in ("train_data", "seed", "loss", "seq_len")}))
+            RES.check("MQ_ONLY: trained on one sample per row (train.jsonl with the answers masked)",
+                      "x 17 (one MQAR sample, loss on the answers)" in r.stderr
+                      and os.path.exists(os.path.join(out2, "mqar-rows", "train.jsonl")), r.stderr.strip()[-300:])
             RES.check("MQ_ONLY: no text in the training stream (only MQAR ids), validation on MQAR samples",
                       "roadmap data: 0 text + " in r.stderr and math.isfinite(j2["runs"]["2-mamba-only"]["val_ppl"]),
                       r.stderr.strip()[-300:])
             md2 = open(os.path.join(out2, "ROADMAP.md")).read()
             RES.check("MQ_ONLY: the table says the perplexity is on MQAR samples",
-                      "val ppl (MQAR)" in md2 and "SEED=2 MQ_ONLY=1" in md2 and "val ppl (MQAR)" not in md)
+                      "val ppl (MQAR)" in md2 and "SEED=2 MQ_ONLY=1 MQ_ANSWER_LOSS=1" in md2 and "val ppl (MQAR)" not in md)
+        r = subprocess.run(["bash", os.path.join(U.SRC, "scripts", "reproduce_roadmap.sh"), "--tiny", os.path.join(work, "bad")],
+                           capture_output=True, text=True, timeout=600, env=dict(os.environ, HYMBA=U.BIN, MQ_ANSWER_LOSS="1"))
+        RES.check("MQ_ANSWER_LOSS=1 without MQ_ONLY=1 is refused", r.returncode != 0 and "needs MQ_ONLY=1" in r.stderr,
+                  r.stderr.strip()[-200:])
         RES.check("the tiny runs leave docs/ROADMAP.md alone",
                   (open(docs).read() if os.path.exists(docs) else None) == before)
     finally:

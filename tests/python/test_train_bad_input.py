@@ -70,6 +70,18 @@ def main():
         r = U.run(["train", "--config", cfg, "--out", os.path.join(work, "o2"), "--data", os.path.join(work, "nope"),
                    "--steps", "2"])
         R.check("train: missing data", one_error(r), r.stderr.strip()[-200:])
+
+        # Pre-tokenized rows (completion-only loss): a malformed row is named with its line.
+        rows = os.path.join(work, "rows.jsonl")
+        with open(rows, "w") as f:
+            f.write('{"input_ids": [1, 5, 6], "completion_mask": [0, 0, 1]}\n{"input_ids": [1, 5, 6], "completion_mask": [0, 1]}\n')
+        r = U.run(["train", "--config", cfg, "--out", os.path.join(work, "o3"), "--data", rows, "--steps", "2"])
+        R.check("train: malformed .jsonl row named with FILE:ROW", one_error(r) and "rows.jsonl:2:" in r.stderr
+                and "completion_mask" in r.stderr, r.stderr.strip()[-200:])
+        shutil.copy(rows, os.path.join(data, "train.jsonl"))
+        r = U.run(["train", "--config", cfg, "--out", os.path.join(work, "o4"), "--data", data, "--steps", "2"])
+        R.check("train: a folder with both train.tok and train.jsonl", one_error(r) and "both" in r.stderr,
+                r.stderr.strip()[-200:])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return R.finish()

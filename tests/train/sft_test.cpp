@@ -1,6 +1,9 @@
 // SFT data and packing: the chat tokens decode to the template's text, the loss is only on the
 // assistant's replies, and a packed row of several conversations gives exactly the loss and
 // gradients of training each conversation alone (no attention or SSM state crosses them).
+// Pre-tokenized rows (input_ids + completion_mask or labels): the targets follow the mask, a
+// padded row gives the loss and gradients of its example alone, and the loss is the mean over
+// the completion positions (masked targets add nothing to the gradient).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -112,6 +115,116 @@ TEST(Sft, PackedRowEqualsEachConversationAlone) {
   int64_t k2 = 0;
   EXPECT_NEAR(loss_only(m, all, &k2), packed, 1e-5 * std::abs(packed));
   EXPECT_EQ(k2, total);
+}
+
+TEST(Sft, TokenRowsFollowTheMaskOrTheLabels) {
+  const auto path = std::filesystem::temp_directory_path() / "hymba-token-rows.jsonl";
+  std::ofstream(path) << R"({"input_ids": [1, 10, 20, 10, 20, 2], "completion_mask": [1, 0, 0, 0, 1, 0]})" << "\n\n"
+                      << R"({"input_ids": [1, 7, 8, 9], "labels": [-100, -100, 8, 30]})" << "\n";
+  const auto ex = load_token_jsonl(path.string(), 100, 16);
+  ASSERT_EQ(ex.size(), 2u);
+  EXPECT_EQ(ex[0].inputs, (std::vector<int32_t>{1, 10, 20, 10, 20}));
+  // the mask on id 0 has no target (nothing predicts the first token)
+  EXPECT_EQ(ex[0].targets, (std::vector<int32_t>{-1, -1, -1, 20, -1}));
+  EXPECT_EQ(ex[0].row, 1);
+  EXPECT_EQ(ex[1].targets, (std::vector<int32_t>{-1, 8, 30}));  // labels as given, shifted
+  EXPECT_EQ(ex[1].row, 3);
+  EXPECT_EQ(ex[1].counted(), 2);
+  // rows padded to L: pad ids, no targets
+  std::vector<int32_t> in(2 * 6), tg(in.size());
+  const int64_t idx[2] = {1, 0};
+  example_rows(ex, idx, 2, 6, 0, in.data(), tg.data());
+  EXPECT_EQ(in, (std::vector<int32_t>{1, 7, 8, 0, 0, 0, 1, 10, 20, 10, 20, 0}));
+  EXPECT_EQ(tg, (std::vector<int32_t>{-1, 8, 30, -1, -1, -1, -1, -1, -1, 20, -1, -1}));
+  EXPECT_THROW(example_rows(ex, idx + 1, 1, 4, 0, in.data(), tg.data()), Error);  // 5 tokens in a row of 4
+  std::filesystem::remove(path);
+}
+
+TEST(Sft, TokenRowsBadRowsNamed) {
+  const auto path = std::filesystem::temp_directory_path() / "hymba-token-rows-bad.jsonl";
+  const std::string good = R"({"input_ids": [1, 5, 6], "completion_mask": [0, 0, 1]})";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"{not json", "not valid JSON"},
+      {R"([1, 2, 3])", "no \"input_ids\""},
+      {R"({"input_ids": [1, 5, 6]})", "exactly one of"},
+      {R"({"input_ids": [1, 5, 6], "completion_mask": [0, 0, 1], "labels": [-100, 5, 6]})", "exactly one of"},
+      {R"({"input_ids": "1 5 6", "completion_mask": [0, 0, 1]})", "list of integers"},
+      {R"({"input_ids": [1, 5.5, 6], "completion_mask": [0, 0, 1]})", "list of integers"},
+      {R"({"input_ids": [1, 5, 100], "completion_mask": [0, 0, 1]})", "input_ids[2] = 100 is outside"},
+      {R"({"input_ids": [1, -5, 6], "completion_mask": [0, 0, 1]})", "input_ids[1] = -5 is outside"},
+      {R"({"input_ids": [1, 5, 6], "completion_mask": [0, 1]})", "has 2 entries for 3 input_ids"},
+      {R"({"input_ids": [1, 5, 6], "completion_mask": [0, 2, 1]})", "completion_mask[1] is 2"},
+      {R"({"input_ids": [1, 5, 6], "labels": [-100, -1, 6]})", "labels[1] = -1 is neither"},
+      {R"({"input_ids": [1, 5, 6], "completion_mask": [1, 0, 0]})", "nothing to learn"},
+      {R"({"input_ids": [1], "completion_mask": [1]})", "too short"},
+      {R"({"input_ids": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "completion_mask": [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]})", "longer than --seq-len"}};
+  for (const auto& [row, why] : bad) {
+    std::ofstream(path) << good << "\n" << good << "\n" << row << "\n";
+    try {
+      load_token_jsonl(path.string(), 100, 8);
+      ADD_FAILURE() << "accepted: " << row.substr(0, 60);
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(path.string() + ":3: "), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(why), std::string::npos) << e.what();
+    }
+  }
+  std::ofstream(path) << "\n";
+  EXPECT_THROW(load_token_jsonl(path.string(), 100, 8), Error);  // no rows
+  EXPECT_THROW(load_token_jsonl(path.string() + ".missing", 100, 8), Error);
+  std::filesystem::remove(path);
+}
+
+// The trainer's rows path: examples padded into [B, L] rows, the mean over the completion
+// targets. Checked against the loss of each completion target alone (a row with that one target):
+// the loss is their mean, and the gradient is the mean of their gradients, so the masked targets
+// and the padding add nothing.
+TEST(Sft, CompletionLossIsTheMeanOverCompletionTargets) {
+  ParamArena p = arena_from_init(load_config(kTiny), 5);
+  HymbaModel m(p.config, p.w);
+  const int64_t V = p.config.vocab_size;
+  std::vector<SftExample> ex(2);
+  const int64_t len[2] = {13, 8};
+  for (int k = 0; k < 2; ++k)
+    for (int64_t i = 0; i < len[k]; ++i) {
+      ex[size_t(k)].inputs.push_back(int32_t((29 * i + 13 * k + 3) % V));
+      ex[size_t(k)].targets.push_back(i % 4 == 2 || i == len[k] - 1 ? int32_t((41 * i + 5 * k + 7) % V) : -1);
+    }
+  const int64_t L = 16, idx[2] = {0, 1};
+  std::vector<int32_t> in(size_t(2 * L)), tg(in.size());
+  example_rows(ex, idx, 2, L, int32_t(p.config.pad_token_id), in.data(), tg.data());
+  int64_t counted = 0;
+  p.zero_grad();
+  const double loss = loss_and_grads(m, p.g, [&] {
+    std::vector<SeqRef> s;
+    for (int b = 0; b < 2; ++b) s.push_back({in.data() + b * L, tg.data() + b * L, L});
+    return s;
+  }(), 1.0f, &counted);
+  const std::vector<float> g_rows = p.grad;
+  ASSERT_EQ(counted, ex[0].counted() + ex[1].counted());
+  // each completion target alone, in its example's unpadded sequence
+  p.zero_grad();
+  double mean = 0;
+  for (int k = 0; k < 2; ++k)
+    for (int64_t i = 0; i < len[k]; ++i) {
+      if (ex[size_t(k)].targets[size_t(i)] < 0) continue;
+      std::vector<int32_t> one(size_t(len[k]), -1);
+      one[size_t(i)] = ex[size_t(k)].targets[size_t(i)];
+      const SeqRef s{ex[size_t(k)].inputs.data(), one.data(), len[k]};
+      mean += loss_and_grads(m, p.g, std::span<const SeqRef>(&s, 1), 1.0f / float(counted)) / double(counted);
+    }
+  EXPECT_NEAR(loss, mean, 1e-5 * mean);
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < g_rows.size(); ++i) {
+    err = std::max(err, double(std::abs(g_rows[i] - p.grad[i])));
+    scale = std::max(scale, double(std::abs(p.grad[i])));
+  }
+  EXPECT_GT(scale, 0.0);
+  EXPECT_LT(err, 1e-5 * scale) << "max |rows - per-target| " << err << " of " << scale;
+  // and the mask matters: every target counted gives another loss
+  std::vector<int32_t> all(tg);
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t i = 0; i < len[b]; ++i) all[size_t(b * L + i)] = int32_t((41 * i + 5 * b + 7) % V);
+  EXPECT_GT(std::abs(loss_only(m, in.data(), all.data(), 2, L) - loss), 1e-3);
 }
 
 }  // namespace
