@@ -95,6 +95,8 @@ EngineOptions ModelFlags::engine_options() const {
   if (!lora.empty()) parse_lora(lora, &eo.lora, &eo.lora_scale);
   eo.io.mmap = mmap || (eo.quantize != DType::F32 && !no_mmap);
   eo.io.mlock = mlock;
+  HYMBA_CHECK(ubatch > 0, "--ubatch-size must be positive, got " + std::to_string(ubatch));
+  eo.max_chunk = ubatch;
   return eo;
 }
 
@@ -109,6 +111,9 @@ void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type) {
                "into huge-page memory (faster, steadier decode); default with --quantize");
   sub.add_flag("--no-mmap", f.no_mmap, "read the weight files into memory (the default without --quantize)");
   sub.add_flag("--mlock", f.mlock, "keep the weights locked in RAM (needs `ulimit -l`)");
+  sub.add_option("--ubatch-size", f.ubatch,
+                 "prompt tokens per forward pass (default " + std::to_string(f.ubatch) +
+                     "): smaller needs less activation memory, larger prefills faster");
 }
 
 std::vector<int32_t> read_eval_tokens(const std::string& dir, const std::string& file,

@@ -22,8 +22,9 @@ struct ModelFlags {
   // How the weights get into memory (src/io/safetensors.h): read by default, mapped with --mmap
   // or with --quantize (the stored copy is then dropped as it is converted) unless --no-mmap.
   bool mmap = false, no_mmap = false, mlock = false;
+  int64_t ubatch = EngineOptions{}.max_chunk;  // --ubatch-size: prompt rows per forward
   std::string dir() const;                // -m, else the default model
-  EngineOptions engine_options() const;   // --cache-type, --quantize, --lora, --mmap, --mlock
+  EngineOptions engine_options() const;   // --cache-type, --quantize, --lora, --mmap, --mlock, --ubatch-size
 };
 // with_cache_type = false for commands that compute with an f32 cache (logits, perplexity).
 void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type = true);

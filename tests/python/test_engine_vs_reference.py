@@ -69,11 +69,11 @@ def reference_logits(ckpt, ids):
         return m.forward(np.array([ids], dtype=np.int64))[0].numpy()
 
 
-def engine_logits(ckpt, ids, out):
+def engine_logits(ckpt, ids, out, extra=()):
     """-> (logits or None, message)."""
     if os.path.exists(out):
         os.remove(out)
-    rc, so, se = run_bin(["logits", "-m", ckpt, "--ids", ",".join(map(str, ids)), "-o", out])
+    rc, so, se = run_bin(["logits", "-m", ckpt, "--ids", ",".join(map(str, ids)), "-o", out, *extra])
     if rc != 0:
         return None, f"exit {rc}: {se.strip()[-400:]}"
     try:
@@ -85,12 +85,12 @@ def engine_logits(ckpt, ids, out):
     return a, ""
 
 
-def compare(label, ckpt, ids, tol):
+def compare(label, ckpt, ids, tol, extra=()):
     try:
         ref = reference_logits(ckpt, ids)
     except Exception:  # noqa: BLE001
         return check(f"{label}: reference", False, traceback.format_exc())
-    got, msg = engine_logits(ckpt, ids, os.path.join(WORK, "out.npy"))
+    got, msg = engine_logits(ckpt, ids, os.path.join(WORK, "out.npy"), extra)
     if got is None:
         return check(f"{label}: engine logits", False, msg)
     if got.shape != ref.shape:
@@ -117,6 +117,10 @@ def test_random_checkpoints():
             MC.make_checkpoint(config, ckpt, dt, seed=11, shards=2 if dt == "bf16" else 1)
             compare(f"{name} {dt}", ckpt, ids, TOL[dt])
         compare(f"{name} f32 single token", os.path.join(WORK, f"{name}-f32"), ids[:1], TOL["f32"])
+        # The prompt in forwards of 7 rows (--ubatch-size): chunk boundaries cross the window,
+        # the conv and the scan carry state between forwards.
+        compare(f"{name} f32 --ubatch-size 7", os.path.join(WORK, f"{name}-f32"), ids, TOL["f32"],
+                ("--ubatch-size", "7"))
 
 
 def test_bf16_gemm_long_prompt():
@@ -279,7 +283,8 @@ def test_bad_inputs():
     missing = os.path.join(WORK, "no-such-model")
     for args, want in ((["generate", "-m", missing, "-p", "x"], "does not exist"),
                        (["logits", "-m", os.path.join(base, "config.json"), "--ids", "1", "-o", out], "not a folder"),
-                       (["generate", "-m", WORK, "-p", "x"], "no config.json")):
+                       (["generate", "-m", WORK, "-p", "x"], "no config.json"),
+                       (["logits", "-m", base, "--ids", "1", "-o", out, "--ubatch-size", "0"], "--ubatch-size must be positive")):
         rc, so, se = run_bin(args)
         check(f"bad input: -m {os.path.basename(args[2])} -> '{want}'",
               rc == 1 and want in se and se.count("hymba: error:") == 1, se.strip()[:300])
