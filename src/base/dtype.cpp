@@ -17,6 +17,7 @@ const char* dtype_name(DType t) {
     case DType::Q8: return "Q8";
     case DType::U8: return "U8";
     case DType::Q4_0: return "Q4_0";
+    case DType::Q4_K: return "Q4_K";
   }
   return "?";
 }

@@ -6,10 +6,11 @@
 
 namespace hymba {
 
-// Q8 and Q4_0 are block-quantized weights (src/ops/quant.h): int8 codes with one F32 scale per
-// block of 32 (llama.cpp's Q8_0 with F32 scales), and llama.cpp's Q4_0 blocks. In files they are
+// Q8, Q4_0 and Q4_K are block-quantized weights (src/ops/quant.h): int8 codes with one F32 scale
+// per block of 32 (llama.cpp's Q8_0 with F32 scales), llama.cpp's Q4_0 blocks and its Q4_K
+// super-blocks of 256. In files they are
 // U8 tensors with metadata naming the format (src/model/weights.h).
-enum class DType : uint8_t { F32, BF16, F16, F64, I32, I64, Q8, U8, Q4_0 };
+enum class DType : uint8_t { F32, BF16, F16, F64, I32, I64, Q8, U8, Q4_0, Q4_K };
 
 inline size_t dtype_size(DType t) {
   switch (t) {
@@ -18,7 +19,7 @@ inline size_t dtype_size(DType t) {
     case DType::F64: case DType::I64: return 8;
     case DType::Q8: return 1;  // the int8 payload; the scales are held apart
     case DType::U8: return 1;
-    case DType::Q4_0: return 0;  // not whole bytes per element: see quant_row_bytes()
+    case DType::Q4_0: case DType::Q4_K: return 0;  // not whole bytes per element: quant_row_stride()
   }
   return 0;
 }

@@ -457,6 +457,128 @@ void GemvQRange(float* out, const QActs& a, const void* w, int dtype, const floa
   }
 }
 
+// ---- Q4_K weights (super-blocks of 256 in 8 sub-blocks of 32, src/ops/quant.h) times 8-bit
+// activations: per sub-block b, d·sc_b·d_x·Σ q·x_q - dmin·m_b·(d_x·Σ x_q). The second product's
+// activation factor is the per-block sum `xs` (quantize_acts), so only Σ q·x_q runs per element.
+
+// The 8 six-bit scales and mins of a super-block, one per byte (llama.cpp's get_scale_min_k4 for
+// all 8 at once: sub-blocks 0-3 in the low 6 bits of words 0 / 1, 4-7 split over word 2's nibbles
+// and the top 2 bits of words 0 / 1).
+HWY_INLINE void ScalesMinsQ4K(const uint8_t* s, uint64_t* sc, uint64_t* mn) {
+  uint32_t u[3];
+  std::memcpy(u, s, 12);
+  const uint32_t sc_hi = (u[2] & 0x0F0F0F0Fu) | ((u[0] >> 6) & 0x03030303u) << 4;
+  const uint32_t mn_hi = ((u[2] >> 4) & 0x0F0F0F0Fu) | ((u[1] >> 6) & 0x03030303u) << 4;
+  *sc = uint64_t(u[0] & 0x3F3F3F3Fu) | uint64_t(sc_hi) << 32;
+  *mn = uint64_t(u[1] & 0x3F3F3F3Fu) | uint64_t(mn_hi) << 32;
+}
+HWY_INLINE const BlockQ4_K& SuperBlockQ4K(const uint8_t* row, int64_t s) {
+  return *reinterpret_cast<const BlockQ4_K*>(row + s * int64_t(sizeof(BlockQ4_K)));
+}
+
+#if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+// R weight rows × MC activation rows (codes xq, scales xd, sums xs; row strides K and KB). Each
+// sub-block's int32 lanes are scaled by its lane of coef = d·sc·d_x; the min terms run 8
+// sub-blocks per FMA.
+template <int R, int MC>
+HWY_INLINE void TileQ4K(float* out, int64_t N, const int8_t* xq, const float* xd, const float* xs,
+                        const uint8_t* w, size_t stride, int64_t K, const float* bias, bool accumulate) {
+  const int64_t KB = K / kQ4KSub, NS = (KB + 7) / 8;
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[R][MC];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < MC; ++j) acc[r][j] = _mm256_setzero_ps();
+  for (int64_t s = 0; s < NS; ++s) {
+    const int nsub = int(std::min<int64_t>(8, KB - 8 * s));
+    // Lanes past the row's last sub-block load as zero.
+    const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(nsub), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256 dx[MC], sx[MC];
+    for (int j = 0; j < MC; ++j) {
+      dx[j] = _mm256_maskload_ps(xd + j * KB + 8 * s, live);
+      sx[j] = _mm256_maskload_ps(xs + j * KB + 8 * s, live);
+    }
+    for (int r = 0; r < R; ++r) {
+      const BlockQ4_K& blk = SuperBlockQ4K(w + r * stride, s);
+      _mm_prefetch(reinterpret_cast<const char*>(&SuperBlockQ4K(w + (r + R) * stride, s)), _MM_HINT_T0);
+      uint64_t sc, mn;
+      ScalesMinsQ4K(blk.scales, &sc, &mn);
+      const __m256 dsc = _mm256_mul_ps(_mm256_set1_ps(f16_to_f32(blk.d)),
+                                       _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(sc)))));
+      const __m256 dmn = _mm256_mul_ps(_mm256_set1_ps(f16_to_f32(blk.dmin)),
+                                       _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(mn)))));
+      __m256 coef[MC];
+      for (int j = 0; j < MC; ++j) {
+        coef[j] = _mm256_mul_ps(dsc, dx[j]);
+        acc[r][j] = _mm256_fnmadd_ps(dmn, sx[j], acc[r][j]);
+      }
+      for (int p = 0; 2 * p < nsub; ++p) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.qs + 32 * p));
+        const __m256i lo = _mm256_and_si256(q, low4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low4);
+        const __m256i ilo = _mm256_set1_epi32(2 * p), ihi = _mm256_set1_epi32(2 * p + 1);
+        for (int j = 0; j < MC; ++j) {
+          const int8_t* x = xq + j * K + (8 * s + 2 * p) * kQ4KSub;
+          const __m256i dlo = Dot4(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+          acc[r][j] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(coef[j], ilo), _mm256_cvtepi32_ps(dlo), acc[r][j]);
+          if (2 * p + 1 < nsub) {
+            const __m256i dhi = Dot4(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + kQ4KSub)));
+            acc[r][j] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(coef[j], ihi), _mm256_cvtepi32_ps(dhi), acc[r][j]);
+          }
+        }
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < MC; ++j) StoreSum(out, N, r, j, HSum(acc[r][j]), bias, accumulate);
+}
+#else
+template <int R, int MC>
+HWY_INLINE void TileQ4K(float* out, int64_t N, const int8_t* xq, const float* xd, const float* xs,
+                        const uint8_t* w, size_t stride, int64_t K, const float* bias, bool accumulate) {
+  const int64_t KB = K / kQ4KSub;
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < MC; ++j) {
+      float sum = 0.0f;
+      for (int64_t b = 0; b < KB; ++b) {
+        const BlockQ4_K& blk = SuperBlockQ4K(w + r * stride, b / 8);
+        const int sb = int(b % 8);
+        int sc, mn;
+        q4_k_scale_min(blk.scales, sb, &sc, &mn);
+        const int8_t* x = xq + j * K + b * kQ4KSub;
+        int32_t isum = 0;
+        for (int i = 0; i < kQ4KSub; ++i) isum += q4_k_code(blk, sb, i) * x[i];
+        sum += f16_to_f32(blk.d) * float(sc) * xd[j * KB + b] * float(isum) -
+               f16_to_f32(blk.dmin) * float(mn) * xs[j * KB + b];
+      }
+      StoreSum(out, N, r, j, sum, bias, accumulate);
+    }
+}
+#endif
+
+template <int MC>
+HWY_INLINE void RowsQ4K(float* out, int64_t N, const int8_t* xq, const float* xd, const float* xs, const uint8_t* w,
+                        int64_t K, const float* bias, int64_t n0, int64_t n1, bool acc) {
+  constexpr int R = MC == 1 ? 4 : 2;
+  const size_t stride = q4_k_row_bytes(K);
+  int64_t n = n0;
+  for (; n + R <= n1; n += R)
+    TileQ4K<R, MC>(out + n, N, xq, xd, xs, w + n * stride, stride, K, bias ? bias + n : nullptr, acc);
+  for (; n < n1; ++n) TileQ4K<1, MC>(out + n, N, xq, xd, xs, w + n * stride, stride, K, bias ? bias + n : nullptr, acc);
+}
+
+// Rows [n0, n1) of out = act · Wᵀ for Q4_K W (xs: d_x·Σ x_q per block); blocks of 32 rows outside.
+void GemvQ4KRange(float* out, const QActs& a, const float* xs, const void* w, const float* bias, int64_t M,
+                  int64_t N, int64_t K, int64_t n0, int64_t n1, bool acc) {
+  const int64_t KB = K / kQ4KSub;
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  for (int64_t b0 = n0; b0 < n1; b0 += 32) {
+    const int64_t b1 = std::min(n1, b0 + 32);
+    int64_t m = 0;
+    for (; m + 2 <= M; m += 2)
+      RowsQ4K<2>(out + m * N, N, a.q + m * K, a.d + m * KB, xs + m * KB, wb, K, bias, b0, b1, acc);
+    if (m < M) RowsQ4K<1>(out + m * N, N, a.q + m * K, a.d + m * KB, xs + m * KB, wb, K, bias, b0, b1, acc);
+  }
+}
+
 // ---- Int8 GEMM for Q8/Q4_0 weights times many activation rows (prefill). The same integer
 // block sums as GemvQRange, arranged so that the float work (convert, scale, accumulate) runs
 // once per kG blocks instead of once per block: a group of kG consecutive blocks is stored as 8
@@ -480,17 +602,33 @@ constexpr int64_t kGroupBytes = 32 * kG;
 // maddubs); the offset returns through the activations' per-block init = -off · Σ q. Otherwise
 // (Q8 on AVX2/AVX3 without VNNI, where (w+128)·q pairs overflow maddubs's int16; every scalar
 // target) they are the signed values.
-HWY_INLINE bool GemmUnsignedW(bool q4) {
-  return kGemmSimd && (q4 || HWY_TARGET == HWY_AVX3_DL);
+// Q4_K's codes are unsigned with no offset: the same bytes either way, init 0.
+enum GemmKind { kGemmQ8, kGemmQ4_0, kGemmQ4_K };
+HWY_INLINE bool GemmUnsignedW(int kind) {
+  return kGemmSimd && (kind != kGemmQ8 || HWY_TARGET == HWY_AVX3_DL);
 }
 
-// Row `row` of W -> codes[NG · kGroupBytes] in the group layout and dw[NG · kG] (F32 scales);
-// the padding blocks of the last group get zero codes and zero scales.
-HWY_INLINE void DecodeRowG(uint8_t* codes, float* dw, const void* w, bool q4, const float* sc,
+// Row `row` of W -> codes[NG · kGroupBytes] in the group layout and dw[NG · kG] (F32 scales;
+// Q4_K: d·sc of each sub-block, its mins are left to the caller); the padding blocks of the last
+// group get zero codes and zero scales.
+HWY_INLINE void DecodeRowG(uint8_t* codes, float* dw, const void* w, int kind, const float* sc,
                            int64_t KB, int64_t NG, bool uw, int64_t row) {
+  const uint8_t* wk = kind == kGemmQ4_K ? static_cast<const uint8_t*>(w) + row * q4_k_row_bytes(KB * kQ4KSub) : nullptr;
   for (int64_t b = 0; b < KB; ++b) {
     uint8_t* dst = codes + (b / kG) * kGroupBytes + (b % kG) * 4;  // dword v at dst + v·4kG
-    if (q4) {
+    if (kind == kGemmQ4_K) {
+      const BlockQ4_K& blk = SuperBlockQ4K(wk, b / 8);
+      const int j = int(b % 8);
+      for (int v = 0; v < 8; ++v) {
+        uint32_t x;
+        std::memcpy(&x, blk.qs + 32 * (j / 2) + 4 * v, 4);
+        x = (x >> (4 * (j & 1))) & 0x0F0F0F0Fu;
+        std::memcpy(dst + v * 4 * kG, &x, 4);
+      }
+      int s6, m6;
+      q4_k_scale_min(blk.scales, j, &s6, &m6);
+      dw[b] = f16_to_f32(blk.d) * float(s6);
+    } else if (kind == kGemmQ4_0) {
       const BlockQ4_0& blk = static_cast<const BlockQ4_0*>(w)[row * KB + b];
       for (int i = 0; i < 4; ++i) {
         uint32_t x;
@@ -678,7 +816,7 @@ HWY_INLINE uint8_t* Scratch(hwy::AlignedFreeUniquePtr<uint8_t[]>& p, size_t& cap
 }
 
 template <bool UW>
-void GemmQT(float* out, const int8_t* q, const float* d, const void* w, bool q4, const float* sc,
+void GemmQT(float* out, const int8_t* q, const float* d, const void* w, int kind, const float* sc,
             const float* bias, int64_t M, int64_t N, int64_t K, bool accumulate, int nt) {
   const int64_t KB = K / kQ8Block, NG = (KB + kG - 1) / kG;
   const int64_t cs = NG * kGroupBytes, ds = NG * kG;
@@ -690,7 +828,7 @@ void GemmQT(float* out, const int8_t* q, const float* d, const void* w, bool q4,
   int8_t* ac = reinterpret_cast<int8_t*>(ab);
   float* ad = reinterpret_cast<float*>(ab + M * cs);
   int32_t* ai = reinterpret_cast<int32_t*>(ab + M * cs + M * ds * 4);
-  const int32_t off = UW ? (q4 ? 8 : 128) : 0;
+  const int32_t off = !UW || kind == kGemmQ4_K ? 0 : kind == kGemmQ4_0 ? 8 : 128;
   // Panels of rows whose decoded codes stay in L2 (~128 KiB) while all M rows pass over them.
   constexpr int64_t RW = kGemmRW, MA = kGemmMA;
   const int64_t np = std::max<int64_t>(RW, (int64_t(128) << 10) / (cs + ds * 4) / RW * RW);
@@ -711,7 +849,7 @@ void GemmQT(float* out, const int8_t* q, const float* d, const void* w, bool q4,
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < panels; ++p) {
       const int64_t n0 = p * np, rows = std::min(np, N - n0);
-      for (int64_t r = 0; r < rows; ++r) DecodeRowG(wc + r * cs, wd + r * ds, w, q4, sc, KB, NG, UW, n0 + r);
+      for (int64_t r = 0; r < rows; ++r) DecodeRowG(wc + r * cs, wd + r * ds, w, kind, sc, KB, NG, UW, n0 + r);
       for (int64_t m0 = 0; m0 < M; m0 += MA) {
         const int ma = int(std::min(MA, M - m0));
         for (int64_t r0 = 0; r0 < rows; r0 += RW)
@@ -724,13 +862,14 @@ void GemmQT(float* out, const int8_t* q, const float* d, const void* w, bool q4,
   }
 }
 
-// out[M, N] (=|+=) act · Wᵀ (+ bias) for Q8/Q4_0 W and the 8-bit activations q, d of
-// quantize_act_q8 (natural layout), on up to nt threads (rows of W split between them).
+// out[M, N] (=|+=) act · Wᵀ (+ bias) for Q8/Q4_0/Q4_K W and the 8-bit activations q, d of
+// quantize_act_q8 (natural layout), on up to nt threads (rows of W split between them). For Q4_K
+// without the min terms (the caller subtracts them).
 void GemmQ(float* out, const int8_t* q, const float* d, const void* w, int dtype, const float* sc,
            const float* bias, int64_t M, int64_t N, int64_t K, bool accumulate, int nt) {
-  const bool q4 = DType(dtype) == DType::Q4_0;
-  if (GemmUnsignedW(q4)) GemmQT<true>(out, q, d, w, q4, sc, bias, M, N, K, accumulate, nt);
-  else GemmQT<false>(out, q, d, w, q4, sc, bias, M, N, K, accumulate, nt);
+  const int kind = DType(dtype) == DType::Q4_K ? kGemmQ4_K : DType(dtype) == DType::Q4_0 ? kGemmQ4_0 : kGemmQ8;
+  if (GemmUnsignedW(kind)) GemmQT<true>(out, q, d, w, kind, sc, bias, M, N, K, accumulate, nt);
+  else GemmQT<false>(out, q, d, w, kind, sc, bias, M, N, K, accumulate, nt);
 }
 
 
@@ -880,6 +1019,7 @@ HWY_AFTER_NAMESPACE();
 namespace hymba {
 HWY_EXPORT(GemvRange);
 HWY_EXPORT(GemvQRange);
+HWY_EXPORT(GemvQ4KRange);
 HWY_EXPORT(GemmQ);
 HWY_EXPORT(GemmBF16);
 HWY_EXPORT(QuantizeActs);
@@ -888,10 +1028,12 @@ HWY_EXPORT(Widen);
 namespace {
 
 void check_view(const MatView& W, const char* what) {
-  if (W.dtype != DType::F32 && W.dtype != DType::BF16 && W.dtype != DType::F16 &&
-      W.dtype != DType::Q8 && W.dtype != DType::Q4_0)
+  if (W.dtype != DType::F32 && W.dtype != DType::BF16 && W.dtype != DType::F16 && !is_block_quant(W.dtype))
     throw Error(std::string(what) + ": weight dtype " + dtype_name(W.dtype) +
-                " not supported (F32, BF16, F16, Q8, Q4_0)");
+                " not supported (F32, BF16, F16, Q8, Q4_0, Q4_K)");
+  if (W.dtype == DType::Q4_K && W.cols % kQ4KSub != 0)
+    throw Error(std::string(what) + ": Q4_K weights need a width that is a multiple of " +
+                std::to_string(kQ4KSub));
   if (W.dtype == DType::Q4_0 && W.cols % kQ4Block != 0)
     throw Error(std::string(what) + ": Q4_0 weights need a width that is a multiple of " +
                 std::to_string(kQ4Block));
@@ -901,17 +1043,18 @@ void check_view(const MatView& W, const char* what) {
                 std::to_string(kQ8Block));
 }
 
-bool quantized(DType t) { return t == DType::Q8 || t == DType::Q4_0; }
+bool quantized(DType t) { return is_block_quant(t); }
 
 // The activations of a Q8/Q4_0 matmul as 8-bit blocks (quantize_act_q8), in per-thread buffers
 // reused across calls.
 struct ActBuffers {
   std::vector<int8_t> q;
-  std::vector<float> d;
+  std::vector<float> d, s;
   std::vector<int32_t> g;
 };
+thread_local ActBuffers act_buf;
 QActs quantize_acts(const float* in, int64_t M, int64_t K, bool sums) {
-  thread_local ActBuffers buf;
+  ActBuffers& buf = act_buf;
   const int64_t KB = K / kQ8Block;
   if (buf.q.size() < size_t(M * K)) buf.q.resize(size_t(M * K));
   if (buf.d.size() < size_t(M * KB)) buf.d.resize(size_t(M * KB));
@@ -920,16 +1063,54 @@ QActs quantize_acts(const float* in, int64_t M, int64_t K, bool sums) {
   return {buf.q.data(), buf.d.data(), sums ? buf.g.data() : nullptr};
 }
 
+// d·Σq of each block of the activations `a` of quantize_acts (Q4_K's min terms), in integers then
+// one product, so that every target and path sees the same values.
+const float* act_block_sums(const QActs& a, int64_t M, int64_t K) {
+  const int64_t nb = M * (K / kQ8Block);
+  if (act_buf.s.size() < size_t(nb)) act_buf.s.resize(size_t(nb));
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t sum = 0;
+    for (int64_t i = 0; i < kQ8Block; ++i) sum += a.q[b * kQ8Block + i];
+    act_buf.s[size_t(b)] = a.d[b] * float(sum);
+  }
+  return act_buf.s.data();
+}
+
+// out[M, N] -= Σ_b dmin·m_b (weights) · d_x·Σx_q (activations): the min terms of a Q4_K product
+// that the int8 GEMM leaves out, as one small sgemm (K / 32 deep).
+void q4_k_subtract_mins(float* out, const float* xs, const MatView& W, int64_t M) {
+  const int64_t N = W.rows, KB = W.cols / kQ4KSub;
+  thread_local std::vector<float> mins;
+  if (mins.size() < size_t(N * KB)) mins.resize(size_t(N * KB));
+  const size_t stride = q4_k_row_bytes(W.cols);
+  float* mn = mins.data();  // thread_local: the workers below must use the caller's buffer
+#pragma omp parallel for num_threads(num_threads()) schedule(static)
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t b = 0; b < KB; ++b) {
+      const auto& blk = *reinterpret_cast<const BlockQ4_K*>(static_cast<const uint8_t*>(W.data) + size_t(r) * stride +
+                                                            size_t(b / 8) * sizeof(BlockQ4_K));
+      int sc, m;
+      q4_k_scale_min(blk.scales, int(b % 8), &sc, &m);
+      mn[r * KB + b] = f16_to_f32(blk.dmin) * float(m);
+    }
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(M), int(N), int(KB), -1.0f, xs, int(KB), mn,
+              int(KB), 1.0f, out, int(N));
+}
+
 void gemv(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc) {
   const int64_t N = W.rows, K = W.cols;
   const int nt = num_threads();
   const bool q = quantized(W.dtype);
   QActs a{};
+  const float* xs = nullptr;
   if (q) a = quantize_acts(in, M, K, W.dtype == DType::Q4_0);
+  if (W.dtype == DType::Q4_K) xs = act_block_sums(a, M, K);
   const auto fn = HWY_DYNAMIC_DISPATCH(GemvRange);
   const auto fq = HWY_DYNAMIC_DISPATCH(GemvQRange);
+  const auto fk = HWY_DYNAMIC_DISPATCH(GemvQ4KRange);
   auto run = [&](int64_t n0, int64_t n1) {
-    if (q) fq(out, a, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
+    if (W.dtype == DType::Q4_K) fk(out, a, xs, W.data, bias, M, N, K, n0, n1, acc);
+    else if (q) fq(out, a, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
     else fn(out, in, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
   };
   // Contiguous row ranges in multiples of 4 (the tile height), one per thread.
@@ -979,6 +1160,7 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
   if (quantized(W.dtype)) {  // int8 GEMM on the 8-bit activations of the GEMV path: one result
     const QActs a = quantize_acts(in, M, K, false);
     HWY_DYNAMIC_DISPATCH(GemmQ)(out, a.q, a.d, W.data, int(W.dtype), W.scales, bias, M, N, K, acc, num_threads());
+    if (W.dtype == DType::Q4_K) q4_k_subtract_mins(out, act_block_sums(a, M, K), W, M);
     return;
   }
   const float beta = prepare_out(out, bias, M, N, acc);
@@ -1070,6 +1252,7 @@ void matrow_to_f32(float* dst, const MatView& W, int64_t row) {
                 std::to_string(W.rows) + ")");
   const char* src = static_cast<const char*>(W.data) + size_t(row) * quant_row_stride(W.dtype, W.cols);
   if (W.dtype == DType::F32) std::memcpy(dst, src, size_t(W.cols) * sizeof(float));
+  else if (W.dtype == DType::Q4_K) dequantize_q4_k(dst, reinterpret_cast<const uint8_t*>(src), W.cols);
   else
     HWY_DYNAMIC_DISPATCH(Widen)(dst, src, int(W.dtype),
                                 W.scales ? W.scales + row * (W.cols / kQ8Block) : nullptr, W.cols);

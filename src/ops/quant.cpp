@@ -1,6 +1,8 @@
 #include "ops/quant.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "base/error.h"
 
@@ -63,6 +65,125 @@ void dequantize_q4_0(float* x, const BlockQ4_0* b, int64_t n) {
   }
 }
 
+size_t q4_k_row_bytes(int64_t n) {
+  const int64_t t = n % kQ4KBlock;
+  return size_t(n / kQ4KBlock) * sizeof(BlockQ4_K) + (t ? kQ4KHeader + size_t((t + 63) / 64 * 32) : 0);
+}
+
+namespace {
+
+// Codes L[32] in 0..15 and the affine map x ≈ scale·L - mn (scale >= 0, mn >= 0) minimizing the
+// weighted squared error, searched as llama.cpp's make_qkx2_quants does: the plain min/max map,
+// then nstep candidate inverse scales (15 + rmin + rdelta·i) / (max - min), each followed by the
+// weighted least-squares scale and offset for the codes it gives; the best one wins.
+float fit_sub_block(const float* x, const float* w, uint8_t* L, float* mn) {
+  constexpr int n = int(kQ4KSub), nmax = 15, nstep = 20;
+  constexpr float rmin = -1.0f, rdelta = 0.1f;
+  float lo = x[0], hi = x[0], sw = 0.0f, swx = 0.0f;
+  for (int i = 0; i < n; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]), sw += w[i], swx += w[i] * x[i];
+  lo = std::min(lo, 0.0f);  // the offset only ever lowers the range: m >= 0
+  if (hi == lo) {
+    std::fill(L, L + n, uint8_t(0));
+    *mn = -lo;
+    return 0.0f;
+  }
+  auto codes = [&](float iscale, uint8_t* out) {
+    for (int i = 0; i < n; ++i)
+      out[i] = uint8_t(std::clamp(int(std::nearbyint(iscale * (x[i] - lo))), 0, nmax));
+  };
+  auto err = [&](const uint8_t* q, float sc, float off) {
+    float e = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float d = sc * float(q[i]) + off - x[i];
+      e += w[i] * d * d;
+    }
+    return e;
+  };
+  float scale = (hi - lo) / float(nmax), off = lo;
+  codes(float(nmax) / (hi - lo), L);
+  float best = err(L, scale, off);
+  uint8_t cand[n];
+  for (int is = 0; is <= nstep; ++is) {
+    codes((rmin + rdelta * float(is) + float(nmax)) / (hi - lo), cand);
+    float sl = 0.0f, sl2 = 0.0f, sxl = 0.0f;
+    for (int i = 0; i < n; ++i) {
+      const float l = float(cand[i]);
+      sl += w[i] * l, sl2 += w[i] * l * l, sxl += w[i] * l * x[i];
+    }
+    const float det = sw * sl2 - sl * sl;
+    if (det <= 0.0f) continue;
+    float sc = (sw * sxl - swx * sl) / det, o = (sl2 * swx - sl * sxl) / det;
+    if (o > 0.0f) o = 0.0f, sc = sxl / sl2;  // keep the offset non-positive
+    const float e = err(cand, sc, o);
+    if (e < best) best = e, scale = sc, off = o, std::memcpy(L, cand, n);
+  }
+  *mn = -off;
+  return scale;
+}
+
+}  // namespace
+
+void quantize_q4_k(uint8_t* out, const float* x, int64_t n) {
+  HYMBA_CHECK(n % kQ4KSub == 0, "quantize_q4_k: length " + std::to_string(n) +
+                                    " is not a multiple of " + std::to_string(kQ4KSub));
+  for (int64_t i = 0; i < n; ++i) HYMBA_CHECK(std::isfinite(x[i]), "quantize_q4_k: non-finite weight");
+  for (int64_t s0 = 0; s0 < n; s0 += kQ4KBlock) {
+    const int nsub = int(std::min(kQ4KBlock, n - s0) / kQ4KSub);
+    const float* xs = x + s0;
+    uint8_t L[kQ4KBlock] = {};
+    float scale[8] = {}, mins[8] = {}, w[kQ4KSub];
+    float max_scale = 0.0f, max_min = 0.0f;
+    for (int j = 0; j < nsub; ++j) {
+      const float* xj = xs + j * kQ4KSub;
+      float s2 = 0.0f;
+      for (int i = 0; i < kQ4KSub; ++i) s2 += xj[i] * xj[i];
+      const float av = std::sqrt(s2 / float(kQ4KSub));
+      for (int i = 0; i < kQ4KSub; ++i) w[i] = av + std::fabs(xj[i]);
+      scale[j] = fit_sub_block(xj, w, L + j * kQ4KSub, &mins[j]);
+      max_scale = std::max(max_scale, scale[j]), max_min = std::max(max_min, mins[j]);
+    }
+    BlockQ4_K h{};
+    const float is = max_scale > 0.0f ? 63.0f / max_scale : 0.0f, im = max_min > 0.0f ? 63.0f / max_min : 0.0f;
+    for (int j = 0; j < nsub; ++j) {
+      const int ls = std::clamp(int(std::nearbyint(is * scale[j])), 0, 63);
+      const int lm = std::clamp(int(std::nearbyint(im * mins[j])), 0, 63);
+      if (j < 4) {
+        h.scales[j] = uint8_t(ls), h.scales[j + 4] = uint8_t(lm);
+      } else {
+        h.scales[j + 4] = uint8_t((ls & 15) | (lm & 15) << 4);
+        h.scales[j - 4] |= uint8_t((ls >> 4) << 6);
+        h.scales[j] |= uint8_t((lm >> 4) << 6);
+      }
+    }
+    h.d = f32_to_f16(max_scale / 63.0f);
+    h.dmin = f32_to_f16(max_min / 63.0f);
+    const float d = f16_to_f32(h.d), dmin = f16_to_f32(h.dmin);
+    for (int j = 0; j < nsub; ++j) {  // the codes again, for the scale and min as stored
+      int sc, m;
+      q4_k_scale_min(h.scales, j, &sc, &m);
+      const float ds = d * float(sc), dm = dmin * float(m);
+      for (int i = 0; i < kQ4KSub; ++i) {
+        const int l = ds > 0.0f ? int(std::nearbyint((xs[j * kQ4KSub + i] + dm) / ds)) : 0;
+        L[j * kQ4KSub + i] = uint8_t(std::clamp(l, 0, 15));
+      }
+    }
+    for (int c = 0; c < (nsub + 1) / 2; ++c)
+      for (int i = 0; i < 32; ++i) h.qs[32 * c + i] = uint8_t(L[64 * c + i] | L[64 * c + 32 + i] << 4);
+    const size_t bytes = nsub == 8 ? sizeof(BlockQ4_K) : kQ4KHeader + size_t((nsub + 1) / 2 * 32);
+    std::memcpy(out + size_t(s0 / kQ4KBlock) * sizeof(BlockQ4_K), &h, bytes);
+  }
+}
+
+void dequantize_q4_k(float* x, const uint8_t* row, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const auto& b = *reinterpret_cast<const BlockQ4_K*>(row + size_t(i / kQ4KBlock) * sizeof(BlockQ4_K));
+    const int j = int(i % kQ4KBlock / kQ4KSub);
+    int sc, m;
+    q4_k_scale_min(b.scales, j, &sc, &m);
+    x[i] = f16_to_f32(b.d) * float(sc) * float(q4_k_code(b, j, int(i % kQ4KSub))) - f16_to_f32(b.dmin) * float(m);
+  }
+}
+
 void quantize_act_q8(int8_t* q, float* d, const float* x, int64_t n) {
   for (int64_t b = 0; b < n / kQ8Block; ++b) {
     const float* xb = x + b * kQ8Block;
@@ -80,12 +201,14 @@ bool quant_fits(DType t, int64_t cols) {
   switch (t) {
     case DType::Q8: return cols % kQ8Block == 0;
     case DType::Q4_0: return cols % kQ4Block == 0;
+    case DType::Q4_K: return cols % kQ4KSub == 0;
     default: return true;
   }
 }
 
 size_t quant_row_stride(DType t, int64_t cols) {
   if (t == DType::Q4_0) return size_t(cols / kQ4Block) * sizeof(BlockQ4_0);
+  if (t == DType::Q4_K) return q4_k_row_bytes(cols);
   return size_t(cols) * dtype_size(t);
 }
 
@@ -99,6 +222,7 @@ const char* quant_name(DType t) {
   switch (t) {
     case DType::Q8: return "q8_0";
     case DType::Q4_0: return "q4_0";
+    case DType::Q4_K: return "q4_k";
     default: return "none";
   }
 }
@@ -106,6 +230,7 @@ const char* quant_name(DType t) {
 bool quant_from_name(const std::string& s, DType* out) {
   if (s == "q8_0" || s == "q8") *out = DType::Q8;
   else if (s == "q4_0") *out = DType::Q4_0;
+  else if (s == "q4_k") *out = DType::Q4_K;
   else return false;
   return true;
 }

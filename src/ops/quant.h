@@ -5,7 +5,15 @@
 //  Q4_0 (q4_0): llama.cpp's block_q4_0, 18 bytes per block: an F16 scale d, then 16 bytes whose
 //    low nibbles hold elements 0..15 and high nibbles 16..31; w ≈ d · (nibble - 8), with
 //    d = m / -8 for m the block's element of largest magnitude. Rows are consecutive blocks.
-// Bytes per decoded token relative to bf16: Q8 0.56, Q4_0 0.28.
+//  Q4_K (q4_k): llama.cpp's block_q4_K, 144 bytes per super-block of 256 elements = 8 sub-blocks
+//    of 32: F16 d and dmin, 12 bytes packing each sub-block's 6-bit scale sc and 6-bit min m, then
+//    128 bytes of 4-bit codes q (bytes 32c..32c+31 hold sub-block 2c in their low nibbles and
+//    2c+1 in their high ones); w ≈ d·sc·q - dmin·m. A row whose width is not a multiple of 256
+//    ends in a short super-block (cols need only be a multiple of 32): the same 16-byte header, then
+//    only the code bytes of its sub-blocks (32 per pair), so no Hymba matrix falls back for its
+//    width (1.5B's 1600/3200/5504 are no multiples of 256). With widths a multiple of 256 the row is
+//    exactly llama.cpp's sequence of block_q4_K.
+// Bytes per decoded token relative to bf16: Q8 0.56, Q4_0 0.28, Q4_K 0.28.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -37,6 +45,41 @@ void dequantize_q8(float* x, const int8_t* q, const float* scales, int64_t n);
 void quantize_q4_0(BlockQ4_0* out, const float* x, int64_t n);
 void dequantize_q4_0(float* x, const BlockQ4_0* b, int64_t n);
 
+constexpr int64_t kQ4KBlock = 256;  // a super-block
+constexpr int64_t kQ4KSub = 32;     // a sub-block: one scale and min
+struct BlockQ4_K {
+  uint16_t d, dmin;  // F16 bits
+  uint8_t scales[12];
+  uint8_t qs[kQ4KBlock / 2];
+};
+static_assert(sizeof(BlockQ4_K) == 144, "llama.cpp's block_q4_K layout");
+constexpr size_t kQ4KHeader = 16;  // d, dmin, scales: what a short last super-block keeps whole
+
+// Bytes of one Q4_K row of n elements (n a multiple of 32), a short last super-block included.
+size_t q4_k_row_bytes(int64_t n);
+// Sub-block j's (0..7) 6-bit scale and min from a super-block's 12 scale bytes: j < 4 in the low 6
+// bits of bytes j (scale) and j+4 (min); j >= 4 in the low / high nibble of byte j+4 with the top
+// 2 bits of byte j-4 (scale) / j (min) above them.
+inline void q4_k_scale_min(const uint8_t* s, int j, int* sc, int* m) {
+  if (j < 4) {
+    *sc = s[j] & 63, *m = s[j + 4] & 63;
+  } else {
+    *sc = (s[j + 4] & 15) | (s[j - 4] >> 6) << 4;
+    *m = (s[j + 4] >> 4) | (s[j] >> 6) << 4;
+  }
+}
+// Code i (0..31) of sub-block j of a super-block.
+inline int q4_k_code(const BlockQ4_K& b, int j, int i) { return (b.qs[32 * (j / 2) + i] >> (4 * (j & 1))) & 15; }
+
+// One row x[n] (n a multiple of 32) -> q4_k_row_bytes(n) bytes. Per sub-block, the scale and min
+// minimizing Σ w_i·(x_i - (s·q_i - m))², w_i = rms(sub-block) + |x_i| (llama.cpp's
+// make_qkx2_quants weighting: a few candidate scales around (max - min) / 15, each with its
+// least-squares scale and min for the codes it gives; min <= 0 kept so that m >= 0); then the 8
+// scales and 8 mins to 6 bits against the super-block's largest (d, dmin in F16), and the codes
+// recomputed with those rounded values. Throws on a non-finite value.
+void quantize_q4_k(uint8_t* out, const float* x, int64_t n);
+void dequantize_q4_k(float* x, const uint8_t* row, int64_t n);
+
 // Activations entering a Q8/Q4_0 matmul are quantized to 8 bits too (as llama.cpp does), so the
 // products run as int8 dot products: per block of 32, d = max|x| / 127 and q = x · (127 / max|x|)
 // rounded to nearest, ties to even (an all-zero block: d = 0, q = 0; a block holding NaN or Inf:
@@ -46,15 +89,17 @@ void dequantize_q4_0(float* x, const BlockQ4_0* b, int64_t n);
 // x[n] -> q[n], d[n / 32]; n a multiple of 32.
 void quantize_act_q8(int8_t* q, float* d, const float* x, int64_t n);
 
-// Whether a matrix of this width can be stored in a block format (cols a multiple of its block).
+// Whether a matrix of this width can be stored in a block format (cols a multiple of 32 for all).
 bool quant_fits(DType t, int64_t cols);
-// Bytes of a [rows, cols] matrix in dtype t (F32/BF16/F16, Q8 codes + scales, Q4_0 blocks).
+// Bytes of a [rows, cols] matrix in dtype t (F32/BF16/F16, Q8 codes + scales, Q4_0/Q4_K blocks).
 size_t quant_matrix_bytes(DType t, int64_t rows, int64_t cols);
 // Bytes from one row's start to the next (Q8: the codes only; its scales are apart).
 size_t quant_row_stride(DType t, int64_t cols);
 
-// The names of the formats in files and on the command line ("q8_0", "q4_0"); false if unknown.
+// The names of the formats in files and on the command line ("q8_0", "q4_0", "q4_k"); false if unknown.
 const char* quant_name(DType t);
 bool quant_from_name(const std::string& s, DType* out);
+// The block formats (Q8, Q4_0, Q4_K).
+inline bool is_block_quant(DType t) { return t == DType::Q8 || t == DType::Q4_0 || t == DType::Q4_K; }
 
 }  // namespace hymba
