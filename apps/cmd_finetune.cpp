@@ -28,7 +28,7 @@ void run(Opts& o) {
   o.f.schedule.warmup_frac = o.warmup_ratio;
   o.f.schedule.warmup_steps = o.warmup_steps;
   const DType qt = parse_quantize(o.quantize);
-  HYMBA_CHECK(qt != DType::Q4_0, "finetune: --quantize supports none or q8_0 (q4_0 bases are not trained on)");
+  HYMBA_CHECK(qt != DType::Q4_0 && qt != DType::Q4_K, "finetune: --quantize supports none or q8_0 (4-bit bases are not trained on)");
   o.f.q8 = qt == DType::Q8;
   o.f.packing = !o.no_packing;
   HYMBA_CHECK(o.grad_ckpt == "auto" || o.grad_ckpt == "on" || o.grad_ckpt == "off",

@@ -1,9 +1,9 @@
-// hymba quantize -m DIR -o OUT --type q8_0|q4_0: a model folder with block-quantized linear
+// hymba quantize -m DIR -o OUT --type q8_0|q4_0|q4_k: a model folder with block-quantized linear
 // layers (src/ops/quant.h) that every command loads like any other, without conversion at start.
 // The matrices are U8 tensors named as in the source; the metadata "hymba.quant.<name>" names
 // each one's format and config.json records the type ("quantization_config"). The folder is
 // built next to OUT and renamed into place at the end; an existing OUT is refused.
-// hymba quantize --report -m DIR -f TEXT --type q8_0,q4_0: the quality of each format on held-out
+// hymba quantize --report -m DIR -f TEXT --type q8_0,q4_0,q4_k: the quality of each format on held-out
 // text against the model as stored (src/eval/quant_quality.h), without writing anything.
 #include <unistd.h>
 
@@ -45,7 +45,7 @@ std::vector<DType> parse_types(const std::string& s) {
     const size_t j = std::min(s.find(',', i), s.size());
     DType t;
     HYMBA_CHECK(quant_from_name(s.substr(i, j - i), &t),
-                "--type must be q8_0 or q4_0, or a comma-separated list with --report (got '" + s + "')");
+                "--type must be q8_0, q4_0 or q4_k, or a comma-separated list with --report (got '" + s + "')");
     v.push_back(t);
     i = j + 1;
   }
@@ -115,7 +115,7 @@ void run(const Opts& o) {
   std::vector<TensorOut> outs;
   std::map<std::string, const MatView*> quantized;
   for (auto& [name, m] : named_matrices(ck->weights))
-    if (m->dtype == DType::Q8 || m->dtype == DType::Q4_0) quantized[name] = m;
+    if (is_block_quant(m->dtype)) quantized[name] = m;
   size_t bytes_in = 0, bytes_out = 0;
   auto add_quantized = [&](const std::string& name, const MatView& m) {
     const size_t b = quant_matrix_bytes(m.dtype, m.rows, m.cols);
@@ -171,8 +171,8 @@ Register reg("quantize", "Write a model folder with 8- or 4-bit block-quantized 
   auto o = std::make_shared<Opts>();
   sub.add_option("-m,--model", o->model, "source model folder (default: the bundled model)");
   sub.add_option("-o,--out", o->out, "output folder (must not exist)");
-  sub.add_option("--type", o->type, "q8_0 (8-bit blocks of 32, F32 scales) or q4_0 (llama.cpp's Q4_0); "
-                                    "with --report a list, e.g. q8_0,q4_0")->required();
+  sub.add_option("--type", o->type, "q8_0 (8-bit blocks of 32, F32 scales) , q4_0 (llama.cpp's Q4_0) or q4_k "
+                                    "(llama.cpp's Q4_K); with --report a list, e.g. q8_0,q4_0,q4_k")->required();
   sub.add_flag("--report", o->report, "measure each format's quality on held-out text (-f) instead of writing");
   sub.add_option("-f,--file", o->file, "with --report: held-out UTF-8 text");
   sub.add_option("--tokens", o->tokens, "with --report: held-out token file (`hymba tokenize`'s val.tok)");

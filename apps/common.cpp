@@ -49,7 +49,7 @@ DType parse_quantize(const std::string& s) {
   DType t;
   if (s == "none") return DType::F32;
   if (quant_from_name(s, &t)) return t;
-  fail("--quantize must be none, q8_0 (q8) or q4_0 (got '" + s + "')");
+  fail("--quantize must be none, q8_0 (q8), q4_0 or q4_k (got '" + s + "')");
 }
 
 std::string default_model_dir() {

@@ -29,12 +29,13 @@ struct ModelFlags {
 // with_cache_type = false for commands that compute with an f32 cache (logits, perplexity).
 void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type = true);
 
-// --quantize: "none" -> F32 (as stored), "q8"/"q8_0" -> Q8, "q4_0" -> Q4_0
+// --quantize: "none" -> F32 (as stored), "q8"/"q8_0" -> Q8, "q4_0" -> Q4_0, "q4_k" -> Q4_K
 // (EngineOptions::quantize).
 DType parse_quantize(const std::string& s);
 inline constexpr const char* kQuantizeHelp =
     "quantize the weights at load: none (as stored, default), q8_0 (alias q8: 8-bit blocks of 32, "
-    "0.56x the bytes of bf16 per token) or q4_0 (4-bit blocks of 32, 0.28x); `hymba quantize` "
+    "0.56x the bytes of bf16 per token), q4_0 (4-bit blocks of 32, 0.28x) or q4_k (llama.cpp's "
+    "Q4_K: super-blocks of 256 with 6-bit sub-block scales and mins, 0.28x); `hymba quantize` "
     "writes such a model once";
 // "DIR" or "DIR:scale" (--lora) -> folder and scale; the folder must hold a PEFT adapter.
 void parse_lora(const std::string& s, std::string* dir, float* scale);

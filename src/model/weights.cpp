@@ -73,9 +73,9 @@ Weights bind_weights(const Config& c, const std::vector<ParamRef>& data) {
     const size_t* i = find(n);
     if (!i) return {};
     const DType t = data[*i].dtype;
-    if (t != DType::F32 && t != DType::BF16 && t != DType::F16 && t != DType::Q8 && t != DType::Q4_0)
+    if (t != DType::F32 && t != DType::BF16 && t != DType::F16 && !is_block_quant(t))
       fail("bind_weights: tensor '" + n + "' has dtype " + dtype_name(t) +
-           " (need F32, BF16, F16, Q8 or Q4_0)");
+           " (need F32, BF16, F16, Q8, Q4_0 or Q4_K)");
     return quantized_view(data[*i].data, t, specs[*i].shape[0], specs[*i].shape[1]);
   };
   Weights w;
@@ -149,7 +149,7 @@ ParamRef quantized_ref(Checkpoint& ck, const std::string& dir, const std::string
          "' naming its format (written by `hymba quantize`?)");
   DType q;
   if (!quant_from_name(it->second, &q))
-    fail(where + ": unknown quantization format '" + it->second + "' (q8_0, q4_0)");
+    fail(where + ": unknown quantization format '" + it->second + "' (q8_0, q4_0, q4_k)");
   if (!quant_fits(q, cols))
     fail(where + ": width " + std::to_string(cols) + " does not fit format " + it->second);
   const size_t bytes = quant_matrix_bytes(q, rows, cols);
@@ -234,11 +234,11 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOp
 namespace hymba {
 
 int quantize_weights(Checkpoint& ck, DType type) {
-  HYMBA_CHECK(type == DType::Q8 || type == DType::Q4_0,
+  HYMBA_CHECK(is_block_quant(type),
               std::string("quantize_weights: not a block format: ") + dtype_name(type));
   int n = 0;
   auto quantize = [&](MatView& m, DType t) {
-    if (m.dtype == DType::Q8 || m.dtype == DType::Q4_0 || m.rows <= 0 || m.cols <= 0 ||
+    if (is_block_quant(m.dtype) || m.rows <= 0 || m.cols <= 0 ||
         !quant_fits(t, m.cols))
       return;
     HugeBuffer qb(quant_matrix_bytes(t, m.rows, m.cols));
@@ -256,8 +256,10 @@ int quantize_weights(Checkpoint& ck, DType type) {
           uint8_t* dst = qb.data() + size_t(r) * stride;
           if (t == DType::Q8)
             quantize_q8(reinterpret_cast<int8_t*>(dst), scales + r * (src.cols / kQ8Block), row.data(), src.cols);
-          else
+          else if (t == DType::Q4_0)
             quantize_q4_0(reinterpret_cast<BlockQ4_0*>(dst), row.data(), src.cols);
+          else
+            quantize_q4_k(dst, row.data(), src.cols);
         } catch (const Error&) {
 #pragma omp critical
           bad_row = r;

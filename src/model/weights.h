@@ -80,17 +80,17 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOp
 // Every matrix view of `w` with its tensor name (the head as "lm_head.weight" even when tied).
 std::vector<std::pair<std::string, const MatView*>> named_matrices(const Weights& w);
 
-// A MatView of quantized bytes (Q8: planar codes then scales; Q4_0: blocks; src/ops/quant.h).
+// A MatView of quantized bytes (Q8: planar codes then scales; Q4_0/Q4_K: blocks; src/ops/quant.h).
 MatView quantized_view(const void* data, DType t, int64_t rows, int64_t cols);
 
-// The metadata key naming a quantized tensor's format in a safetensors file ("q8_0", "q4_0").
+// The metadata key naming a quantized tensor's format in a safetensors file ("q8_0", "q4_0", "q4_k").
 inline constexpr const char* kQuantMetaPrefix = "hymba.quant.";
 
-// Replaces matrices by block-quantized copies (DType::Q8 or DType::Q4_0), releasing the stored
+// Replaces matrices by block-quantized copies (DType::Q8, Q4_0 or Q4_K), releasing the stored
 // ones' pages. The one rule for --quantize at load and for `hymba quantize`:
 //   in_proj, out_proj, gate/up/down (93% of Hymba-1.5B's weights): in `type`;
 //   x_proj, dt_proj (they produce Δ, B, C for every step of the scan): Q8 in q8_0 where the width
-//     allows (not dt_proj: its width is the dt rank), kept as stored in q4_0;
+//     allows (not dt_proj: its width is the dt rank), kept as stored in q4_0 and q4_k;
 //   the LM head: Q8 in every format (llama.cpp also keeps its output layer above 4 bits); a tied
 //     head gets its own copy, the embedding lookup reads the stored table;
 //   kept as stored: the embedding table and every vector (norms, biases, A_log, D, conv, meta
