@@ -7,7 +7,7 @@
 namespace hymba {
 
 // A weight matrix W[rows, cols] in PyTorch nn.Linear layout (out_features x in_features),
-// row-major, in F32, BF16, F16, Q8 (int8 data + `scales`) or Q4_0 (blocks), src/ops/quant.h
+// row-major, in F32, BF16, F16, Q8 (int8 data + `scales`) or Q4_0 / Q4_K (blocks), src/ops/quant.h
 // (cols a multiple of the block). Not owned.
 struct MatView {
   const void* data = nullptr;

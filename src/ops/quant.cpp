@@ -79,17 +79,17 @@ namespace {
 float fit_sub_block(const float* x, const float* w, uint8_t* L, float* mn) {
   constexpr int n = int(kQ4KSub), nmax = 15, nstep = 20;
   constexpr float rmin = -1.0f, rdelta = 0.1f;
-  float lo = x[0], hi = x[0], sw = 0.0f, swx = 0.0f;
-  for (int i = 0; i < n; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]), sw += w[i], swx += w[i] * x[i];
+  float lo = x[0], hi = x[0], sw = 0.0f, swx = 0.0f, swx2 = 0.0f;
+  for (int i = 0; i < n; ++i)
+    lo = std::min(lo, x[i]), hi = std::max(hi, x[i]), sw += w[i], swx += w[i] * x[i], swx2 += w[i] * x[i] * x[i];
   lo = std::min(lo, 0.0f);  // the offset only ever lowers the range: m >= 0
   if (hi == lo) {
     std::fill(L, L + n, uint8_t(0));
     *mn = -lo;
     return 0.0f;
   }
-  auto codes = [&](float iscale, uint8_t* out) {
-    for (int i = 0; i < n; ++i)
-      out[i] = uint8_t(std::clamp(int(std::nearbyint(iscale * (x[i] - lo))), 0, nmax));
+  auto codes = [&](float iscale, uint8_t* out) {  // x - lo >= 0: + 0.5 and truncate rounds (fast)
+    for (int i = 0; i < n; ++i) out[i] = uint8_t(std::min(int(iscale * (x[i] - lo) + 0.5f), nmax));
   };
   auto err = [&](const uint8_t* q, float sc, float off) {
     float e = 0.0f;
@@ -114,7 +114,8 @@ float fit_sub_block(const float* x, const float* w, uint8_t* L, float* mn) {
     if (det <= 0.0f) continue;
     float sc = (sw * sxl - swx * sl) / det, o = (sl2 * swx - sl * sxl) / det;
     if (o > 0.0f) o = 0.0f, sc = sxl / sl2;  // keep the offset non-positive
-    const float e = err(cand, sc, o);
+    // Σ w·(sc·l + o - x)² from the sums (the candidates are the quantizer's hot loop).
+    const float e = sc * sc * sl2 + 2.0f * sc * o * sl + o * o * sw - 2.0f * sc * sxl - 2.0f * o * swx + swx2;
     if (e < best) best = e, scale = sc, off = o, std::memcpy(L, cand, n);
   }
   *mn = -off;
@@ -163,7 +164,8 @@ void quantize_q4_k(uint8_t* out, const float* x, int64_t n) {
       q4_k_scale_min(h.scales, j, &sc, &m);
       const float ds = d * float(sc), dm = dmin * float(m);
       for (int i = 0; i < kQ4KSub; ++i) {
-        const int l = ds > 0.0f ? int(std::nearbyint((xs[j * kQ4KSub + i] + dm) / ds)) : 0;
+        // Truncating v + 0.5 rounds v >= -0.5; anything lower clamps to 0 either way.
+        const int l = ds > 0.0f ? int((xs[j * kQ4KSub + i] + dm) / ds + 0.5f) : 0;
         L[j * kQ4KSub + i] = uint8_t(std::clamp(l, 0, 15));
       }
     }
