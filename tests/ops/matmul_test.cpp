@@ -199,7 +199,9 @@ TEST(MatmulBf16Gemm, MatchesNaiveDoubleOfRoundedActivationsOnEveryTarget) {
 }
 
 // Each output is one tile's sum: bit-identical for any thread count. A non-finite activation makes
-// its own output row non-finite and no other.
+// its own output row non-finite and no other. Without AVX512-BF16 the path is widen + OpenBLAS
+// sgemm, whose sums may split differently with the thread count (seen on Zen 3), so there only
+// the non-finite rows are checked.
 TEST(MatmulBf16Gemm, IndependentOfThreadCountNonFiniteStaysInItsRow) {
   Rng rng(19);
   const int64_t M = 70, N = 259, K = 333;
@@ -207,7 +209,12 @@ TEST(MatmulBf16Gemm, IndependentOfThreadCountNonFiniteStaysInItsRow) {
   std::vector<float> in = rng.vec(size_t(M * K));
   in[size_t(5 * K + 100)] = std::numeric_limits<float>::quiet_NaN();
   in[size_t(9 * K + 7)] = std::numeric_limits<float>::infinity();
-  const std::vector<float> a = same_on_any_thread_count(MatmulPath::Blas, w, in, M);
+  std::vector<float> a(size_t(M * N));
+  if (matmul_bf16_gemm()) {
+    a = same_on_any_thread_count(MatmulPath::Blas, w, in, M);
+  } else {
+    matmul_forward_path(MatmulPath::Blas, a.data(), in.data(), w.view, nullptr, M);
+  }
   for (int64_t m = 0; m < M; ++m)
     for (int64_t n = 0; n < N; ++n)
       ASSERT_EQ(std::isfinite(a[size_t(m * N + n)]), m != 5 && m != 9) << "m=" << m << " n=" << n;
