@@ -54,6 +54,9 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
   const int64_t nq = d.nq, nkv = d.nkv, qw = d.qw, kw = d.kw, vw = d.vw, aw = d.aw;
   const float eps = float(c.rms_norm_eps);
   const bool fresh = !a.x_in.empty();  // training: adapter weights change between forwards
+  // Inference keeps no activations for a backward, so pointwise results overwrite their inputs:
+  // a 512-token prefill of the 1.5B shape then needs 4 fewer [T, D or F] buffers (31 MB).
+  const bool in_place = !fresh;
 
   // Input norm and the single input projection shared by both kinds of heads.
   resize(a.xn, T * H), resize(a.rstd_in, T);
@@ -107,7 +110,8 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
 
   // SSM heads: causal conv + SiLU, input-dependent dt/B/C, selective scan gated by SiLU(z).
   if (p.has_ssm) {
-    resize(a.xc_pre, T * D), resize(a.xc, T * D);
+    resize(a.xc_pre, T * D);
+    if (!in_place) resize(a.xc, T * D);
     int64_t r0 = 0;
     for (const auto& it : items) {
       float* conv_state = it.state ? it.state->conv[size_t(l)].data() : nullptr;
@@ -115,11 +119,12 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
                             conv_state, it.n, D, K);
       r0 += it.n;
     }
-    silu_forward(a.xc.data(), a.xc_pre.data(), T * D);
+    float* xc = in_place ? a.xc_pre.data() : a.xc.data();
+    silu_forward(xc, a.xc_pre.data(), T * D);
 
     const int64_t XW = R + 2 * N;
     resize(a.xdbl, T * XW);
-    linear_forward(l, Slot::XProj, a.xdbl.data(), a.xc.data(), w.x_proj, nullptr, T, false, fresh);
+    linear_forward(l, Slot::XProj, a.xdbl.data(), xc, w.x_proj, nullptr, T, false, fresh);
     take_cols(a.dtn, a.xdbl.data(), T, XW, 0, R);
     take_cols(a.Bn, a.xdbl.data(), T, XW, R, N);
     take_cols(a.Cn, a.xdbl.data(), T, XW, R + N, N);
@@ -129,10 +134,12 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
       rmsnorm_forward(a.Bn.data(), a.B_rstd.data(), a.Bn.data(), w.B_norm, T, N, eps);
       rmsnorm_forward(a.Cn.data(), a.C_rstd.data(), a.Cn.data(), w.C_norm, T, N, eps);
     }
-    resize(a.delta_pre, T * D), resize(a.delta, T * D);
+    resize(a.delta_pre, T * D);
+    if (!in_place) resize(a.delta, T * D);
+    float* delta = in_place ? a.delta_pre.data() : a.delta.data();
     linear_forward(l, Slot::DtProj, a.delta_pre.data(), a.dtn.data(), w.dt_proj, w.dt_bias, T, false,
                    fresh);
-    softplus_forward(a.delta.data(), a.delta_pre.data(), T * D);
+    softplus_forward(delta, a.delta_pre.data(), T * D);
 
     if (frozen_A_.empty()) {
       resize(a.A, D * N);
@@ -150,8 +157,7 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
         h0.assign(size_t(D * N), 0.0f);
         h = h0.data();
       }
-      selective_scan_forward(a.ssm.data() + r0 * D, h, a.xc.data() + r0 * D,
-                             a.delta.data() + r0 * D, A, a.Bn.data() + r0 * N,
+      selective_scan_forward(a.ssm.data() + r0 * D, h, xc + r0 * D, delta + r0 * D, A, a.Bn.data() + r0 * N,
                              a.Cn.data() + r0 * N, w.D, a.z.data() + r0 * D, it.n, D, N);
       r0 += it.n;
     }
@@ -159,7 +165,8 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
 
   // Fusion: mean of the normalised head outputs (the norms' weights are the paper's β1, β2), or
   // with fusion "concat" (Table 9's ablation) both side by side, out_proj reading 2 * D columns.
-  resize(a.fused, T * p.out_proj_cols);
+  const bool own_fused = !in_place || p.concat;  // else the mean (or the one branch) is in n1/n2
+  if (own_fused) resize(a.fused, T * p.out_proj_cols);
   if (p.has_attn) {
     resize(a.n1, T * D), resize(a.rstd1, T);
     rmsnorm_forward(a.n1.data(), a.rstd1.data(), a.attn.data(), w.pre_avg_norm1, T, D, eps);
@@ -174,21 +181,25 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
       std::memcpy(a.fused.data() + t * 2 * D + D, a.n2.data() + t * D, size_t(D) * sizeof(float));
     }
   } else if (p.has_attn && p.has_ssm) {
-    for (int64_t i = 0; i < T * D; ++i) a.fused[size_t(i)] = (a.n1[size_t(i)] + a.n2[size_t(i)]) * 0.5f;
-  } else {
+    float* f = own_fused ? a.fused.data() : a.n1.data();
+    for (int64_t i = 0; i < T * D; ++i) f[i] = (a.n1[size_t(i)] + a.n2[size_t(i)]) * 0.5f;
+  } else if (own_fused) {
     a.fused = p.has_attn ? a.n1 : a.n2;
   }
-  linear_forward(l, Slot::OutProj, x, a.fused.data(), w.out_proj, w.out_proj_bias, T, true, fresh);
+  const float* fused = own_fused ? a.fused.data() : p.has_attn ? a.n1.data() : a.n2.data();
+  linear_forward(l, Slot::OutProj, x, fused, w.out_proj, w.out_proj_bias, T, true, fresh);
 
   // SwiGLU MLP with its residual.
   if (!a.x_in.empty()) a.h_mid.assign(x, x + T * H);  // training keeps it
   resize(a.xm, T * H), resize(a.rstd_m, T);
   rmsnorm_forward(a.xm.data(), a.rstd_m.data(), x, w.pre_mlp_norm, T, H, eps);
-  resize(a.gate, T * F), resize(a.up, T * F), resize(a.act, T * F);
+  resize(a.gate, T * F), resize(a.up, T * F);
+  if (!in_place) resize(a.act, T * F);
   linear_forward(l, Slot::Gate, a.gate.data(), a.xm.data(), w.gate, nullptr, T, false, fresh);
   linear_forward(l, Slot::Up, a.up.data(), a.xm.data(), w.up, nullptr, T, false, fresh);
-  swiglu_forward(a.act.data(), a.gate.data(), a.up.data(), T * F);
-  linear_forward(l, Slot::Down, x, a.act.data(), w.down, nullptr, T, true, fresh);
+  float* act = in_place ? a.up.data() : a.act.data();
+  swiglu_forward(act, a.gate.data(), a.up.data(), T * F);
+  linear_forward(l, Slot::Down, x, act, w.down, nullptr, T, true, fresh);
 }
 
 
