@@ -160,10 +160,16 @@ BENCHMARK(BM_GemmQ8)->Arg(1)->Arg(4)->Arg(16)->Arg(64)->Arg(512)->UseRealTime()-
 void BM_Prefill512BF16(benchmark::State& st) {
   run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Blas, false);
 }
+void BM_Prefill512BF16Packed(benchmark::State& st) {  // the packed outer-product kernel
+  run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Bf16Packed, false);
+}
 void BM_Prefill512Sgemm(benchmark::State& st) {
   run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Sgemm, false);
 }
 BENCHMARK(BM_Prefill512BF16)
+    ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
+    ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Prefill512BF16Packed)
     ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
     ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Prefill512Sgemm)

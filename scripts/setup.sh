@@ -6,7 +6,7 @@ PKGS=(
   libopenblas-dev libopenblas-openmp-dev libomp-dev nlohmann-json3-dev libcli11-dev libhwy-dev libcpp-httplib-dev
   libsentencepiece-dev sentencepiece
   libhiredis-dev redis-server libssl-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libsimde-dev
   clang libclang-rt-dev
   openmpi-bin libopenmpi-dev
   python3-torch python3-numpy

@@ -923,6 +923,8 @@ HWY_INLINE __m128 Sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
   const __m256 y = _mm256_add_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
   return _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1));
 }
+#include "ops/bf16_gemm_packed-inl.h"
+
 constexpr int kBfRW = 6, kBfMA = 4;  // RW·MA accumulators + MA + 1 of 32 registers
 constexpr int64_t kBfPanelBytes = int64_t(256) << 10;  // of weight rows, kept in L2 (1 MiB on Zen 4)
 
@@ -957,8 +959,9 @@ HWY_INLINE void Bf16Tile(float* out, int64_t N, const uint16_t* w, int64_t K, co
 }
 #endif
 
+// packed: the packed outer-product kernel (bf16_gemm_packed-inl.h) instead of Bf16Tile.
 bool GemmBF16(float* out, const float* in, const void* wv, const float* bias, int64_t M, int64_t N, int64_t K,
-              bool accumulate, int nt) {
+              bool accumulate, int nt, bool packed) {
 #if HWY_TARGET == HWY_AVX3_DL
   static const bool has_bf16 = __builtin_cpu_supports("avx512bf16");
   if (!has_bf16) return false;
@@ -967,6 +970,23 @@ bool GemmBF16(float* out, const float* in, const void* wv, const float* bias, in
   static thread_local hwy::AlignedFreeUniquePtr<uint8_t[]> abuf;
   static thread_local size_t acap = 0;
   uint16_t* ab = reinterpret_cast<uint16_t*>(Scratch(abuf, acap, size_t(M * Kp) * 2));
+  if (packed) {
+    const int64_t blocks = (N + kBpNR - 1) / kBpNR;
+    const int use = int(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
+#pragma omp parallel num_threads(use)
+    {
+#pragma omp for schedule(static)
+      for (int64_t m = 0; m < M; ++m) RoundRowBf16(ab + m * Kp, in + m * K, K, Kp);
+      static thread_local hwy::AlignedFreeUniquePtr<uint8_t[]> pbuf;
+      static thread_local size_t pcap = 0;
+      uint32_t* bp = reinterpret_cast<uint32_t*>(Scratch(pbuf, pcap, size_t(kBpKC / 2 * kBpNR * 4)));
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t j = 0; j < blocks; ++j)
+        GemmBf16PackedColumns(out, ab, Kp, w, bias, M, N, K, j * kBpNR, std::min(kBpNR, N - j * kBpNR),
+                              accumulate, bp);
+    }
+    return true;
+  }
   constexpr int64_t RW = kBfRW, MA = kBfMA;
   const int64_t np = std::max<int64_t>(RW, kBfPanelBytes / (2 * K) / RW * RW);
   const int64_t panels = (N + np - 1) / np;
@@ -989,7 +1009,7 @@ bool GemmBF16(float* out, const float* in, const void* wv, const float* bias, in
   }
   return true;
 #else
-  (void)out, (void)in, (void)wv, (void)bias, (void)M, (void)N, (void)K, (void)accumulate, (void)nt;
+  (void)out, (void)in, (void)wv, (void)bias, (void)M, (void)N, (void)K, (void)accumulate, (void)nt, (void)packed;
   return false;
 #endif
 }
@@ -1155,6 +1175,8 @@ float prepare_out(float* out, const float* bias, int64_t M, int64_t N, bool accu
 
 // HYMBA_BF16_GEMM=0 in the environment keeps BF16 prefill on F32 activations (widen + sgemm):
 // results that match a float64 reference of the unrounded model, at the old speed.
+// HYMBA_BF16_GEMM=packed makes the packed outer-product kernel the bf16 GEMM of the Blas path
+// (not yet measured against the inner-product one on an AVX512-BF16 CPU; MatmulPath::Bf16Packed).
 bool bf16_gemm_allowed() {
   static const bool allowed = [] {
     const char* e = std::getenv("HYMBA_BF16_GEMM");
@@ -1162,12 +1184,20 @@ bool bf16_gemm_allowed() {
   }();
   return allowed;
 }
+bool bf16_gemm_packed_default() {
+  static const bool packed = [] {
+    const char* e = std::getenv("HYMBA_BF16_GEMM");
+    return e && std::strcmp(e, "packed") == 0;
+  }();
+  return packed;
+}
 
 void blas(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc,
-          bool sgemm_only) {
+          MatmulPath path) {
   const int64_t N = W.rows, K = W.cols;
-  if (W.dtype == DType::BF16 && !sgemm_only && bf16_gemm_allowed() &&
-      HWY_DYNAMIC_DISPATCH(GemmBF16)(out, in, W.data, bias, M, N, K, acc, num_threads()))
+  const bool packed = path == MatmulPath::Bf16Packed || bf16_gemm_packed_default();
+  if (W.dtype == DType::BF16 && path != MatmulPath::Sgemm && bf16_gemm_allowed() &&
+      HWY_DYNAMIC_DISPATCH(GemmBF16)(out, in, W.data, bias, M, N, K, acc, num_threads(), packed))
     return;
   if (quantized(W.dtype)) {  // int8 GEMM on the 8-bit activations of the GEMV path: one result
     const QActs a = quantize_acts(in, M, K, false);
@@ -1218,7 +1248,7 @@ bool matmul_bf16_gemm() {
   float out = 0.0f;
   const float in[2] = {1.0f, 1.0f};
   const uint16_t w[2] = {0x3f80, 0x3f80};  // 1.0 in bf16
-  return HWY_DYNAMIC_DISPATCH(GemmBF16)(&out, in, w, nullptr, 1, 1, 2, false, 1);
+  return HWY_DYNAMIC_DISPATCH(GemmBF16)(&out, in, w, nullptr, 1, 1, 2, false, 1, false);
 }
 
 void matmul_forward_path(MatmulPath path, float* out, const float* in, const MatView& W,
@@ -1234,7 +1264,7 @@ void matmul_forward_path(MatmulPath path, float* out, const float* in, const Mat
     path = M <= matmul_gemv_max_m(W.dtype) ? MatmulPath::Gemv : MatmulPath::Blas;
   ensure_threads_initialized();
   if (path == MatmulPath::Gemv) gemv(out, in, W, bias, M, accumulate);
-  else blas(out, in, W, bias, M, accumulate, path == MatmulPath::Sgemm);
+  else blas(out, in, W, bias, M, accumulate, path);
 }
 
 void matmul_forward(float* out, const float* in, const MatView& W, const float* bias, int64_t M,

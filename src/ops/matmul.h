@@ -36,9 +36,12 @@ void matrow_to_f32(float* dst, const MatView& W, int64_t row);
 // Which kernel matmul_forward uses: Auto picks GEMV for M <= matmul_gemv_max_m(W.dtype), else
 // BLAS: the int8 GEMM for Q8/Q4_0 weights; for BF16 weights the bf16 GEMM (vdpbf16ps, activations
 // rounded to bf16) where the CPU has AVX512-BF16 (matmul_bf16_gemm()), else the weights widened
-// to F32 for sgemm. Sgemm forces that widen + sgemm path (= Blas for the other dtypes). Forcing a
-// path is for tests and benchmarks; all give the same result up to rounding.
-enum class MatmulPath { Auto, Gemv, Blas, Sgemm };
+// to F32 for sgemm. Sgemm forces that widen + sgemm path (= Blas for the other dtypes).
+// Bf16Packed is Blas with the bf16 GEMM's packed outer-product kernel (HYMBA_BF16_GEMM=packed
+// makes it Blas's; the default is the inner-product kernel until the two are measured on an
+// AVX512-BF16 CPU). Forcing a path is for tests and benchmarks; all give the same result up to
+// rounding.
+enum class MatmulPath { Auto, Gemv, Blas, Sgemm, Bf16Packed };
 void matmul_forward_path(MatmulPath path, float* out, const float* in, const MatView& W,
                          const float* bias, int64_t M, bool accumulate = false);
 // Largest M that Auto sends to the GEMV kernel (crossover measured, see matmul.cpp).

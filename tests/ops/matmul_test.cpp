@@ -154,28 +154,32 @@ TEST(Matmul, GemvIndependentOfThreadCount) {
 
 // The bf16 GEMM (vdpbf16ps where the CPU has AVX512-BF16; widen + sgemm elsewhere) on every
 // target against the naive double product of the bf16-rounded activations and the bf16 weights,
-// element by element within F32 summation rounding (one rounding per 32-element chunk, a lane
-// sum and the bias: (K/32 + 8) ulps of Σ|terms|), on shapes that end mid-tile, mid-chunk and
-// mid-pair (odd K); and against the sgemm path on the same activations.
+// element by element within F32 summation rounding (inner-product kernel: one rounding per
+// 32-element chunk, a lane sum and the bias: (K/32 + 8) ulps of Σ|terms|; the packed kernel
+// (Bf16Packed) sums the K/2 pairs in order: (K/2 + 8) ulps), on shapes that end mid-tile,
+// mid-chunk, mid-pair (odd K) and, for the packed kernel, past a K block (K > 192) and a 64-column
+// block; and against the sgemm path on the same activations.
 TEST(MatmulBf16Gemm, MatchesNaiveDoubleOfRoundedActivationsOnEveryTarget) {
   TargetGuard guard;
   bool gemm_seen = false;
-  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+  for (int64_t target : hwy::SupportedAndGeneratedTargets())
+   for (MatmulPath path : {MatmulPath::Blas, MatmulPath::Bf16Packed}) {
     hwy::SetSupportedTargetsForTest(target);
     SCOPED_TRACE(hwy::TargetName(target));
+    SCOPED_TRACE(path == MatmulPath::Blas ? "Blas" : "Bf16Packed");
     const bool gemm = matmul_bf16_gemm();
     gemm_seen |= gemm;
     Rng rng(17);
     double worst_unrounded = 0.0;  // the same check without the rounding: must fail somewhere
     for (int64_t M : {1, 3, 7, 65, 130})
       for (int64_t N : {1, 5, 37, 101})
-        for (int64_t K : {1, 2, 31, 33, 64, 129, 257}) {
+        for (int64_t K : {1, 2, 31, 33, 64, 129, 257, 451}) {
           const Weights w = make_weights(DType::BF16, N, K, rng);
           const std::vector<float> in = rng.vec(size_t(M * K)), bias = rng.vec(size_t(N));
           const std::vector<float> xr = bf16_rounded(in);
           const std::vector<float>& x = gemm ? xr : in;
           std::vector<float> out(size_t(M * N)), port(size_t(M * N));
-          matmul_forward_path(MatmulPath::Blas, out.data(), in.data(), w.view, bias.data(), M);
+          matmul_forward_path(path, out.data(), in.data(), w.view, bias.data(), M);
           matmul_forward_path(MatmulPath::Sgemm, port.data(), x.data(), w.view, bias.data(), M);
           for (int64_t m = 0; m < M; ++m)
             for (int64_t n = 0; n < N; ++n) {
@@ -187,7 +191,8 @@ TEST(MatmulBf16Gemm, MatchesNaiveDoubleOfRoundedActivationsOnEveryTarget) {
                 mag += std::fabs(double(x[size_t(m * K + k)]) * wk);
               }
               // (sgemm, the other targets' path, sums sequentially: K ulps)
-              const double tol = double((gemm ? K / 32 : K) + 8) * 0x1p-24 * mag, o = out[size_t(m * N + n)];
+              const int64_t sums = !gemm ? K : path == MatmulPath::Bf16Packed ? K / 2 : K / 32;
+              const double tol = double(sums + 8) * 0x1p-24 * mag, o = out[size_t(m * N + n)];
               ASSERT_LE(std::fabs(o - ref), tol) << "M=" << M << " N=" << N << " K=" << K << " m=" << m << " n=" << n;
               ASSERT_LE(std::fabs(port[size_t(m * N + n)] - o), 2e-6 * mag + 1e-30) << "vs sgemm, K=" << K;
               worst_unrounded = std::max(worst_unrounded, std::fabs(o - ref_in) / tol);
@@ -198,10 +203,10 @@ TEST(MatmulBf16Gemm, MatchesNaiveDoubleOfRoundedActivationsOnEveryTarget) {
   if (!gemm_seen && __builtin_cpu_supports("avx512bf16")) ADD_FAILURE() << "AVX512-BF16 CPU without the bf16 GEMM";
 }
 
-// Each output is one tile's sum: bit-identical for any thread count. A non-finite activation makes
-// its own output row non-finite and no other. Without AVX512-BF16 the path is widen + OpenBLAS
-// sgemm, whose sums may split differently with the thread count (seen on Zen 3), so there only
-// the non-finite rows are checked.
+// Each output is one tile's sum: bit-identical for any thread count, for both bf16 GEMM kernels.
+// A non-finite activation makes its own output row non-finite and no other. Without AVX512-BF16
+// the path is widen + OpenBLAS sgemm, whose sums may split differently with the thread count
+// (seen on Zen 3), so there only the non-finite rows are checked.
 TEST(MatmulBf16Gemm, IndependentOfThreadCountNonFiniteStaysInItsRow) {
   Rng rng(19);
   const int64_t M = 70, N = 259, K = 333;
@@ -209,15 +214,17 @@ TEST(MatmulBf16Gemm, IndependentOfThreadCountNonFiniteStaysInItsRow) {
   std::vector<float> in = rng.vec(size_t(M * K));
   in[size_t(5 * K + 100)] = std::numeric_limits<float>::quiet_NaN();
   in[size_t(9 * K + 7)] = std::numeric_limits<float>::infinity();
-  std::vector<float> a(size_t(M * N));
-  if (matmul_bf16_gemm()) {
-    a = same_on_any_thread_count(MatmulPath::Blas, w, in, M);
-  } else {
-    matmul_forward_path(MatmulPath::Blas, a.data(), in.data(), w.view, nullptr, M);
+  for (MatmulPath path : {MatmulPath::Blas, MatmulPath::Bf16Packed}) {
+    std::vector<float> a(size_t(M * N));
+    if (matmul_bf16_gemm()) {
+      a = same_on_any_thread_count(path, w, in, M);
+    } else {
+      matmul_forward_path(path, a.data(), in.data(), w.view, nullptr, M);
+    }
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n)
+        ASSERT_EQ(std::isfinite(a[size_t(m * N + n)]), m != 5 && m != 9) << "m=" << m << " n=" << n;
   }
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t n = 0; n < N; ++n)
-      ASSERT_EQ(std::isfinite(a[size_t(m * N + n)]), m != 5 && m != 9) << "m=" << m << " n=" << n;
 }
 
 TEST(Matmul, BackwardMatchesNaiveDouble) {
