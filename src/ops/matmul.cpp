@@ -1177,25 +1177,22 @@ float prepare_out(float* out, const float* bias, int64_t M, int64_t N, bool accu
 // results that match a float64 reference of the unrounded model, at the old speed.
 // HYMBA_BF16_GEMM=packed makes the packed outer-product kernel the bf16 GEMM of the Blas path
 // (not yet measured against the inner-product one on an AVX512-BF16 CPU; MatmulPath::Bf16Packed).
-bool bf16_gemm_allowed() {
-  static const bool allowed = [] {
+enum class Bf16GemmMode { Off, Tile, Packed };
+Bf16GemmMode bf16_gemm_mode() {
+  static const Bf16GemmMode mode = [] {
     const char* e = std::getenv("HYMBA_BF16_GEMM");
-    return !e || std::strcmp(e, "0") != 0;
+    if (e && std::strcmp(e, "0") == 0) return Bf16GemmMode::Off;
+    if (e && std::strcmp(e, "packed") == 0) return Bf16GemmMode::Packed;
+    return Bf16GemmMode::Tile;
   }();
-  return allowed;
+  return mode;
 }
-bool bf16_gemm_packed_default() {
-  static const bool packed = [] {
-    const char* e = std::getenv("HYMBA_BF16_GEMM");
-    return e && std::strcmp(e, "packed") == 0;
-  }();
-  return packed;
-}
+bool bf16_gemm_allowed() { return bf16_gemm_mode() != Bf16GemmMode::Off; }
 
 void blas(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc,
           MatmulPath path) {
   const int64_t N = W.rows, K = W.cols;
-  const bool packed = path == MatmulPath::Bf16Packed || bf16_gemm_packed_default();
+  const bool packed = path == MatmulPath::Bf16Packed || bf16_gemm_mode() == Bf16GemmMode::Packed;
   if (W.dtype == DType::BF16 && path != MatmulPath::Sgemm && bf16_gemm_allowed() &&
       HWY_DYNAMIC_DISPATCH(GemmBF16)(out, in, W.data, bias, M, N, K, acc, num_threads(), packed))
     return;
