@@ -65,9 +65,17 @@ void dequantize_q4_0(float* x, const BlockQ4_0* b, int64_t n) {
   }
 }
 
+namespace {
+// Bytes of a super-block holding nsub (1..8) sub-blocks: whole, or the header and the code bytes
+// of its sub-block pairs (a row's short last one).
+size_t q4_k_block_bytes(int64_t nsub) {
+  return nsub == 8 ? sizeof(BlockQ4_K) : kQ4KHeader + size_t((nsub + 1) / 2 * 32);
+}
+}  // namespace
+
 size_t q4_k_row_bytes(int64_t n) {
   const int64_t t = n % kQ4KBlock;
-  return size_t(n / kQ4KBlock) * sizeof(BlockQ4_K) + (t ? kQ4KHeader + size_t((t + 63) / 64 * 32) : 0);
+  return size_t(n / kQ4KBlock) * sizeof(BlockQ4_K) + (t ? q4_k_block_bytes(t / kQ4KSub) : 0);
 }
 
 namespace {
@@ -171,8 +179,7 @@ void quantize_q4_k(uint8_t* out, const float* x, int64_t n) {
     }
     for (int c = 0; c < (nsub + 1) / 2; ++c)
       for (int i = 0; i < 32; ++i) h.qs[32 * c + i] = uint8_t(L[64 * c + i] | L[64 * c + 32 + i] << 4);
-    const size_t bytes = nsub == 8 ? sizeof(BlockQ4_K) : kQ4KHeader + size_t((nsub + 1) / 2 * 32);
-    std::memcpy(out + size_t(s0 / kQ4KBlock) * sizeof(BlockQ4_K), &h, bytes);
+    std::memcpy(out + size_t(s0 / kQ4KBlock) * sizeof(BlockQ4_K), &h, q4_k_block_bytes(nsub));
   }
 }
 
