@@ -33,8 +33,8 @@ Register reg("train", "Train or fine-tune a model on tokenized data", [](CLI::Ap
                  "folder written by `hymba tokenize` (train.tok [+ val.tok]: random windows, loss on every token), or "
                  "pre-tokenized rows for a completion-only loss: a folder with train.jsonl [+ val.jsonl] or one .jsonl "
                  "file, each line {\"input_ids\": [...], \"completion_mask\": [0/1...]} or {\"input_ids\", \"labels\" "
-                 "(-100 = no loss)}; one row per sequence, padded to the longest in the batch, never packed (--seq-len: "
-                 "the longest row allowed)")
+                 "(-100 = no loss)}; one row per sequence of its own length, never padded or packed (--seq-len: the longest "
+                 "row allowed)")
       ->required();
   sub.add_option("--out", t.out, "output folder: checkpoint-STEP/ folders (weights, trainer state, metrics), latest -> the newest, and links so the folder loads as a model")->required();
   sub.add_option("--tokenizer", t.tokenizer, "tokenizer folder to copy next to the checkpoint");
@@ -42,7 +42,7 @@ Register reg("train", "Train or fine-tune a model on tokenized data", [](CLI::Ap
   sub.add_option("--steps", t.steps, "optimizer steps (default 1000)");
   sub.add_option("--batch", t.batch, "sequences per micro-batch (default 8)");
   sub.add_option("--seq-len", t.seq_len, "tokens per sequence (default 256)");
-  sub.add_option("--grad-accum", t.grad_accum, "micro-batches per step (default 1)");
+  sub.add_option("--grad-accum", t.grad_accum, "micro-batches per step (default 1); the loss is the mean over all counted targets of the step");
   sub.add_option("--lr", t.schedule.max_lr, "peak learning rate (default 1e-3)");
   sub.add_option("--min-lr", t.schedule.min_lr, "final learning rate (default 0)");
   sub.add_option("--schedule", o->schedule, "wsd (default), cosine or constant");

@@ -181,19 +181,6 @@ std::vector<SftExample> load_token_jsonl(const std::string& path, int64_t vocab_
   return out;
 }
 
-void example_rows(const std::vector<SftExample>& ex, const int64_t* idx, int B, int64_t L, int32_t pad,
-                  int32_t* inputs, int32_t* targets) {
-  for (int b = 0; b < B; ++b) {
-    const SftExample& e = ex[size_t(idx[b])];
-    const int64_t n = int64_t(e.inputs.size());
-    HYMBA_CHECK(n <= L, "example of row " + std::to_string(e.row) + " is longer than the row (" + std::to_string(L) + ")");
-    std::copy(e.inputs.begin(), e.inputs.end(), inputs + b * L);
-    std::copy(e.targets.begin(), e.targets.end(), targets + b * L);
-    std::fill(inputs + b * L + n, inputs + (b + 1) * L, pad);
-    std::fill(targets + b * L + n, targets + (b + 1) * L, -1);
-  }
-}
-
 std::vector<std::vector<int64_t>> pack_examples(const std::vector<SftExample>& ex, int64_t capacity) {
   std::vector<std::vector<int64_t>> packs;
   int64_t used = 0;

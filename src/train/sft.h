@@ -33,12 +33,6 @@ std::vector<SftExample> load_sft_jsonl(const std::string& path, const Tokenizer&
 // next-token pairs.
 std::vector<SftExample> load_token_jsonl(const std::string& path, int64_t vocab_size, int64_t max_tokens);
 
-// Rows [B, L] for the batched step: example idx[b] at the start of row b, the rest padded with
-// `pad` and target -1, so a sample never shares a row (or its attention and SSM state) with
-// another and always starts at position 0, as it does at inference. Every example must fit L.
-void example_rows(const std::vector<SftExample>& ex, const int64_t* idx, int B, int64_t L, int32_t pad,
-                  int32_t* inputs, int32_t* targets);
-
 // Preference pairs for DPO: JSONL rows {"prompt": "text" | [messages], "chosen": "text" |
 // [assistant message], "rejected": same} ("messages" is accepted for "prompt"). Both completions
 // follow the rendered prompt; targets only on the completion (+ EOS). Errors name FILE:ROW.

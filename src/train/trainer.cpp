@@ -150,15 +150,9 @@ TrainResult train(const TrainOptions& o) {
     if (!fs::is_regular_file(o.data) && fs::exists(o.data + "/val.jsonl"))
       val_ex = load_token_jsonl(o.data + "/val.jsonl", c.vocab_size, o.seq_len);
   }
-  const int32_t pad = c.pad_token_id >= 0 && c.pad_token_id < c.vocab_size ? int32_t(c.pad_token_id) : 0;
-  // Rows idx[0..B) padded to the longest of them (as Hugging Face's collators pad to the longest
-  // in the batch); returns that length.
-  auto fill_rows = [&](const std::vector<SftExample>& ex, const int64_t* idx, int B, int32_t* in, int32_t* tg) {
-    int64_t L = 1;
-    for (int b = 0; b < B; ++b) L = std::max(L, int64_t(ex[size_t(idx[b])].inputs.size()));
-    example_rows(ex, idx, B, L, pad, in, tg);
-    return L;
-  };
+  // A row is one sequence of its own length (a forward item from position 0, as at inference; no
+  // padding, never packed), passed as hymba finetune passes its conversations.
+  auto row_seq = [](const SftExample& e) { return SeqRef{e.inputs.data(), e.targets.data(), int64_t(e.inputs.size())}; };
 
   AdamW opt(param_groups(arena), arena.numel(), o.adamw);
   TrainState ts;
@@ -194,16 +188,14 @@ TrainResult train(const TrainOptions& o) {
     if (rows) {  // the first eval_batches * batch validation rows, in order
       if (val_ex.empty()) return -1;
       const int64_t n = std::min(int64_t(val_ex.size()), o.eval_batches * o.batch);
-      std::vector<int32_t> in(size_t(o.batch * o.seq_len)), tg(in.size());
-      std::vector<int64_t> idx(size_t(o.batch));
+      std::vector<SeqRef> seqs;
       double sum = 0;
       int64_t cnt = 0;
       for (int64_t i0 = 0; i0 < n; i0 += o.batch) {
-        const int B = int(std::min<int64_t>(o.batch, n - i0));
-        for (int b = 0; b < B; ++b) idx[size_t(b)] = i0 + b;
-        const int64_t L = fill_rows(val_ex, idx.data(), B, in.data(), tg.data());
+        seqs.clear();
+        for (int64_t i = i0; i < std::min(n, i0 + o.batch); ++i) seqs.push_back(row_seq(val_ex[size_t(i)]));
         int64_t k = 0;
-        const double l = loss_only(model, in.data(), tg.data(), B, L, &k);
+        const double l = loss_only(model, seqs, &k);
         sum += l * double(k), cnt += k;
       }
       return cnt ? sum / double(cnt) : -1;
@@ -239,8 +231,13 @@ TrainResult train(const TrainOptions& o) {
   };
 
   TrainResult r;
-  std::vector<int32_t> in(size_t(o.batch * o.seq_len)), tg(in.size());
-  std::vector<int64_t> idx(size_t(o.batch));
+  // A step's sequences: --grad-accum micro-batches of --batch each, all drawn before the first is
+  // computed (in the order one micro-batch at a time would draw them) so that each can be weighted
+  // by its share of the step's counted targets.
+  const int64_t n_seq = int64_t(o.grad_accum) * o.batch;
+  std::vector<int32_t> in(rows ? 0 : size_t(n_seq * o.seq_len)), tg(in.size());
+  std::vector<SeqRef> seqs(static_cast<size_t>(n_seq));
+  std::vector<int64_t> seq_count(seqs.size());
   const double t_start = now_s();
   const int64_t first_step = step;
   double t_log = now_s();
@@ -248,33 +245,40 @@ TrainResult train(const TrainOptions& o) {
   double comm_since_log = 0;  // seconds in the gradient all-reduce (incl. waiting for slower ranks)
   while (step < o.steps) {
     arena.zero_grad();
-    double loss = 0;
-    int64_t step_tokens = 0;
-    for (int k = 0; k < o.grad_accum; ++k) {
-      int64_t L = o.seq_len;
-      if (rows) {  // B rows drawn uniformly (with replacement), one example each
-        for (int b = 0; b < o.batch; ++b) idx[size_t(b)] = int64_t(rng_below(data_rng, train_ex.size()));
-        L = fill_rows(train_ex, idx.data(), o.batch, in.data(), tg.data());
-        for (int b = 0; b < o.batch; ++b) step_tokens += int64_t(train_ex[size_t(idx[size_t(b)])].inputs.size());
+    int64_t step_tokens = 0, step_count = 0;
+    for (int64_t k = 0; k < o.grad_accum; ++k) {
+      SeqRef* s = seqs.data() + k * o.batch;
+      if (rows) {  // rows drawn uniformly (with replacement), one example each
+        for (int b = 0; b < o.batch; ++b) s[b] = row_seq(train_ex[size_t(rng_below(data_rng, train_ex.size()))]);
       } else {
-        train_data->sample(o.batch, o.seq_len, data_rng, in.data(), tg.data());
-        step_tokens += int64_t(o.batch) * o.seq_len;
+        const size_t at = size_t(k * o.batch * o.seq_len);
+        train_data->sample(o.batch, o.seq_len, data_rng, in.data() + at, tg.data() + at);
+        for (int b = 0; b < o.batch; ++b)
+          s[b] = {in.data() + at + size_t(b * o.seq_len), tg.data() + at + size_t(b * o.seq_len), o.seq_len};
       }
-      // This rank's rows, weighted by their share of the batch's counted targets, so that the sum
-      // over ranks is the mean over the whole batch (one rank: weight 1, as before).
-      int64_t mine = 0, all = 0;
-      for (int64_t i = 0; i < int64_t(o.batch) * L; ++i)
-        if (tg[size_t(i)] >= 0) ++all, mine += (i >= row_lo * L && i < row_hi * L);
-      const float w = all ? float(double(mine) / double(all)) : 0.0f;
-      const size_t at = size_t(row_lo * L);
-      const double l = loss_and_grads(model, arena, in.data() + at, tg.data() + at, row_hi - row_lo, L, w);
-      loss += (dp.size == 1 ? l : l * w) / o.grad_accum;
+    }
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const SeqRef& q = seqs[i];
+      seq_count[i] = std::count_if(q.targets, q.targets + q.n, [](int32_t t) { return t >= 0; });
+      step_count += seq_count[i], step_tokens += q.n;
+    }
+    // The loss and gradient are the mean over all counted targets of the step (every micro-batch
+    // and every rank): this rank's rows of each micro-batch are weighted by their share of the
+    // step's targets, which every rank knows since all draw the same sequences; the sum over
+    // micro-batches and ranks (the all-reduce) is the mean.
+    double loss = 0;
+    for (int64_t k = 0; k < o.grad_accum; ++k) {
+      const int64_t lo = k * o.batch + row_lo, hi = k * o.batch + row_hi;
+      int64_t mine = 0;
+      for (int64_t i = lo; i < hi; ++i) mine += seq_count[size_t(i)];
+      const double w = step_count ? double(mine) / double(step_count) : 0.0;
+      loss += w * loss_and_grads(model, arena.g, std::span<const SeqRef>(seqs).subspan(size_t(lo), size_t(hi - lo)), float(w));
     }
     comm_since_log += dist_reduce_step(arena.grad.data(), arena.grad.size(), std::span<double>(&loss, 1), g_train_stop);
     HYMBA_CHECK(std::isfinite(loss), "loss became " + std::to_string(loss) + " at step " +
                                          std::to_string(step) + " (try a lower --lr)");
     const float lr = sched.lr(step);
-    const double gnorm = opt.step(arena.data.data(), arena.grad.data(), lr, 1.0f / float(o.grad_accum));
+    const double gnorm = opt.step(arena.data.data(), arena.grad.data(), lr);
     ++step;
     ts.tokens_seen += step_tokens;
     tokens_since_log += step_tokens;

@@ -3,7 +3,9 @@
 the first step's loss equals the float64 reference model's mean cross-entropy over the completion
 positions only (completion_mask, and transformers-style labels with -100), computed here
 independently; `hymba eval --task mqar --make-data --data-format jsonl` writes one sample per row
-with the mask on the answers only; bad rows are refused with FILE:ROW and the reason."""
+with the mask on the answers only; bad rows are refused with FILE:ROW and the reason. With
+--grad-accum the loss is the mean over the step's targets: 2 micro-batches of 2 rows train as one
+batch of the same 4 rows, though the rows hold different numbers of targets."""
 import csv
 import json
 import os
@@ -25,6 +27,10 @@ def ref_loss(model_dir, ids, counted):
     lg = np.asarray(U.reference_logits(model_dir, ids), dtype=np.float64)
     lse = np.log(np.exp(lg - lg.max(axis=1, keepdims=True)).sum(axis=1)) + lg.max(axis=1)
     return float(np.mean([lse[i - 1] - lg[i - 1, ids[i]] for i in counted]))
+
+
+def losses(run):
+    return [float(r["loss"]) for r in csv.DictReader(open(os.path.join(run, "metrics.csv")))]
 
 
 def first_loss(run):
@@ -55,6 +61,28 @@ def main():
             every = ref_loss(run, ids, range(1, len(ids)))
             RES.check(f"{name}: loss = float64 reference mean over the completion positions only",
                       abs(got - want) < 1e-4 and abs(every - want) > 1e-2, f"{got} vs {want} (all tokens: {every})")
+        # Rows with 1 to 9 targets: as 2 micro-batches of 2 (drawn in the order of one batch of 4), the
+        # step's loss and gradient are the mean over all 4 rows' targets, not the mean of 2 means.
+        data = os.path.join(work, "varied.jsonl")
+        with open(data, "w") as f:
+            for i in range(12):
+                n = 4 + (7 * i) % 9
+                k = 1 + (5 * i) % (n - 1)
+                f.write(json.dumps({"input_ids": [1] + [(97 * i + 31 * j) % 4000 + 3 for j in range(n - 1)],
+                                    "completion_mask": [0] * (n - k) + [1] * k}) + "\n")
+        runs = {}
+        for batch, accum in ((4, 1), (2, 2)):
+            run = os.path.join(work, f"run-b{batch}x{accum}")
+            r = U.run(["train", "--config", cfg, "--data", data, "--out", run, "--steps", "3", "--batch", str(batch),
+                       "--grad-accum", str(accum), "--seq-len", "16", "--lr", "3e-3", "--eval-every", "0",
+                       "--save-every", "0", "-t", "1"])
+            runs[accum] = losses(run) if RES.check(f"rows, --batch {batch} --grad-accum {accum}: trains",
+                                                   r.returncode == 0, r.stderr.strip()[-300:]) else []
+        a, b = runs[1], runs[2]
+        # float32 summation order only (as test_train_mpi.py): 1e-4 relative
+        RES.check("rows: --batch 2 --grad-accum 2 = --batch 4 (loss per step)",
+                  len(a) == len(b) == 3 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)), f"{a} vs {b}")
+
         # MQAR rows: one sample per row, the mask on the answers only; a folder with train.jsonl trains.
         data = os.path.join(work, "mq")
         r = U.run(["eval", "-m", MODEL, "--task", "mqar", "--make-data", data, "--data-format", "jsonl",

@@ -130,13 +130,6 @@ TEST(Sft, TokenRowsFollowTheMaskOrTheLabels) {
   EXPECT_EQ(ex[1].targets, (std::vector<int32_t>{-1, 8, 30}));  // labels as given, shifted
   EXPECT_EQ(ex[1].row, 3);
   EXPECT_EQ(ex[1].counted(), 2);
-  // rows padded to L: pad ids, no targets
-  std::vector<int32_t> in(2 * 6), tg(in.size());
-  const int64_t idx[2] = {1, 0};
-  example_rows(ex, idx, 2, 6, 0, in.data(), tg.data());
-  EXPECT_EQ(in, (std::vector<int32_t>{1, 7, 8, 0, 0, 0, 1, 10, 20, 10, 20, 0}));
-  EXPECT_EQ(tg, (std::vector<int32_t>{-1, 8, 30, -1, -1, -1, -1, -1, -1, 20, -1, -1}));
-  EXPECT_THROW(example_rows(ex, idx + 1, 1, 4, 0, in.data(), tg.data()), Error);  // 5 tokens in a row of 4
   std::filesystem::remove(path);
 }
 
@@ -174,10 +167,10 @@ TEST(Sft, TokenRowsBadRowsNamed) {
   std::filesystem::remove(path);
 }
 
-// The trainer's rows path: examples padded into [B, L] rows, the mean over the completion
-// targets. Checked against the loss of each completion target alone (a row with that one target):
-// the loss is their mean, and the gradient is the mean of their gradients, so the masked targets
-// and the padding add nothing.
+// The trainer's rows path: each example one sequence of its own length (no padding), the loss
+// the mean over the completion targets. Checked against the loss of each completion target alone
+// (its example with that one target): the loss is their mean, and the gradient is the mean of
+// their gradients, so the masked targets add nothing.
 TEST(Sft, CompletionLossIsTheMeanOverCompletionTargets) {
   ParamArena p = arena_from_init(load_config(kTiny), 5);
   HymbaModel m(p.config, p.w);
@@ -189,19 +182,13 @@ TEST(Sft, CompletionLossIsTheMeanOverCompletionTargets) {
       ex[size_t(k)].inputs.push_back(int32_t((29 * i + 13 * k + 3) % V));
       ex[size_t(k)].targets.push_back(i % 4 == 2 || i == len[k] - 1 ? int32_t((41 * i + 5 * k + 7) % V) : -1);
     }
-  const int64_t L = 16, idx[2] = {0, 1};
-  std::vector<int32_t> in(size_t(2 * L)), tg(in.size());
-  example_rows(ex, idx, 2, L, int32_t(p.config.pad_token_id), in.data(), tg.data());
+  std::vector<SeqRef> rows;
+  for (int k = 0; k < 2; ++k) rows.push_back({ex[size_t(k)].inputs.data(), ex[size_t(k)].targets.data(), len[k]});
   int64_t counted = 0;
   p.zero_grad();
-  const double loss = loss_and_grads(m, p.g, [&] {
-    std::vector<SeqRef> s;
-    for (int b = 0; b < 2; ++b) s.push_back({in.data() + b * L, tg.data() + b * L, L});
-    return s;
-  }(), 1.0f, &counted);
+  const double loss = loss_and_grads(m, p.g, rows, 1.0f, &counted);
   const std::vector<float> g_rows = p.grad;
   ASSERT_EQ(counted, ex[0].counted() + ex[1].counted());
-  // each completion target alone, in its example's unpadded sequence
   p.zero_grad();
   double mean = 0;
   for (int k = 0; k < 2; ++k)
@@ -221,10 +208,13 @@ TEST(Sft, CompletionLossIsTheMeanOverCompletionTargets) {
   EXPECT_GT(scale, 0.0);
   EXPECT_LT(err, 1e-5 * scale) << "max |rows - per-target| " << err << " of " << scale;
   // and the mask matters: every target counted gives another loss
-  std::vector<int32_t> all(tg);
-  for (int64_t b = 0; b < 2; ++b)
-    for (int64_t i = 0; i < len[b]; ++i) all[size_t(b * L + i)] = int32_t((41 * i + 5 * b + 7) % V);
-  EXPECT_GT(std::abs(loss_only(m, in.data(), all.data(), 2, L) - loss), 1e-3);
+  std::vector<std::vector<int32_t>> all(2);
+  std::vector<SeqRef> every;
+  for (int k = 0; k < 2; ++k) {
+    for (int64_t i = 0; i < len[k]; ++i) all[size_t(k)].push_back(int32_t((41 * i + 5 * k + 7) % V));
+    every.push_back({ex[size_t(k)].inputs.data(), all[size_t(k)].data(), len[k]});
+  }
+  EXPECT_GT(std::abs(loss_only(m, every) - loss), 1e-3);
 }
 
 }  // namespace
