@@ -68,6 +68,17 @@ std::vector<std::pair<int, float>> normalised(const Engine::LoraMix& m) {
     if (s != 0.0f) out.push_back({id, s});
   return out;
 }
+
+// --quantize in the model tag: fixed numbers, since saved prompt caches and --state-store keys
+// hold the tag (a new format gets a new number; 0 = not quantized).
+int64_t quantize_tag(DType q) {
+  switch (q) {
+    case DType::Q8: return 1;
+    case DType::Q4_0: return 2;
+    case DType::Q4_K: return 3;
+    default: return 0;
+  }
+}
 }  // namespace
 
 void Engine::check_mix(const LoraMix& m) const {
@@ -249,7 +260,7 @@ uint64_t Engine::model_tag(int variant) const {
   auto mix = [&](const void* p, size_t n) { h = fnv1a64(p, n, h); };
   const auto& c = model_.config();
   for (int64_t x : {c.vocab_size, c.hidden_size, c.num_hidden_layers, c.num_memory_tokens, c.sliding_window,
-                    int64_t(opts_.cache_dtype), int64_t(opts_.quantize == DType::Q8 ? 1 : opts_.quantize == DType::Q4_0 ? 2 : opts_.quantize == DType::Q4_K ? 3 : 0), int64_t(opts_.use_prefix)})
+                    int64_t(opts_.cache_dtype), quantize_tag(opts_.quantize), int64_t(opts_.use_prefix)})
     mix(&x, sizeof x);
   const auto& w = model_.weights();
   mix(w.final_norm, size_t(c.hidden_size) * sizeof(float));
