@@ -26,10 +26,20 @@
 #ifndef HYMBA_MATMUL_QACTS_
 #define HYMBA_MATMUL_QACTS_  // once, outside the per-target namespaces: the kernels' argument type
 namespace hymba {
+// Q4_0's activations for the 256-bit kernel, per pair of blocks (b, b+1) of one row, laid out so
+// that one load of two blocks' nibbles [qs_b | qs_b+1] meets them: lo / hi = the codes the low /
+// high nibbles multiply, c = 8·(the pair of codes each int16 lane of maddubs sums, lo and hi) so
+// that Σ(nibble - 8)·x = Σ nibble·x - c, and d = the blocks' scales, 4 lanes each. A missing
+// block b+1 (odd K/32) is zeros.
+struct PairQ4 {
+  int8_t lo[32], hi[32];
+  int16_t c[16];
+  float d[8];
+};
 struct QActs {
   const int8_t* q;
   const float* d;
-  const int32_t* g;
+  const PairQ4* p;  // Q4_0 only: (K/32 + 1)/2 per row
 };
 }  // namespace hymba
 #endif
@@ -186,11 +196,8 @@ void GemvRange(float* out, const float* in, const void* w, int dtype, const floa
 // 32, scaled by d_w·d_x into F32 sums. x86 (AVX2, AVX-512, VNNI) takes the SIMD path below;
 // every other target the scalar loop, which computes the same integer block sums.
 
-// Activations of M rows: codes q[M, K], scales d[M, K/32], and for Q4_0 (whose codes are
-// unsigned, c = nibble) g[M, K/32, 8] = 8 · the sum of each group of 4 codes, so that
-// Σ (c - 8)·q = Σ c·q - Σ g over a block's 8 groups.
-
-void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, int32_t* g) {
+// Activations of M rows: codes q[M, K], scales d[M, K/32], and for Q4_0 the pairs p[M, (K/32+1)/2].
+void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, PairQ4* p) {
   const DF df;
   const hn::Rebind<int8_t, DF> d8;
   const int64_t NL = int64_t(hn::Lanes(df));
@@ -211,11 +218,23 @@ void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, int
     const auto vid = hn::Set(df, id);
     for (int64_t i = 0; i < kQ8Block; i += NL)
       hn::StoreU(hn::DemoteTo(d8, hn::NearestInt(hn::Mul(hn::LoadU(df, xb + i), vid))), d8, q + b * kQ8Block + i);
-    if (g) {
-      const int8_t* qb = q + b * kQ8Block;
-      for (int j = 0; j < 8; ++j) g[b * 8 + j] = 8 * (qb[4 * j] + qb[4 * j + 1] + qb[4 * j + 2] + qb[4 * j + 3]);
-    }
   }
+  if (!p) return;
+  const int64_t KP = (KB + 1) / 2;
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t i = 0; i < KP; ++i) {
+      PairQ4& pr = p[m * KP + i];
+      std::memset(&pr, 0, sizeof(pr));
+      for (int64_t h = 0; h < 2 && 2 * i + h < KB; ++h) {
+        const int64_t b = m * KB + 2 * i + h;
+        const int8_t* qb = q + b * kQ8Block;
+        std::memcpy(pr.lo + 16 * h, qb, 16);
+        std::memcpy(pr.hi + 16 * h, qb + 16, 16);
+        for (int l = 0; l < 8; ++l)
+          pr.c[8 * h + l] = int16_t(8 * (qb[2 * l] + qb[2 * l + 1] + qb[16 + 2 * l] + qb[16 + 2 * l + 1]));
+        for (int l = 0; l < 4; ++l) pr.d[4 * h + l] = d[b];
+      }
+    }
 }
 
 // d_w·d_x·Σ w·x of block b of weight row r and activation row j, in scalar code: the portable
@@ -252,15 +271,59 @@ HWY_INLINE float HSum(__m256 v) {
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
-// R weight rows × MC activation rows; weights decoded once per block and used MC times.
+// Q4_0: R weight rows × MC activation rows, two blocks per step. One 256-bit load holds both
+// blocks' nibbles, the low and high nibbles meet the activations of PairQ4, and both maddubs
+// results add in int16 (|Σ| ≤ 2·2·15·127 + 4064), so per two blocks there is one widening
+// madd, one convert and one FMA per row: half the work per block of one block per step.
+template <int R, int MC>
+HWY_INLINE void TileQ4Pairs(float* out, int64_t N, const QActs& a, const BlockQ4_0* w, int64_t K,
+                            const float* bias, bool accumulate) {
+  const int64_t KB = K / kQ8Block, KP = (KB + 1) / 2;
+  __m256 acc[R][MC];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < MC; ++j) acc[r][j] = _mm256_setzero_ps();
+  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+  // Blocks b and b+1 of row r (b+1 absent: zeros, and nothing past the row is read).
+  auto step = [&](int64_t i, int r, bool two) HWY_ATTR {
+    const BlockQ4_0* blk = w + r * KB + 2 * i;
+    _mm_prefetch(reinterpret_cast<const char*>(blk + R * KB), _MM_HINT_T0);
+    const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[0].qs));
+    const __m128i q1 = two ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[1].qs)) : _mm_setzero_si128();
+    const __m256i qs = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
+    const __m256i lo = _mm256_and_si256(qs, low4), hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), low4);
+    // d_b is word 0 of the block, d_b+1 word 1 of the 16 bytes from byte 16 of the pair.
+    const __m128i h = two ? _mm_blend_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)),
+                                            _mm_loadu_si128(reinterpret_cast<const __m128i*>(
+                                                reinterpret_cast<const uint8_t*>(blk) + 16)), 0x02)
+                          : _mm_cvtsi32_si128(blk[0].d);
+    const __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(h)), spread);
+    for (int j = 0; j < MC; ++j) {
+      const PairQ4& x = a.p[j * KP + i];
+      const __m256i t = _mm256_sub_epi16(
+          _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.lo))),
+                           _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.hi)))),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.c)));
+      acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_loadu_ps(x.d)),
+                                  _mm256_cvtepi32_ps(_mm256_madd_epi16(t, ones)), acc[r][j]);
+    }
+  };
+  for (int64_t i = 0; i < KB / 2; ++i)
+    for (int r = 0; r < R; ++r) step(i, r, true);
+  if (KB % 2)
+    for (int r = 0; r < R; ++r) step(KB / 2, r, false);
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < MC; ++j) StoreSum(out, N, r, j, HSum(acc[r][j]), bias, accumulate);
+}
+// Q8: R weight rows × MC activation rows; weights loaded once per block and used MC times.
 template <int R, int MC>
 HWY_INLINE void TileQ(float* out, int64_t N, const QActs& a, const void* wp, bool q4, const float* sc,
                       int64_t K, const float* bias, bool accumulate) {
+  if (q4) return TileQ4Pairs<R, MC>(out, N, a, static_cast<const BlockQ4_0*>(wp), K, bias, accumulate);
   const int64_t KB = K / kQ8Block;
   __m256 acc[R][MC];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < MC; ++j) acc[r][j] = _mm256_setzero_ps();
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
   for (int64_t b = 0; b < KB; ++b) {
     __m256i xq[MC];
     __m256 xd[MC];
@@ -268,21 +331,7 @@ HWY_INLINE void TileQ(float* out, int64_t N, const QActs& a, const void* wp, boo
       xq[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + j * K + b * kQ8Block));
       xd[j] = _mm256_broadcast_ss(a.d + j * KB + b);
     }
-    if (q4) {
-      const BlockQ4_0* w = static_cast<const BlockQ4_0*>(wp);
-      for (int r = 0; r < R; ++r) {
-        const BlockQ4_0& blk = w[r * KB + b];
-        _mm_prefetch(reinterpret_cast<const char*>(&w[(r + R) * KB + b]), _MM_HINT_T0);
-        const __m128i qs = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
-        const __m256i c = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(qs, 4), qs), low4);
-        const __m256 dw = _mm256_cvtph_ps(_mm_set1_epi16(short(blk.d)));
-        for (int j = 0; j < MC; ++j) {
-          const __m256i g = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.g + (j * KB + b) * 8));
-          const __m256i p = _mm256_sub_epi32(Dot4(c, xq[j]), g);
-          acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, xd[j]), _mm256_cvtepi32_ps(p), acc[r][j]);
-        }
-      }
-    } else {
+    {
       const int8_t* w = static_cast<const int8_t*>(wp);
       for (int r = 0; r < R; ++r) {
         const int8_t* wr = w + r * K + b * kQ8Block;
@@ -451,7 +500,7 @@ void GemvQRange(float* out, const QActs& a, const void* w, int dtype, const floa
   for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
     const int64_t b1 = std::min(n1, b0 + kBlock);
     int64_t m = 0;
-    auto at = [&](int64_t m) { return QActs{a.q + m * K, a.d + m * KB, a.g ? a.g + m * KB * 8 : nullptr}; };
+    auto at = [&](int64_t m) { return QActs{a.q + m * K, a.d + m * KB, a.p ? a.p + m * ((KB + 1) / 2) : nullptr}; };
     for (; m + 2 <= M; m += 2) RowsQ<2>(out + m * N, N, at(m), w, q4, sc, K, bias, b0, b1, acc);
     if (m < M) RowsQ<1>(out + m * N, N, at(m), w, q4, sc, K, bias, b0, b1, acc);
   }
@@ -1082,17 +1131,17 @@ bool quantized(DType t) { return is_block_quant(t); }
 struct ActBuffers {
   std::vector<int8_t> q;
   std::vector<float> d, s;
-  std::vector<int32_t> g;
+  std::vector<PairQ4> p;
 };
 thread_local ActBuffers act_buf;
-QActs quantize_acts(const float* in, int64_t M, int64_t K, bool sums) {
+QActs quantize_acts(const float* in, int64_t M, int64_t K, bool pairs) {
   ActBuffers& buf = act_buf;
   const int64_t KB = K / kQ8Block;
   if (buf.q.size() < size_t(M * K)) buf.q.resize(size_t(M * K));
   if (buf.d.size() < size_t(M * KB)) buf.d.resize(size_t(M * KB));
-  if (sums && buf.g.size() < size_t(M * KB * 8)) buf.g.resize(size_t(M * KB * 8));
-  HWY_DYNAMIC_DISPATCH(QuantizeActs)(in, M, K, buf.q.data(), buf.d.data(), sums ? buf.g.data() : nullptr);
-  return {buf.q.data(), buf.d.data(), sums ? buf.g.data() : nullptr};
+  if (pairs && buf.p.size() < size_t(M * ((KB + 1) / 2))) buf.p.resize(size_t(M * ((KB + 1) / 2)));
+  HWY_DYNAMIC_DISPATCH(QuantizeActs)(in, M, K, buf.q.data(), buf.d.data(), pairs ? buf.p.data() : nullptr);
+  return {buf.q.data(), buf.d.data(), pairs ? buf.p.data() : nullptr};
 }
 
 // d·Σq of each block of the activations `a` of quantize_acts (Q4_K's min terms), in integers then
