@@ -144,12 +144,52 @@ std::vector<float> same_on_any_thread_count(MatmulPath path, const Weights& w, c
   return a;
 }
 
-// GEMV rows are each summed by one thread in a fixed order: bit-identical for any thread count.
+// GEMV rows are each summed by one thread in a fixed order: bit-identical for any thread count
+// (M = 8: several input passes per row block, with the next block prefetched in between).
 TEST(Matmul, GemvIndependentOfThreadCount) {
   Rng rng(3);
-  const int64_t N = 517, K = 333, M = 3;
+  const int64_t N = 517, K = 333;
   const Weights w = make_weights(DType::BF16, N, K, rng);
-  same_on_any_thread_count(MatmulPath::Gemv, w, rng.vec(size_t(M * K)), M);
+  for (int64_t M : {3, 8}) same_on_any_thread_count(MatmulPath::Gemv, w, rng.vec(size_t(M * K)), M);
+}
+
+// The GEMV on every target (the portable one included) against the double product, for each
+// batch size 1..9 (every mix of register tiles and input passes: 4 x 3, 4 x 2, 4 x 1, 2 x 4, and
+// AVX-512's 4 x 4) on shapes with odd N, K not a multiple of any vector width, several row
+// blocks (N = 301, K = 1601) and bias / accumulate; and input m of a batch gets the same bits
+// as alone (each output is one fixed-order sum whatever the tile), so batched decode equals
+// unbatched decode.
+TEST(Matmul, GemvEveryTargetAndBatchSizeMatchesNaiveDouble) {
+  TargetGuard guard;
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    Rng rng(23);
+    for (DType dt : {DType::BF16, DType::F16, DType::F32})
+      for (auto [N, K] : {std::pair<int64_t, int64_t>{37, 129}, {301, 1601}, {9, 7}, {13, 40}}) {
+        const Weights w = make_weights(dt, N, K, rng);
+        for (int64_t M = 1; M <= 9; ++M) {
+          const std::vector<float> in = rng.vec(size_t(M * K)), bias = rng.vec(size_t(N)), init = rng.vec(size_t(M * N));
+          for (int variant = 0; variant < 4; ++variant) {
+            const bool use_bias = variant & 1, accumulate = variant & 2;
+            std::vector<float> out = accumulate ? init : std::vector<float>(size_t(M * N), 123.0f);
+            matmul_forward_path(MatmulPath::Gemv, out.data(), in.data(), w.view, use_bias ? bias.data() : nullptr, M,
+                                accumulate);
+            const auto ref = ref_forward(in, w.exact, use_bias ? bias.data() : nullptr, accumulate ? &init : nullptr,
+                                         M, N, K);
+            ASSERT_LT(norm_err(out, ref), kTol) << dtype_name(dt) << " M=" << M << " N=" << N << " K=" << K
+                                                << " bias=" << use_bias << " accumulate=" << accumulate;
+            if (variant != 1) continue;
+            for (int64_t m = 0; m < M; ++m) {
+              std::vector<float> one(static_cast<size_t>(N));
+              matmul_forward_path(MatmulPath::Gemv, one.data(), in.data() + m * K, w.view, bias.data(), 1);
+              ASSERT_EQ(0, std::memcmp(one.data(), out.data() + m * N, size_t(N) * sizeof(float)))
+                  << dtype_name(dt) << " M=" << M << " m=" << m << " N=" << N << " K=" << K;
+            }
+          }
+        }
+      }
+  }
 }
 
 // The bf16 GEMM (vdpbf16ps where the CPU has AVX512-BF16; widen + sgemm elsewhere) on every
