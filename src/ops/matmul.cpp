@@ -1269,19 +1269,19 @@ void gemv(float* out, const float* in, const MatView& W, const float* bias, int6
     else if (q) fq(out, a, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
     else fn(out, in, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
   };
-  // Contiguous row ranges in multiples of 4 (the tile height), one per thread.
-  const int64_t chunks = (N + 3) / 4;
-  const int use = int(std::max<int64_t>(1, std::min<int64_t>(nt, chunks / 8)));
+  const int64_t tiles = (N + 3) / 4;  // of 4 rows, the tile height
+  const int use = int(std::max<int64_t>(1, std::min<int64_t>(nt, tiles / 8)));
   if (use == 1) {
     run(0, N);
     return;
   }
-#pragma omp parallel num_threads(use)
-  {
-    const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    const int64_t n0 = std::min(N, chunks * t / T * 4), n1 = std::min(N, chunks * (t + 1) / T * 4);
-    if (n0 < n1) run(n0, n1);
-  }
+  // About 8 row ranges per thread, taken dynamically: on a shared machine a descheduled thread's
+  // ranges go to the others instead of the others spinning at the barrier. Each output row is
+  // one tile's sum whoever computes it, so the result does not depend on the split.
+  const int64_t per = std::max<int64_t>(8, tiles / (8 * use)) * 4;
+  const int64_t ranges = (N + per - 1) / per;
+#pragma omp parallel for num_threads(use) schedule(dynamic, 1)
+  for (int64_t c = 0; c < ranges; ++c) run(c * per, std::min(N, (c + 1) * per));
 }
 
 // out = bias (or += bias) so that every sgemm below can run with beta = 1.
