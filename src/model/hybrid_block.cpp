@@ -148,18 +148,27 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
     const float* A = frozen_A_.empty() ? a.A.data() : frozen_A_[size_t(l)].data();
     resize(a.ssm, T * D);
     std::vector<float> h0;
-    r0 = 0;
-    for (const auto& it : items) {
-      float* h;
-      if (it.state) {
-        h = it.state->ssm[size_t(l)].data();
-      } else {
-        h0.assign(size_t(D * N), 0.0f);
-        h = h0.data();
+    bool steps = items.size() > 1;  // a decode step: one row per sequence, each with its state
+    for (const auto& it : items) steps = steps && it.state && it.n == 1;
+    if (steps) {
+      std::vector<float*> hs;
+      for (const auto& it : items) hs.push_back(it.state->ssm[size_t(l)].data());
+      selective_scan_forward_steps(a.ssm.data(), hs.data(), xc, delta, A, a.Bn.data(), a.Cn.data(), w.D,
+                                   a.z.data(), int64_t(items.size()), D, N);
+    } else {
+      r0 = 0;
+      for (const auto& it : items) {
+        float* h;
+        if (it.state) {
+          h = it.state->ssm[size_t(l)].data();
+        } else {
+          h0.assign(size_t(D * N), 0.0f);
+          h = h0.data();
+        }
+        selective_scan_forward(a.ssm.data() + r0 * D, h, xc + r0 * D, delta + r0 * D, A, a.Bn.data() + r0 * N,
+                               a.Cn.data() + r0 * N, w.D, a.z.data() + r0 * D, it.n, D, N);
+        r0 += it.n;
       }
-      selective_scan_forward(a.ssm.data() + r0 * D, h, xc + r0 * D, delta + r0 * D, A, a.Bn.data() + r0 * N,
-                             a.Cn.data() + r0 * N, w.D, a.z.data() + r0 * D, it.n, D, N);
-      r0 += it.n;
     }
   }
 

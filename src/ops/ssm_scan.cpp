@@ -203,6 +203,17 @@ void selective_scan_forward(float* out, float* h, const float* x, const float* d
   HWY_DYNAMIC_DISPATCH(ScanForward)(out, h, x, delta, A, B, C, Dskip, z, L, D, N);
 }
 
+void selective_scan_forward_steps(float* out, float* const* hs, const float* x, const float* delta,
+                                  const float* A, const float* B, const float* C, const float* Dskip,
+                                  const float* z, int64_t S, int64_t D, int64_t N) {
+  if (S <= 0 || D <= 0) return;
+  const auto scan = HWY_DYNAMIC_DISPATCH(ScanForward);
+  // Dynamic: on a loaded machine a descheduled thread's sequences go to the other threads.
+#pragma omp parallel for schedule(dynamic, 1) if (S > 1)
+  for (int64_t s = 0; s < S; ++s)
+    scan(out + s * D, hs[s], x + s * D, delta + s * D, A, B + s * N, C + s * N, Dskip, z ? z + s * D : nullptr, 1, D, N);
+}
+
 void selective_scan_backward(float* dx, float* ddelta, float* dA, float* dB, float* dC,
                              float* dDskip, float* dz, const float* dout, const float* h0,
                              const float* x, const float* delta, const float* A, const float* B,

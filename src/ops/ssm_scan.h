@@ -15,6 +15,13 @@ void selective_scan_forward(float* out, float* h, const float* x, const float* d
                             const float* A, const float* B, const float* C, const float* Dskip,
                             const float* z, int64_t L, int64_t D, int64_t N);
 
+// One step (L = 1) of S sequences: row s of out, x, delta, z ([S, D]) and of B, C ([S, N]) with
+// state hs[s]. A decode step's scans are each too small for the channel threading above, so the
+// sequences go to the threads instead; each is computed as selective_scan_forward computes it.
+void selective_scan_forward_steps(float* out, float* const* hs, const float* x, const float* delta,
+                                  const float* A, const float* B, const float* C, const float* Dskip,
+                                  const float* z, int64_t S, int64_t D, int64_t N);
+
 // Backward from the initial state h0 (null = zeros); recomputes the states internally.
 // Accumulates (+=) into every non-null gradient: dx, ddelta, dz: [L, D]; dA: [D, N];
 // dB, dC: [L, N]; dDskip: [D].

@@ -93,6 +93,35 @@ TEST(SelectiveScan, ChunkedEqualsWhole) {
   EXPECT_EQ(hw, hp);
 }
 
+// A decode step of S sequences (each its own state, rows on the threads) gives each sequence the
+// bits of its own one-row scan, with and without the gate, on 1 and 2+ threads.
+TEST(SelectiveScan, StepsEqualEachSequenceAlone) {
+  const int64_t S = 5, D = 37, N = 16;
+  const int nt = omp_get_max_threads();
+  for (bool gate : {true, false})
+    for (int threads : {1, std::max(2, nt)}) {
+      omp_set_num_threads(threads);
+      ScanIn s = make(S, D, N, gate, 11);  // rows t = sequences
+      Rng rng(13);
+      std::vector<std::vector<float>> hs(static_cast<size_t>(S));
+      for (auto& h : hs) h = rng.vec(size_t(D * N), -0.5f, 0.5f);
+      std::vector<std::vector<float>> alone_h = hs;
+      std::vector<float*> hp;
+      for (auto& h : hs) hp.push_back(h.data());
+      std::vector<float> out(size_t(S * D), 7.0f), alone(size_t(S * D), -7.0f);
+      selective_scan_forward_steps(out.data(), hp.data(), s.x.data(), s.delta.data(), s.A.data(), s.B.data(),
+                                   s.C.data(), s.Dskip.data(), gate ? s.z.data() : nullptr, S, D, N);
+      for (int64_t q = 0; q < S; ++q)
+        selective_scan_forward(alone.data() + q * D, alone_h[size_t(q)].data(), s.x.data() + q * D,
+                               s.delta.data() + q * D, s.A.data(), s.B.data() + q * N, s.C.data() + q * N,
+                               s.Dskip.data(), gate ? s.z.data() + q * D : nullptr, 1, D, N);
+      EXPECT_EQ(out, alone) << "gate " << gate << " threads " << threads;
+      EXPECT_EQ(hs, alone_h) << "gate " << gate << " threads " << threads;
+      EXPECT_NE(hs[0], hs[1]);  // the states really moved, each its own way
+    }
+  omp_set_num_threads(nt);
+}
+
 // Backward against central differences of the double forward, loss = Σ dout · out, through
 // x, delta, A, B, C, Dskip, z; with and without h0 and the gate.
 TEST(SelectiveScan, BackwardFiniteDifferences) {
