@@ -119,24 +119,28 @@ BENCHMARK(BM_GemvF32)->Arg(1)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)
 BENCHMARK(BM_BlasF32)->Arg(1)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
 
-// Q4_0 / Q8 weights [8960, 1600], M = arg: GEMV (int8 dot products per block) against the int8
+// Q4_0 / Q4_K / Q8 weights [8960, 1600], M = arg: GEMV (int8 dot products per block) against the int8
 // GEMM (the Blas path for quantized weights), for the crossover in matmul_gemv_max_m.
 void run_quant(benchmark::State& st, DType dt, MatmulPath path) {
   const int64_t N = 8960, K = 1600, M = st.range(0);
   static std::vector<uint8_t> q4(size_t(N * K / kQ4Block) * sizeof(BlockQ4_0));
   static std::vector<int8_t> q8(size_t(N * K));
   static std::vector<float> sc(size_t(N * K / kQ8Block));
+  static std::vector<uint8_t> q4k(size_t(N) * q4_k_row_bytes(K));
   static bool init = false;
   if (!init) {
     std::vector<float> f(size_t(N * K));
     for (size_t i = 0; i < f.size(); ++i) f[i] = float((i * 7) % 17) * 0.01f - 0.08f;
     quantize_q4_0(reinterpret_cast<BlockQ4_0*>(q4.data()), f.data(), N * K);
     quantize_q8(q8.data(), sc.data(), f.data(), N * K);
+    for (int64_t r = 0; r < N; ++r) quantize_q4_k(q4k.data() + size_t(r) * q4_k_row_bytes(K), f.data() + r * K, K);
     init = true;
   }
   std::vector<float> in(size_t(M * K)), out(size_t(M * N));
   for (size_t i = 0; i < in.size(); ++i) in[i] = float((i * 13) % 29) * 0.01f - 0.14f;
-  const MatView W = dt == DType::Q4_0 ? MatView{q4.data(), dt, N, K} : MatView{q8.data(), dt, N, K, sc.data()};
+  const MatView W = dt == DType::Q4_0   ? MatView{q4.data(), dt, N, K}
+                    : dt == DType::Q4_K ? MatView{q4k.data(), dt, N, K}
+                                        : MatView{q8.data(), dt, N, K, sc.data()};
   for (auto _ : st) {
     matmul_forward_path(path, out.data(), in.data(), W, nullptr, M);
     benchmark::DoNotOptimize(out.data());
@@ -148,10 +152,14 @@ void BM_GemvQ4(benchmark::State& st) { run_quant(st, DType::Q4_0, MatmulPath::Ge
 void BM_GemmQ4(benchmark::State& st) { run_quant(st, DType::Q4_0, MatmulPath::Blas); }
 void BM_GemvQ8(benchmark::State& st) { run_quant(st, DType::Q8, MatmulPath::Gemv); }
 void BM_GemmQ8(benchmark::State& st) { run_quant(st, DType::Q8, MatmulPath::Blas); }
+void BM_GemvQ4K(benchmark::State& st) { run_quant(st, DType::Q4_K, MatmulPath::Gemv); }
+void BM_GemmQ4K(benchmark::State& st) { run_quant(st, DType::Q4_K, MatmulPath::Blas); }
 BENCHMARK(BM_GemvQ4)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)->Arg(128)
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GemmQ4)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)->Arg(128)->Arg(512)
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemvQ4K)->Arg(1)->Arg(2)->Arg(8)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemmQ4K)->Arg(64)->Arg(512)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GemvQ8)->Arg(1)->Arg(4)->Arg(16)->Arg(64)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GemmQ8)->Arg(1)->Arg(4)->Arg(16)->Arg(64)->Arg(512)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
