@@ -158,10 +158,10 @@ BENCHMARK(BM_GemvQ4)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)-
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GemmQ4)->Arg(1)->Arg(2)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)->Arg(128)->Arg(512)
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_GemvQ4K)->Arg(1)->Arg(2)->Arg(8)->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_GemmQ4K)->Arg(64)->Arg(512)->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_GemvQ8)->Arg(1)->Arg(4)->Arg(16)->Arg(64)->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_GemmQ8)->Arg(1)->Arg(4)->Arg(16)->Arg(64)->Arg(512)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemvQ4K)->Arg(1)->Arg(2)->Arg(8)->Arg(16)->Arg(32)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemmQ4K)->Arg(8)->Arg(16)->Arg(32)->Arg(64)->Arg(512)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemvQ8)->Arg(1)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GemmQ8)->Arg(1)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)->Arg(512)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 // Prefill M = 512 with bf16 weights at the Hymba-1.5B shapes [N, K]: the bf16 GEMM (vdpbf16ps,
 // where the CPU has AVX512-BF16) against widen + sgemm, the path it replaces.

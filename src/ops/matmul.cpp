@@ -1138,6 +1138,18 @@ bool GemmBF16(float* out, const float* in, const void* wv, const float* bias, in
 #endif
 }
 
+// The largest M for which the GEMV beats the int8 GEMM on quantized weights. Without VNNI the
+// GEMM's int16 sums make it the faster one early: BM_GemvQ*/M against BM_GemmQ*/M on a Zen 3
+// (AVX2, 1 thread, [8960, 1600] in L3) cross at M = 8-16 for Q4_0 and 16-32 for Q8 and Q4_K.
+// 64 was measured on a Zen 4 (AVX-512 VNNI); the portable targets keep it.
+int64_t GemvMaxMQuant() {
+#if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3
+  return 16;
+#else
+  return 64;
+#endif
+}
+
 template <typename T>
 void WidenT(float* dst, const T* src, int64_t n) {
   const DF df;
@@ -1179,6 +1191,7 @@ HWY_EXPORT(GemvQ4KRange);
 HWY_EXPORT(GemmQ);
 HWY_EXPORT(GemmBF16);
 HWY_EXPORT(QuantizeActs);
+HWY_EXPORT(GemvMaxMQuant);
 HWY_EXPORT(Widen);
 
 namespace {
@@ -1362,7 +1375,10 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
 // (BM_GemvQ4/BM_GemmQ4, 2026-12-02, loaded machine): the int8 GEMM overtakes the GEMV at M = 16-32
 // (M = 64: 109 vs 39 GFLOP/s; below 16 its per-call decode of every weight row dominates), but
 // moving the switch below 64 moves which float sums the model-level tests see; left at 64.
-int64_t matmul_gemv_max_m(DType t) { return t == DType::F32 ? 16 : 64; }
+int64_t matmul_gemv_max_m(DType t) {
+  if (t == DType::F32) return 16;
+  return quantized(t) ? HWY_DYNAMIC_DISPATCH(GemvMaxMQuant)() : 64;
+}
 
 bool matmul_bf16_gemm() {
   if (!bf16_gemm_allowed()) return false;
