@@ -1141,9 +1141,10 @@ bool GemmBF16(float* out, const float* in, const void* wv, const float* bias, in
 // The largest M for which the GEMV beats the int8 GEMM on quantized weights. Without VNNI the
 // GEMM's int16 sums make it the faster one early: BM_GemvQ*/M against BM_GemmQ*/M on a Zen 3
 // (AVX2, 1 thread, [8960, 1600] in L3) cross at M = 8-16 for Q4_0 and 16-32 for Q8 and Q4_K.
-// 64 was measured on a Zen 4 (AVX-512 VNNI); the portable targets keep it.
+// 64 was measured on a Zen 4 (AVX-512 VNNI); AVX3 without VNNI (unmeasured) and the portable
+// targets keep it.
 int64_t GemvMaxMQuant() {
-#if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3
+#if HWY_TARGET == HWY_AVX2
   return 16;
 #else
   return 64;
