@@ -1138,17 +1138,20 @@ bool GemmBF16(float* out, const float* in, const void* wv, const float* bias, in
 #endif
 }
 
-// The largest M for which the GEMV beats the int8 GEMM on quantized weights. Without VNNI the
-// GEMM's int16 sums make it the faster one early: BM_GemvQ*/M against BM_GemmQ*/M on a Zen 3
-// (AVX2, 1 thread, [8960, 1600] in L3) cross at M = 8-16 for Q4_0 and 16-32 for Q8 and Q4_K.
-// 64 was measured on a Zen 4 (AVX-512 VNNI); AVX3 without VNNI (unmeasured) and the portable
+// The largest M for which the GEMV beats the GEMM path, per target. Quantized weights: without
+// VNNI the int8 GEMM's int16 sums make it the faster one early: BM_GemvQ*/M against BM_GemmQ*/M on
+// a Zen 3 (AVX2, 1 thread, [8960, 1600] in L3) cross at M = 8-16 for Q4_0 and 16-32 for Q8 and
+// Q4_K. BF16 on AVX2 (widen + sgemm): BM_Gemv/M vs BM_Blas/M even at 32, sgemm 1.14x at 64. 64 was
+// measured on a Zen 4 (AVX-512 VNNI / BF16); AVX3 without them (unmeasured), F16 and the portable
 // targets keep it.
-int64_t GemvMaxMQuant() {
+int64_t GemvMaxM(bool quantized, bool bf16) {
 #if HWY_TARGET == HWY_AVX2
-  return 16;
+  if (quantized) return 16;
+  if (bf16) return 32;
 #else
-  return 64;
+  (void)quantized, (void)bf16;
 #endif
+  return 64;
 }
 
 template <typename T>
@@ -1192,7 +1195,7 @@ HWY_EXPORT(GemvQ4KRange);
 HWY_EXPORT(GemmQ);
 HWY_EXPORT(GemmBF16);
 HWY_EXPORT(QuantizeActs);
-HWY_EXPORT(GemvMaxMQuant);
+HWY_EXPORT(GemvMaxM);
 HWY_EXPORT(Widen);
 
 namespace {
@@ -1378,7 +1381,7 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
 // moving the switch below 64 moves which float sums the model-level tests see; left at 64.
 int64_t matmul_gemv_max_m(DType t) {
   if (t == DType::F32) return 16;
-  return quantized(t) ? HWY_DYNAMIC_DISPATCH(GemvMaxMQuant)() : 64;
+  return HWY_DYNAMIC_DISPATCH(GemvMaxM)(quantized(t), t == DType::BF16);
 }
 
 bool matmul_bf16_gemm() {
