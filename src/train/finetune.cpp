@@ -123,14 +123,13 @@ FinetuneResult finetune(const FinetuneOptions& o) {
   HymbaModel model(c, adapters ? base->weights : arena.w);
   // DPO's reference log-probabilities, once: the base model (adapters off; for full fine-tuning
   // the model before any step, which a resumed run reloads from --model).
-  auto seq = [](const SftExample& e) { return SeqRef{e.inputs.data(), e.targets.data(), int64_t(e.inputs.size())}; };
   auto ref_logps = [&](HymbaModel& m, std::vector<PreferencePair>& ps) {
     // Each rank computes its share; the sum over ranks hands every rank all of them.
     const auto [lo, hi] = dist_share(int64_t(ps.size()));
     std::vector<double> v(2 * ps.size(), 0.0);
     for (int64_t i = lo; i < hi; ++i)
-      v[size_t(2 * i)] = sequence_logp(m, seq(ps[size_t(i)].chosen)),
-                    v[size_t(2 * i + 1)] = sequence_logp(m, seq(ps[size_t(i)].rejected));
+      v[size_t(2 * i)] = sequence_logp(m, ps[size_t(i)].chosen.seq()),
+                    v[size_t(2 * i + 1)] = sequence_logp(m, ps[size_t(i)].rejected.seq());
     dist_sum(v.data(), v.size());
     for (size_t i = 0; i < ps.size(); ++i) ps[i].ref_chosen = v[2 * i], ps[i].ref_rejected = v[2 * i + 1];
   };
@@ -195,7 +194,7 @@ FinetuneResult finetune(const FinetuneOptions& o) {
     return s;
   };
   auto pair_of = [&](const PreferencePair& p) {
-    return DpoPair{seq(p.chosen), seq(p.rejected), p.ref_chosen, p.ref_rejected};
+    return DpoPair{p.chosen.seq(), p.rejected.seq(), p.ref_chosen, p.ref_rejected};
   };
   auto eval_val = [&]() -> double {
     if (dpo) {

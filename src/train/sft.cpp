@@ -7,6 +7,7 @@
 
 #include "base/error.h"
 #include "runtime/chat_tokens.h"
+#include "train/step.h"
 
 namespace hymba {
 
@@ -15,6 +16,8 @@ int64_t SftExample::counted() const {
   for (int32_t t : targets) k += t >= 0;
   return k;
 }
+
+SeqRef SftExample::seq() const { return {inputs.data(), targets.data(), int64_t(inputs.size())}; }
 
 namespace {
 

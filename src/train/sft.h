@@ -11,10 +11,13 @@
 
 namespace hymba {
 
+struct SeqRef;  // train/step.h
+
 struct SftExample {
   std::vector<int32_t> inputs, targets;  // next-token pairs; targets -1 outside assistant replies
   int64_t row = 0;                       // 1-based line of the JSONL file
   int64_t counted() const;
+  SeqRef seq() const;  // the example as one sequence for loss_and_grads / sequence_logp
 };
 
 // Every row checked before any training: a row that is not JSON, has no "messages" list, a

@@ -151,8 +151,7 @@ TrainResult train(const TrainOptions& o) {
       val_ex = load_token_jsonl(o.data + "/val.jsonl", c.vocab_size, o.seq_len);
   }
   // A row is one sequence of its own length (a forward item from position 0, as at inference; no
-  // padding, never packed), passed as hymba finetune passes its conversations.
-  auto row_seq = [](const SftExample& e) { return SeqRef{e.inputs.data(), e.targets.data(), int64_t(e.inputs.size())}; };
+  // padding, never packed): SftExample::seq(), as hymba finetune passes its conversations.
 
   AdamW opt(param_groups(arena), arena.numel(), o.adamw);
   TrainState ts;
@@ -193,7 +192,7 @@ TrainResult train(const TrainOptions& o) {
       int64_t cnt = 0;
       for (int64_t i0 = 0; i0 < n; i0 += o.batch) {
         seqs.clear();
-        for (int64_t i = i0; i < std::min(n, i0 + o.batch); ++i) seqs.push_back(row_seq(val_ex[size_t(i)]));
+        for (int64_t i = i0; i < std::min(n, i0 + o.batch); ++i) seqs.push_back(val_ex[size_t(i)].seq());
         int64_t k = 0;
         const double l = loss_only(model, seqs, &k);
         sum += l * double(k), cnt += k;
@@ -249,7 +248,7 @@ TrainResult train(const TrainOptions& o) {
     for (int64_t k = 0; k < o.grad_accum; ++k) {
       SeqRef* s = seqs.data() + k * o.batch;
       if (rows) {  // rows drawn uniformly (with replacement), one example each
-        for (int b = 0; b < o.batch; ++b) s[b] = row_seq(train_ex[size_t(rng_below(data_rng, train_ex.size()))]);
+        for (int b = 0; b < o.batch; ++b) s[b] = train_ex[size_t(rng_below(data_rng, train_ex.size()))].seq();
       } else {
         const size_t at = size_t(k * o.batch * o.seq_len);
         train_data->sample(o.batch, o.seq_len, data_rng, in.data() + at, tg.data() + at);
