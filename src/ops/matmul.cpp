@@ -240,7 +240,9 @@ void GemvRange(float* out, const float* in, const void* w, int dtype, const floa
 // 32, scaled by d_w·d_x into F32 sums. x86 (AVX2, AVX-512, VNNI) takes the SIMD path below;
 // every other target the scalar loop, which computes the same integer block sums.
 
-// Activations of M rows: codes q[M, K], scales d[M, K/32], and for Q4_0 the pairs p[M, (K/32+1)/2].
+// Activations of M rows: codes q[M, K], scales d[M, K/32], and for Q4_0 the pairs p[M, (K/32+1)/2]
+// on the targets whose GEMV reads them (TileQ4Pairs; the VNNI and portable ones do not).
+constexpr bool kQ4Pairs = HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3;
 void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, PairQ4* p) {
   const DF df;
   const hn::Rebind<int8_t, DF> d8;
@@ -263,7 +265,7 @@ void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, Pai
     for (int64_t i = 0; i < kQ8Block; i += NL)
       hn::StoreU(hn::DemoteTo(d8, hn::NearestInt(hn::Mul(hn::LoadU(df, xb + i), vid))), d8, q + b * kQ8Block + i);
   }
-  if (!p) return;
+  if (!p || !kQ4Pairs) return;
   const int64_t KP = (KB + 1) / 2;
   for (int64_t m = 0; m < M; ++m)
     for (int64_t i = 0; i < KP; ++i) {
@@ -375,18 +377,16 @@ HWY_INLINE void TileQ(float* out, int64_t N, const QActs& a, const void* wp, boo
       xq[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.q + j * K + b * kQ8Block));
       xd[j] = _mm256_broadcast_ss(a.d + j * KB + b);
     }
-    {
-      const int8_t* w = static_cast<const int8_t*>(wp);
-      for (int r = 0; r < R; ++r) {
-        const int8_t* wr = w + r * K + b * kQ8Block;
-        _mm_prefetch(reinterpret_cast<const char*>(wr + R * K), _MM_HINT_T0);
-        const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
-        const __m256i aw = _mm256_sign_epi8(wq, wq);  // |w|: the unsigned operand; the sign moves to x
-        const __m256 dw = _mm256_broadcast_ss(sc + r * KB + b);
-        for (int j = 0; j < MC; ++j)
-          acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, xd[j]),
-                                      _mm256_cvtepi32_ps(Dot4(aw, _mm256_sign_epi8(xq[j], wq))), acc[r][j]);
-      }
+    const int8_t* w = static_cast<const int8_t*>(wp);
+    for (int r = 0; r < R; ++r) {
+      const int8_t* wr = w + r * K + b * kQ8Block;
+      _mm_prefetch(reinterpret_cast<const char*>(wr + R * K), _MM_HINT_T0);
+      const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wr));
+      const __m256i aw = _mm256_sign_epi8(wq, wq);  // |w|: the unsigned operand; the sign moves to x
+      const __m256 dw = _mm256_broadcast_ss(sc + r * KB + b);
+      for (int j = 0; j < MC; ++j)
+        acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, xd[j]),
+                                    _mm256_cvtepi32_ps(Dot4(aw, _mm256_sign_epi8(xq[j], wq))), acc[r][j]);
     }
   }
   for (int r = 0; r < R; ++r)
@@ -1375,10 +1375,8 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
 
 // Crossover measured (bench/matmul_bench.cpp, 2 threads, [8960,1600], OpenMP OpenBLAS): for
 // 16-bit weights GEMV ~130-190 GFLOP/s up to M = 64 vs widen+sgemm 120, sgemm wins from M = 128;
-// for F32 weights (twice the bytes, no widening to save) sgemm wins from M = 32. Q8/Q4_0 weights
-// (BM_GemvQ4/BM_GemmQ4, 2026-12-02, loaded machine): the int8 GEMM overtakes the GEMV at M = 16-32
-// (M = 64: 109 vs 39 GFLOP/s; below 16 its per-call decode of every weight row dominates), but
-// moving the switch below 64 moves which float sums the model-level tests see; left at 64.
+// for F32 weights (twice the bytes, no widening to save) sgemm wins from M = 32. BF16 and the
+// quantized types: per dispatched target, GemvMaxM.
 int64_t matmul_gemv_max_m(DType t) {
   if (t == DType::F32) return 16;
   return HWY_DYNAMIC_DISPATCH(GemvMaxM)(quantized(t), t == DType::BF16);
