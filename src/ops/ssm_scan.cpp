@@ -15,6 +15,12 @@
 // channels, so B[t,n] and C[t,n] are broadcasts and y needs no horizontal sum. A block of
 // channels narrower than a vector (the tail of D) goes through zero-padded buffers, so every
 // channel takes the same arithmetic path whatever D is.
+//
+// The recurrences over t are independent per state index n; only y (forward) and the gradients
+// of delta and x (backward) sum over n. So each block runs t in an inner loop for kG state
+// indices at a time, their states in registers (kG independent chains to overlap the exps), and
+// the sums over n are carried per t in small L1-resident buffers. The n order of every sum is
+// the plain loop's, so the results are those of one loop over (t, n).
 
 HWY_BEFORE_NAMESPACE();
 namespace hymba {
@@ -22,6 +28,9 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 using DF = hn::ScalableTag<float>;
 using VF = hn::Vec<DF>;
+
+// State indices per pass over t: 4 chains hide the exp's latency; 8 run out of AVX2 registers.
+constexpr int64_t kG = 4;
 
 // Loads nc (<= Lanes) floats, zero padding the rest.
 HWY_INLINE VF LoadPart(DF df, const float* p, int64_t nc, int64_t NL) {
@@ -45,6 +54,54 @@ void Gather(float* dst, const float* src, int64_t c0, int64_t nc, int64_t N, int
   for (int64_t n = 0; n < N; ++n)
     for (int64_t i = 0; i < NL; ++i) dst[n * NL + i] = i < nc ? src[(c0 + i) * N + n] : 0.0f;
 }
+// Columns [c0, c0 + nc) of rows t < L of src[L, D] as dst[t·NL + lane] (padded lanes 0).
+void Columns(float* dst, const float* src, int64_t L, int64_t D, int64_t c0, int64_t nc, int64_t NL) {
+  const DF df;
+  for (int64_t t = 0; t < L; ++t) hn::Store(LoadPart(df, src + t * D + c0, nc, NL), df, dst + t * NL);
+}
+
+// Per-thread buffers of one channel block, allocated once per call.
+struct Bufs {
+  hwy::AlignedFreeUniquePtr<float[]> At, hs, dt, x, y;
+  Bufs(int64_t L, int64_t N, int64_t NL)
+      : At(hwy::AllocateAligned<float>(size_t(N * NL))), hs(hwy::AllocateAligned<float>(size_t(N * NL))),
+        dt(hwy::AllocateAligned<float>(size_t(L * NL))), x(hwy::AllocateAligned<float>(size_t(L * NL))),
+        y(hwy::AllocateAligned<float>(size_t(L * NL))) {}
+};
+
+// Advances states n0..n0+G-1 (hs, in place) over t < L, y[t] += Σ_n C[t,n]·h[n] in n order; with
+// Hs / Es, also stores every state h_t (Hs[(t+1)·N·NL + n·NL]) and exp(delta·A) (Es[t·N·NL + ..]).
+template <int G>
+HWY_INLINE void StatePass(int64_t n0, int64_t L, int64_t N, int64_t NL, const float* At, float* hs,
+                          const float* dtb, const float* xb, float* yb, const float* B,
+                          const float* C, float* Hs, float* Es) {
+  const DF df;
+  VF h[G], Av[G];
+  for (int k = 0; k < G; ++k) h[k] = hn::Load(df, hs + (n0 + k) * NL), Av[k] = hn::Load(df, At + (n0 + k) * NL);
+  for (int64_t t = 0; t < L; ++t) {
+    const VF dt = hn::Load(df, dtb + t * NL);
+    const VF dx = hn::Mul(dt, hn::Load(df, xb + t * NL));
+    VF y = hn::Load(df, yb + t * NL);
+    for (int k = 0; k < G; ++k) {
+      const VF a = hn::Exp(df, hn::Mul(dt, Av[k]));
+      h[k] = hn::MulAdd(a, h[k], hn::Mul(dx, hn::Set(df, B[t * N + n0 + k])));
+      y = hn::MulAdd(h[k], hn::Set(df, C[t * N + n0 + k]), y);
+      if (Hs) {
+        hn::Store(h[k], df, Hs + ((t + 1) * N + n0 + k) * NL);
+        hn::Store(a, df, Es + (t * N + n0 + k) * NL);
+      }
+    }
+    hn::Store(y, df, yb + t * NL);
+  }
+  for (int k = 0; k < G; ++k) hn::Store(h[k], df, hs + (n0 + k) * NL);
+}
+
+void StatePasses(int64_t L, int64_t N, int64_t NL, const float* At, float* hs, const float* dtb,
+                 const float* xb, float* yb, const float* B, const float* C, float* Hs, float* Es) {
+  int64_t n0 = 0;
+  for (; n0 + kG <= N; n0 += kG) StatePass<kG>(n0, L, N, NL, At, hs, dtb, xb, yb, B, C, Hs, Es);
+  for (; n0 < N; ++n0) StatePass<1>(n0, L, N, NL, At, hs, dtb, xb, yb, B, C, Hs, Es);
+}
 
 void ScanForward(float* out, float* h, const float* x, const float* delta, const float* A,
                  const float* B, const float* C, const float* Dskip, const float* z, int64_t L,
@@ -53,36 +110,75 @@ void ScanForward(float* out, float* h, const float* x, const float* delta, const
   const int64_t NL = int64_t(hn::Lanes(df));
   const int64_t nblk = (D + NL - 1) / NL;
   const double work = double(L) * double(D) * double(N);
-#pragma omp parallel for schedule(static) if (work > 65536)
-  for (int64_t bi = 0; bi < nblk; ++bi) {
-    const int64_t c0 = bi * NL, nc = std::min(NL, D - c0);
-    auto At = hwy::AllocateAligned<float>(size_t(N * NL));
-    auto hs = hwy::AllocateAligned<float>(size_t(N * NL));
-    Gather(At.get(), A, c0, nc, N, NL);
-    Gather(hs.get(), h, c0, nc, N, NL);
-    const VF Dv = Dskip ? LoadPart(df, Dskip + c0, nc, NL) : hn::Zero(df);
-    for (int64_t t = 0; t < L; ++t) {
-      const VF dt = LoadPart(df, delta + t * D + c0, nc, NL);
-      const VF xv = LoadPart(df, x + t * D + c0, nc, NL);
-      const VF dx = hn::Mul(dt, xv);
-      VF y = hn::Mul(Dv, xv);
-      const float* Bt = B + t * N;
-      const float* Ct = C + t * N;
-      for (int64_t n = 0; n < N; ++n) {
-        const VF a = hn::Exp(df, hn::Mul(dt, hn::Load(df, At.get() + n * NL)));
-        const VF hn_ = hn::MulAdd(a, hn::Load(df, hs.get() + n * NL), hn::Mul(dx, hn::Set(df, Bt[n])));
-        hn::Store(hn_, df, hs.get() + n * NL);
-        y = hn::MulAdd(hn_, hn::Set(df, Ct[n]), y);
+#pragma omp parallel if (work > 65536)
+  {
+    Bufs b(L, N, NL);
+#pragma omp for schedule(static)
+    for (int64_t bi = 0; bi < nblk; ++bi) {
+      const int64_t c0 = bi * NL, nc = std::min(NL, D - c0);
+      Gather(b.At.get(), A, c0, nc, N, NL);
+      Gather(b.hs.get(), h, c0, nc, N, NL);
+      Columns(b.dt.get(), delta, L, D, c0, nc, NL);
+      Columns(b.x.get(), x, L, D, c0, nc, NL);
+      const VF Dv = Dskip ? LoadPart(df, Dskip + c0, nc, NL) : hn::Zero(df);
+      for (int64_t t = 0; t < L; ++t)
+        hn::Store(hn::Mul(Dv, hn::Load(df, b.x.get() + t * NL)), df, b.y.get() + t * NL);
+      StatePasses(L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), B, C, nullptr,
+                  nullptr);
+      for (int64_t t = 0; t < L; ++t) {
+        VF y = hn::Load(df, b.y.get() + t * NL);
+        if (z) {
+          const VF zv = LoadPart(df, z + t * D + c0, nc, NL);
+          y = hn::Mul(y, hn::Mul(zv, Sigmoid(df, zv)));
+        }
+        StorePart(df, y, out + t * D + c0, nc, NL);
       }
-      if (z) {
-        const VF zv = LoadPart(df, z + t * D + c0, nc, NL);
-        y = hn::Mul(y, hn::Mul(zv, Sigmoid(df, zv)));
-      }
-      StorePart(df, y, out + t * D + c0, nc, NL);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t i = 0; i < nc; ++i) h[(c0 + i) * N + n] = b.hs[size_t(n * NL + i)];
     }
-    for (int64_t n = 0; n < N; ++n)
-      for (int64_t i = 0; i < nc; ++i) h[(c0 + i) * N + n] = hs[size_t(n * NL + i)];
   }
+}
+
+// The backward of states n0..n0+G-1 over t = L-1..0, from the recomputed states Hs and factors
+// Es; dy[t] is dLoss/dy. Adds their terms to gd[t] (ddelta), gx[t] (dx), dAv[n], and the per-lane
+// dB, dC partials vB, vC [t·N·NL + n·NL].
+template <int G>
+HWY_INLINE void GradPass(int64_t n0, int64_t L, int64_t N, int64_t NL, const float* At,
+                         const float* Hs, const float* Es, const float* dtb, const float* xb,
+                         const float* dyb, const float* B, const float* C, float* gdb, float* gxb,
+                         float* dAv, float* vB, float* vC) {
+  const DF df;
+  VF dh[G], dA[G];
+  for (int k = 0; k < G; ++k) dh[k] = hn::Zero(df), dA[k] = hn::Load(df, dAv + (n0 + k) * NL);
+  for (int64_t t = L - 1; t >= 0; --t) {
+    const VF dt = hn::Load(df, dtb + t * NL);
+    const VF xv = hn::Load(df, xb + t * NL);
+    const VF dy = hn::Load(df, dyb + t * NL);
+    const VF dtx = hn::Mul(dt, xv);
+    VF gd = hn::Load(df, gdb + t * NL);
+    VF gx = hn::Load(df, gxb + t * NL);
+    for (int k = 0; k < G; ++k) {
+      const int64_t n = n0 + k, o = (t * N + n) * NL;
+      const VF Bn = hn::Set(df, B[t * N + n]);
+      const VF An = hn::Load(df, At + n * NL);
+      const VF a = hn::Load(df, Es + o);
+      const VF hprev = hn::Load(df, Hs + o);
+      const VF hcur = hn::Load(df, Hs + o + N * NL);
+      hn::Store(hn::MulAdd(dy, hcur, hn::Load(df, vC + o)), df, vC + o);
+      const VF g = hn::MulAdd(dy, hn::Set(df, C[t * N + n]), dh[k]);
+      const VF gah = hn::Mul(g, hn::Mul(a, hprev));  // dh·∂h/∂(delta·A)
+      gd = hn::MulAdd(gah, An, gd);
+      const VF gB = hn::Mul(g, Bn);
+      gd = hn::MulAdd(gB, xv, gd);
+      dA[k] = hn::MulAdd(gah, dt, dA[k]);
+      hn::Store(hn::MulAdd(g, dtx, hn::Load(df, vB + o)), df, vB + o);
+      gx = hn::MulAdd(gB, dt, gx);
+      dh[k] = hn::Mul(g, a);
+    }
+    hn::Store(gd, df, gdb + t * NL);
+    hn::Store(gx, df, gxb + t * NL);
+  }
+  for (int k = 0; k < G; ++k) hn::Store(dA[k], df, dAv + (n0 + k) * NL);
 }
 
 void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, float* dDskip,
@@ -97,87 +193,81 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
   const int64_t nchunk = (D + kChunk - 1) / kChunk;
   std::vector<float> partB(size_t(nchunk * L * N), 0.0f), partC(size_t(nchunk * L * N), 0.0f);
   const double work = double(L) * double(D) * double(N);
-#pragma omp parallel for schedule(dynamic, 1) if (work > 65536)
-  for (int64_t ch = 0; ch < nchunk; ++ch) {
-    const int64_t cbeg = ch * kChunk, cend = std::min(D, cbeg + kChunk);
-    auto At = hwy::AllocateAligned<float>(size_t(N * NL));
+#pragma omp parallel if (work > 65536)
+  {
+    Bufs b(L, N, NL);
     auto Hs = hwy::AllocateAligned<float>(size_t((L + 1) * N * NL));  // states h_{-1}..h_{L-1}
-    auto dh = hwy::AllocateAligned<float>(size_t(N * NL));
+    auto Es = hwy::AllocateAligned<float>(size_t(L * N * NL));        // exp(delta_t·A)
+    auto dyb = hwy::AllocateAligned<float>(size_t(L * NL));
+    auto gdb = hwy::AllocateAligned<float>(size_t(L * NL));
+    auto gxb = hwy::AllocateAligned<float>(size_t(L * NL));
     auto dAv = hwy::AllocateAligned<float>(size_t(N * NL));
     auto vB = hwy::AllocateAligned<float>(size_t(L * N * NL));  // per-lane dB, dC partials
     auto vC = hwy::AllocateAligned<float>(size_t(L * N * NL));
-    std::fill(vB.get(), vB.get() + L * N * NL, 0.0f);
-    std::fill(vC.get(), vC.get() + L * N * NL, 0.0f);
-    for (int64_t c0 = cbeg; c0 < cend; c0 += NL) {
-      const int64_t nc = std::min(NL, cend - c0);
-      Gather(At.get(), A, c0, nc, N, NL);
-      if (h0) Gather(Hs.get(), h0, c0, nc, N, NL);
-      else std::fill(Hs.get(), Hs.get() + N * NL, 0.0f);
-      const VF Dv = Dskip ? LoadPart(df, Dskip + c0, nc, NL) : hn::Zero(df);
-      for (int64_t t = 0; t < L; ++t) {  // recompute the states exactly as the forward does
-        const VF dt = LoadPart(df, delta + t * D + c0, nc, NL);
-        const VF dxv = hn::Mul(dt, LoadPart(df, x + t * D + c0, nc, NL));
-        const float* hp = Hs.get() + t * N * NL;
-        float* hc = Hs.get() + (t + 1) * N * NL;
-        for (int64_t n = 0; n < N; ++n) {
-          const VF a = hn::Exp(df, hn::Mul(dt, hn::Load(df, At.get() + n * NL)));
-          hn::Store(hn::MulAdd(a, hn::Load(df, hp + n * NL), hn::Mul(dxv, hn::Set(df, B[t * N + n]))),
-                    df, hc + n * NL);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t ch = 0; ch < nchunk; ++ch) {
+      const int64_t cbeg = ch * kChunk, cend = std::min(D, cbeg + kChunk);
+      std::fill(vB.get(), vB.get() + L * N * NL, 0.0f);
+      std::fill(vC.get(), vC.get() + L * N * NL, 0.0f);
+      for (int64_t c0 = cbeg; c0 < cend; c0 += NL) {
+        const int64_t nc = std::min(NL, cend - c0);
+        Gather(b.At.get(), A, c0, nc, N, NL);
+        if (h0) Gather(Hs.get(), h0, c0, nc, N, NL);
+        else std::fill(Hs.get(), Hs.get() + N * NL, 0.0f);
+        std::copy(Hs.get(), Hs.get() + N * NL, b.hs.get());
+        Columns(b.dt.get(), delta, L, D, c0, nc, NL);
+        Columns(b.x.get(), x, L, D, c0, nc, NL);
+        const VF Dv = Dskip ? LoadPart(df, Dskip + c0, nc, NL) : hn::Zero(df);
+        for (int64_t t = 0; t < L; ++t)
+          hn::Store(hn::Mul(Dv, hn::Load(df, b.x.get() + t * NL)), df, b.y.get() + t * NL);
+        // Recompute the states exactly as the forward does (and y, for the gate's gradient).
+        StatePasses(L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), B, C, Hs.get(),
+                    Es.get());
+        VF dDv = hn::Zero(df);
+        for (int64_t t = L - 1; t >= 0; --t) {
+          const VF xv = hn::Load(df, b.x.get() + t * NL);
+          const VF go = LoadPart(df, dout + t * D + c0, nc, NL);
+          VF dy = go;
+          if (z) {
+            const VF y = hn::Load(df, b.y.get() + t * NL);
+            const VF zv = LoadPart(df, z + t * D + c0, nc, NL);
+            const VF sg = Sigmoid(df, zv);
+            dy = hn::Mul(go, hn::Mul(zv, sg));
+            // silu'(z) = σ(z)·(1 + z·(1 - σ(z)))
+            const VF dsilu = hn::Mul(sg, hn::MulAdd(zv, hn::Sub(hn::Set(df, 1.0f), sg), hn::Set(df, 1.0f)));
+            if (dz) StorePart(df, hn::MulAdd(hn::Mul(go, y), dsilu, LoadPart(df, dz + t * D + c0, nc, NL)),
+                              dz + t * D + c0, nc, NL);
+          }
+          dDv = hn::MulAdd(dy, xv, dDv);
+          hn::Store(dy, df, dyb.get() + t * NL);
+          hn::Store(hn::Zero(df), df, gdb.get() + t * NL);
+          hn::Store(hn::Mul(dy, Dv), df, gxb.get() + t * NL);
         }
+        std::fill(dAv.get(), dAv.get() + N * NL, 0.0f);
+        int64_t n0 = 0;
+        for (; n0 + kG <= N; n0 += kG)
+          GradPass<kG>(n0, L, N, NL, b.At.get(), Hs.get(), Es.get(), b.dt.get(), b.x.get(), dyb.get(), B, C,
+                       gdb.get(), gxb.get(), dAv.get(), vB.get(), vC.get());
+        for (; n0 < N; ++n0)
+          GradPass<1>(n0, L, N, NL, b.At.get(), Hs.get(), Es.get(), b.dt.get(), b.x.get(), dyb.get(), B, C,
+                      gdb.get(), gxb.get(), dAv.get(), vB.get(), vC.get());
+        for (int64_t t = 0; t < L; ++t) {
+          if (ddelta)
+            StorePart(df, hn::Add(LoadPart(df, ddelta + t * D + c0, nc, NL), hn::Load(df, gdb.get() + t * NL)),
+                      ddelta + t * D + c0, nc, NL);
+          if (dx)
+            StorePart(df, hn::Add(LoadPart(df, dx + t * D + c0, nc, NL), hn::Load(df, gxb.get() + t * NL)),
+                      dx + t * D + c0, nc, NL);
+        }
+        if (dDskip) StorePart(df, hn::Add(LoadPart(df, dDskip + c0, nc, NL), dDv), dDskip + c0, nc, NL);
+        if (dA)
+          for (int64_t n = 0; n < N; ++n)
+            for (int64_t i = 0; i < nc; ++i) dA[(c0 + i) * N + n] += dAv[size_t(n * NL + i)];
       }
-      std::fill(dh.get(), dh.get() + N * NL, 0.0f);
-      VF dDv = hn::Zero(df);
-      std::fill(dAv.get(), dAv.get() + N * NL, 0.0f);
-      for (int64_t t = L - 1; t >= 0; --t) {
-        const VF dt = LoadPart(df, delta + t * D + c0, nc, NL);
-        const VF xv = LoadPart(df, x + t * D + c0, nc, NL);
-        const VF go = LoadPart(df, dout + t * D + c0, nc, NL);
-        const float* hp = Hs.get() + t * N * NL;
-        const float* hc = Hs.get() + (t + 1) * N * NL;
-        VF dy = go;
-        if (z) {
-          VF y = hn::Mul(Dv, xv);
-          for (int64_t n = 0; n < N; ++n) y = hn::MulAdd(hn::Load(df, hc + n * NL), hn::Set(df, C[t * N + n]), y);
-          const VF zv = LoadPart(df, z + t * D + c0, nc, NL);
-          const VF sg = Sigmoid(df, zv);
-          dy = hn::Mul(go, hn::Mul(zv, sg));
-          // silu'(z) = σ(z)·(1 + z·(1 - σ(z)))
-          const VF dsilu = hn::Mul(sg, hn::MulAdd(zv, hn::Sub(hn::Set(df, 1.0f), sg), hn::Set(df, 1.0f)));
-          if (dz) StorePart(df, hn::MulAdd(hn::Mul(go, y), dsilu, LoadPart(df, dz + t * D + c0, nc, NL)),
-                            dz + t * D + c0, nc, NL);
-        }
-        dDv = hn::MulAdd(dy, xv, dDv);
-        VF gx = hn::Mul(dy, Dv);
-        VF gd = hn::Zero(df);
-        const VF dtx = hn::Mul(dt, xv);
-        for (int64_t n = 0; n < N; ++n) {
-          const VF Bn = hn::Set(df, B[t * N + n]);
-          const VF An = hn::Load(df, At.get() + n * NL);
-          const VF a = hn::Exp(df, hn::Mul(dt, An));
-          const VF hprev = hn::Load(df, hp + n * NL);
-          float* vc = vC.get() + (t * N + n) * NL;
-          hn::Store(hn::MulAdd(dy, hn::Load(df, hc + n * NL), hn::Load(df, vc)), df, vc);
-          const VF g = hn::MulAdd(dy, hn::Set(df, C[t * N + n]), hn::Load(df, dh.get() + n * NL));
-          const VF gah = hn::Mul(g, hn::Mul(a, hprev));  // dh·∂h/∂(delta·A)
-          gd = hn::MulAdd(gah, An, gd);
-          gd = hn::MulAdd(hn::Mul(g, Bn), xv, gd);
-          hn::Store(hn::MulAdd(gah, dt, hn::Load(df, dAv.get() + n * NL)), df, dAv.get() + n * NL);
-          float* vb = vB.get() + (t * N + n) * NL;
-          hn::Store(hn::MulAdd(g, dtx, hn::Load(df, vb)), df, vb);
-          gx = hn::MulAdd(hn::Mul(g, Bn), dt, gx);
-          hn::Store(hn::Mul(g, a), df, dh.get() + n * NL);
-        }
-        if (ddelta) StorePart(df, hn::Add(LoadPart(df, ddelta + t * D + c0, nc, NL), gd), ddelta + t * D + c0, nc, NL);
-        if (dx) StorePart(df, hn::Add(LoadPart(df, dx + t * D + c0, nc, NL), gx), dx + t * D + c0, nc, NL);
+      for (int64_t tn = 0; tn < L * N; ++tn) {
+        partB[size_t((ch * L) * N + tn)] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vB.get() + tn * NL)));
+        partC[size_t((ch * L) * N + tn)] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vC.get() + tn * NL)));
       }
-      if (dDskip) StorePart(df, hn::Add(LoadPart(df, dDskip + c0, nc, NL), dDv), dDskip + c0, nc, NL);
-      if (dA)
-        for (int64_t n = 0; n < N; ++n)
-          for (int64_t i = 0; i < nc; ++i) dA[(c0 + i) * N + n] += dAv[size_t(n * NL + i)];
-    }
-    for (int64_t tn = 0; tn < L * N; ++tn) {
-      partB[size_t((ch * L) * N + tn)] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vB.get() + tn * NL)));
-      partC[size_t((ch * L) * N + tn)] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vC.get() + tn * NL)));
     }
   }
   for (int64_t ch = 0; ch < nchunk; ++ch)
