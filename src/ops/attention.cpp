@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "base/error.h"
@@ -232,7 +233,7 @@ void attention_forward(float* out, float* lse, const float* q, const int32_t* qp
 void attention_backward(float* dq, float* dk, float* dv_out, const float* dout, const float* q,
                         const float* k, const float* v, const float* out, const float* lse,
                         const int32_t* qpos, const int32_t* kpos, int64_t Lq, int64_t Lk,
-                        const AttnShape& shape, const AttnRule& rule) {
+                        const AttnShape& shape, const AttnRule& rule, int64_t key_chunk) {
   check_shape(shape);
   if (Lq <= 0 || Lk <= 0) return;
   const int64_t H = shape.n_head, KV = shape.n_kv, G = H / KV, dqk = shape.d_qk, dv = shape.d_v;
@@ -244,97 +245,105 @@ void attention_backward(float* dq, float* dk, float* dv_out, const float* dout, 
 #pragma omp parallel for schedule(static) if (work > 2e5)
   for (int64_t th = 0; th < Lq * H; ++th) Dm[size_t(th)] = simd::dot(dout + th * dv, out + th * dv, dv);
 
-  // Pass A: dq, one task per (query tile, kv head), keys in blocks as in the forward.
-  std::vector<KeyBlock> kblocks;
-  for (int64_t j0 = 0; j0 < Lk; j0 += kBk) kblocks.push_back(make_block(0, kpos, j0, std::min(kBk, Lk - j0)));
+  // Keys in chunks [k0, k0 + W). For each chunk, pass A computes P and dS of every (query, head)
+  // against its keys, accumulates dq and keeps P and dS transposed, PT[h][j - k0][t] and
+  // dST[h][j - k0][t] (0 where not visible); pass B then reads them for dv = Pᵀ·dout and
+  // dk = dSᵀ·q (recomputing them there took ~30% of the backward). W bounds that memory to
+  // ~kKeep bytes (depends on the shapes only, so the result does not depend on the thread count).
+  constexpr int64_t kTk = 32, kBq = 64;  // pass B: keys per task, queries per block
+  constexpr double kKeep = 64.0 * (1 << 20);
+  const int64_t W = key_chunk > 0 ? (key_chunk + kBk - 1) / kBk * kBk
+                                  : std::max<int64_t>(kBk, int64_t(kKeep / (8.0 * double(H) * double(Lq))) / kBk * kBk);
+  const int64_t Wc = std::min(W, (Lk + kBk - 1) / kBk * kBk);
+  std::unique_ptr<float[]> PT(new float[size_t(H * Wc * Lq)]), dST(new float[size_t(H * Wc * Lq)]);
   const int64_t Tq = std::min(query_tile(G), Lq), R = Tq * G, ntile = (Lq + Tq - 1) / Tq;
-#pragma omp parallel for schedule(dynamic, 1) if (work > 2e5)
-  for (int64_t task = 0; task < ntile * KV; ++task) {
-    const int64_t tile = task / KV, g = task % KV;
-    const int64_t t0 = tile * Tq, nt = std::min(Tq, Lq - t0), Rt = nt * G;
-    std::vector<float> Qs(size_t(R * dqk)), Os(size_t(R * dv)), S(size_t(R * kBk)),
-        dP(size_t(R * kBk)), dqacc(size_t(R * dqk), 0.0f), rl(static_cast<size_t>(R)), rD(static_cast<size_t>(R));
-    std::vector<int64_t> rpos(static_cast<size_t>(R));
-    int64_t qmin = INT64_MAX, qmax = INT64_MIN;
-    for (int64_t tq = 0; tq < nt; ++tq) {
-      const int64_t t = t0 + tq;
-      qmin = std::min<int64_t>(qmin, qpos[t]), qmax = std::max<int64_t>(qmax, qpos[t]);
-      std::memcpy(&Qs[size_t(tq * G * dqk)], q + (t * H + g * G) * dqk, size_t(G * dqk) * 4);
-      std::memcpy(&Os[size_t(tq * G * dv)], dout + (t * H + g * G) * dv, size_t(G * dv) * 4);
-      for (int64_t gi = 0; gi < G; ++gi) {
-        const size_t r = size_t(tq * G + gi);
-        rpos[r] = qpos[t], rl[r] = lse[t * H + g * G + gi], rD[r] = Dm[size_t(t * H + g * G + gi)];
-      }
-    }
-    simd::scale(Qs.data(), sc, Rt * dqk);
-    for (const KeyBlock& b : kblocks) {
-      const Cover cover = classify(b, qmin, qmax, rule);
-      if (cover == Cover::None) continue;
-      const float* kb = k + (b.j0 * KV + g) * dqk;
-      simd::rows_dot(S.data(), kBk, Qs.data(), dqk, Rt, kb, KV * dqk, DType::F32, b.n, dqk, 1.0f);
-      simd::rows_dot(dP.data(), kBk, Os.data(), dv, Rt, v + (b.j0 * KV + g) * dv, KV * dv,
-                     DType::F32, b.n, dv, 1.0f);
-      for (int64_t r = 0; r < Rt; ++r) {
-        float* Sr = &S[size_t(r * kBk)];
-        if (cover == Cover::Partial)
-          for (int64_t j = 0; j < b.n; ++j)
-            if (!visible(rpos[size_t(r)], kpos[b.j0 + j], rule)) Sr[j] = kNegInf;
-        if (rl[size_t(r)] == kNegInf) std::fill(Sr, Sr + b.n, kNegInf);
-        simd::exp_sub_sum(Sr, b.n, rl[size_t(r)] == kNegInf ? 0.0f : rl[size_t(r)]);  // P
-        const float* dPr = &dP[size_t(r * kBk)];
-        for (int64_t j = 0; j < b.n; ++j) Sr[j] *= dPr[j] - rD[size_t(r)];  // dS
-      }
-      simd::rows_accum(dqacc.data(), dqk, S.data(), kBk, Rt, kb, KV * dqk, DType::F32, b.n, dqk);
-    }
-    for (int64_t r = 0; r < Rt; ++r)
-      simd::axpy(dq + ((t0 + r / G) * H + g * G + r % G) * dqk, sc, &dqacc[size_t(r * dqk)], dqk);
-  }
-
-  // Pass B: dk and dv, one task per (key tile, kv head); each query head of the group in turn.
-  constexpr int64_t kTk = 32, kBq = 64;
-  std::vector<KeyBlock> qblocks;  // query blocks by position range, to skip invisible ones
+  std::vector<KeyBlock> qblocks;  // pass B's query blocks by position range, to skip invisible ones
   for (int64_t t0 = 0; t0 < Lq; t0 += kBq) qblocks.push_back(make_block(0, qpos, t0, std::min(kBq, Lq - t0)));
-  const int64_t nktile = (Lk + kTk - 1) / kTk;
+
+  for (int64_t k0 = 0; k0 < Lk; k0 += Wc) {
+    const int64_t k1 = std::min(Lk, k0 + Wc);
+    std::vector<KeyBlock> kblocks;
+    for (int64_t j0 = k0; j0 < k1; j0 += kBk) kblocks.push_back(make_block(0, kpos, j0, std::min(kBk, k1 - j0)));
+
+    // Pass A: dq, one task per (query tile, kv head), keys in blocks as in the forward.
 #pragma omp parallel for schedule(dynamic, 1) if (work > 2e5)
-  for (int64_t task = 0; task < nktile * KV; ++task) {
-    const int64_t kt = task / KV, g = task % KV;
-    const int64_t j0 = kt * kTk, nk = std::min(kTk, Lk - j0);
-    const KeyBlock kb = make_block(0, kpos, j0, nk);
-    if (!kb.any_valid) continue;
-    std::vector<float> ST(size_t(kTk * kBq)), dPT(size_t(kTk * kBq));
-    std::vector<float> dkacc(size_t(kTk * dqk), 0.0f), dvacc(size_t(kTk * dv), 0.0f);
-    const float* Kr = k + (j0 * KV + g) * dqk;
-    const float* Vr = v + (j0 * KV + g) * dv;
-    for (const KeyBlock& qb : qblocks) {
-      if (!qb.any_valid) continue;
-      const Cover cover = classify(kb, qb.pmin, qb.pmax, rule);
-      if (cover == Cover::None) continue;
-      const int64_t tq0 = qb.j0, nq = qb.n;
-      for (int64_t gi = 0; gi < G; ++gi) {
-        const int64_t h = g * G + gi;
-        const float* qh = q + (tq0 * H + h) * dqk;
-        const float* oh = dout + (tq0 * H + h) * dv;
-        simd::rows_dot(ST.data(), kBq, Kr, KV * dqk, nk, qh, H * dqk, DType::F32, nq, dqk, sc);
-        simd::rows_dot(dPT.data(), kBq, Vr, KV * dv, nk, oh, H * dv, DType::F32, nq, dv, 1.0f);
-        for (int64_t jj = 0; jj < nk; ++jj) {
-          float* Sj = &ST[size_t(jj * kBq)];
-          for (int64_t ii = 0; ii < nq; ++ii) {
-            const int64_t t = tq0 + ii;
-            const float l = lse[t * H + h];
-            const bool vis = l != kNegInf && (cover == Cover::Full || visible(qpos[t], kpos[j0 + jj], rule));
-            Sj[ii] = vis ? Sj[ii] - l : kNegInf;
-          }
-          simd::exp_sub_sum(Sj, nq, 0.0f);  // P
-          float* dSj = &dPT[size_t(jj * kBq)];
-          for (int64_t ii = 0; ii < nq; ++ii) dSj[ii] = Sj[ii] * (dSj[ii] - Dm[size_t((tq0 + ii) * H + h)]);
+    for (int64_t task = 0; task < ntile * KV; ++task) {
+      const int64_t tile = task / KV, g = task % KV;
+      const int64_t t0 = tile * Tq, nt = std::min(Tq, Lq - t0), Rt = nt * G;
+      std::vector<float> Qs(size_t(R * dqk)), Os(size_t(R * dv)), S(size_t(R * kBk)),
+          dP(size_t(R * kBk)), dqacc(size_t(R * dqk), 0.0f), rl(static_cast<size_t>(R)), rD(static_cast<size_t>(R));
+      std::vector<int64_t> rpos(static_cast<size_t>(R));
+      int64_t qmin = INT64_MAX, qmax = INT64_MIN;
+      for (int64_t tq = 0; tq < nt; ++tq) {
+        const int64_t t = t0 + tq;
+        qmin = std::min<int64_t>(qmin, qpos[t]), qmax = std::max<int64_t>(qmax, qpos[t]);
+        std::memcpy(&Qs[size_t(tq * G * dqk)], q + (t * H + g * G) * dqk, size_t(G * dqk) * 4);
+        std::memcpy(&Os[size_t(tq * G * dv)], dout + (t * H + g * G) * dv, size_t(G * dv) * 4);
+        for (int64_t gi = 0; gi < G; ++gi) {
+          const size_t r = size_t(tq * G + gi);
+          rpos[r] = qpos[t], rl[r] = lse[t * H + g * G + gi], rD[r] = Dm[size_t(t * H + g * G + gi)];
         }
-        simd::rows_accum(dvacc.data(), dv, ST.data(), kBq, nk, oh, H * dv, DType::F32, nq, dv);
-        simd::rows_accum(dkacc.data(), dqk, dPT.data(), kBq, nk, qh, H * dqk, DType::F32, nq, dqk);
       }
+      simd::scale(Qs.data(), sc, Rt * dqk);
+      // Row r of this tile's P or dS block (null: zeros) -> its column of PT or dST.
+      auto keep = [&](float* T, const float* Sr, int64_t r, const KeyBlock& b) {
+        const int64_t t = t0 + r / G, h = g * G + r % G;
+        float* col = T + (h * Wc + b.j0 - k0) * Lq + t;
+        for (int64_t j = 0; j < b.n; ++j) col[j * Lq] = Sr ? Sr[j] : 0.0f;
+      };
+      for (const KeyBlock& b : kblocks) {
+        const Cover cover = classify(b, qmin, qmax, rule);
+        if (cover == Cover::None) {
+          for (int64_t r = 0; r < Rt; ++r) keep(PT.get(), nullptr, r, b), keep(dST.get(), nullptr, r, b);
+          continue;
+        }
+        const float* kb = k + (b.j0 * KV + g) * dqk;
+        simd::rows_dot(S.data(), kBk, Qs.data(), dqk, Rt, kb, KV * dqk, DType::F32, b.n, dqk, 1.0f);
+        simd::rows_dot(dP.data(), kBk, Os.data(), dv, Rt, v + (b.j0 * KV + g) * dv, KV * dv,
+                       DType::F32, b.n, dv, 1.0f);
+        for (int64_t r = 0; r < Rt; ++r) {
+          float* Sr = &S[size_t(r * kBk)];
+          if (cover == Cover::Partial)
+            for (int64_t j = 0; j < b.n; ++j)
+              if (!visible(rpos[size_t(r)], kpos[b.j0 + j], rule)) Sr[j] = kNegInf;
+          if (rl[size_t(r)] == kNegInf) std::fill(Sr, Sr + b.n, kNegInf);
+          simd::exp_sub_sum(Sr, b.n, rl[size_t(r)] == kNegInf ? 0.0f : rl[size_t(r)]);  // P
+          keep(PT.get(), Sr, r, b);
+          const float* dPr = &dP[size_t(r * kBk)];
+          for (int64_t j = 0; j < b.n; ++j) Sr[j] *= dPr[j] - rD[size_t(r)];  // dS
+          keep(dST.get(), Sr, r, b);
+        }
+        simd::rows_accum(dqacc.data(), dqk, S.data(), kBk, Rt, kb, KV * dqk, DType::F32, b.n, dqk);
+      }
+      for (int64_t r = 0; r < Rt; ++r)
+        simd::axpy(dq + ((t0 + r / G) * H + g * G + r % G) * dqk, sc, &dqacc[size_t(r * dqk)], dqk);
     }
-    for (int64_t jj = 0; jj < nk; ++jj) {
-      simd::axpy(dk + ((j0 + jj) * KV + g) * dqk, sc, &dkacc[size_t(jj * dqk)], dqk);
-      simd::axpy(dv_out + ((j0 + jj) * KV + g) * dv, 1.0f, &dvacc[size_t(jj * dv)], dv);
+
+    // Pass B: dk and dv, one task per (key tile, kv head); each query head of the group in turn.
+    const int64_t nktile = (k1 - k0 + kTk - 1) / kTk;
+#pragma omp parallel for schedule(dynamic, 1) if (work > 2e5)
+    for (int64_t task = 0; task < nktile * KV; ++task) {
+      const int64_t kt = task / KV, g = task % KV;
+      const int64_t j0 = k0 + kt * kTk, nk = std::min(kTk, k1 - j0);
+      const KeyBlock kb = make_block(0, kpos, j0, nk);
+      if (!kb.any_valid) continue;
+      std::vector<float> dkacc(size_t(kTk * dqk), 0.0f), dvacc(size_t(kTk * dv), 0.0f);
+      for (const KeyBlock& qb : qblocks) {
+        if (!qb.any_valid || classify(kb, qb.pmin, qb.pmax, rule) == Cover::None) continue;
+        const int64_t tq0 = qb.j0, nq = qb.n;
+        for (int64_t gi = 0; gi < G; ++gi) {
+          const int64_t h = g * G + gi;
+          const size_t at = size_t((h * Wc + j0 - k0) * Lq + tq0);
+          simd::rows_accum(dvacc.data(), dv, PT.get() + at, Lq, nk, dout + (tq0 * H + h) * dv, H * dv,
+                           DType::F32, nq, dv);
+          simd::rows_accum(dkacc.data(), dqk, dST.get() + at, Lq, nk, q + (tq0 * H + h) * dqk, H * dqk,
+                           DType::F32, nq, dqk);
+        }
+      }
+      for (int64_t jj = 0; jj < nk; ++jj) {
+        simd::axpy(dk + ((j0 + jj) * KV + g) * dqk, sc, &dkacc[size_t(jj * dqk)], dqk);
+        simd::axpy(dv_out + ((j0 + jj) * KV + g) * dv, 1.0f, &dvacc[size_t(jj * dv)], dv);
+      }
     }
   }
 }

@@ -47,10 +47,12 @@ void attention_forward(float* out, float* lse, const float* q, const int32_t* qp
                        const AttnRule& rule);
 
 // Backward for a single F32 segment (training): k[Lk, n_kv, d_qk], v[Lk, n_kv, d_v], kpos[Lk].
-// out and lse as written by the forward. Accumulates (+=) into dq, dk, dv.
+// out and lse as written by the forward. Accumulates (+=) into dq, dk, dv. Keys go in chunks
+// whose attention probabilities are kept (2·n_head·Lq floats per key); key_chunk > 0 sets the
+// chunk (rounded up to 64 keys; tests), 0 picks the largest that keeps ~64 MiB.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                         const float* k, const float* v, const float* out, const float* lse,
                         const int32_t* qpos, const int32_t* kpos, int64_t Lq, int64_t Lk,
-                        const AttnShape& shape, const AttnRule& rule);
+                        const AttnShape& shape, const AttnRule& rule, int64_t key_chunk = 0);
 
 }  // namespace hymba
