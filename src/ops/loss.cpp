@@ -14,7 +14,7 @@ namespace {
 // e[i] = exp(x[i] - max) (vectorised); returns max, *sum = Σ e (lane sums in a fixed order).
 float row_exp(float* e, const float* x, int64_t V, double* sum) {
   const float m = simd::max(x, V);
-  std::copy(x, x + V, e);
+  if (e != x) std::copy(x, x + V, e);
   *sum = simd::exp_sub_sum(e, V, m);
   return m;
 }

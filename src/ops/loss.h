@@ -12,7 +12,8 @@ void softmax_rows(float* x, int64_t n, int64_t V);
 double cross_entropy_forward(float* losses, const float* logits, const int32_t* targets, int64_t n,
                              int64_t V);
 // dlogits[n, V] = scale · (softmax(logits) - onehot(target)) for counted rows, 0 for ignored ones
-// (written, not accumulated). Use scale = 1 / (number of counted rows) for a mean loss.
+// (written, not accumulated; dlogits may be logits). Use scale = 1 / (number of counted rows) for
+// a mean loss.
 void cross_entropy_backward(float* dlogits, const float* logits, const int32_t* targets, int64_t n,
                             int64_t V, float scale);
 

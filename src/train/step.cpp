@@ -94,12 +94,9 @@ double loss_and_grads(HymbaModel& m, const Weights& grads, std::span<const SeqRe
   if (counted == 0) return 0.0;
 
   // Head and final norm backward; the tied head's gradient lands in the embedding's.
-  std::vector<float>& dlogits = logits;  // reused in place
-  {
-    std::vector<float> tmp(logits);
-    cross_entropy_backward(dlogits.data(), tmp.data(), r.targets.data(), n, V,
-                           grad_scale / float(counted));
-  }
+  std::vector<float>& dlogits = logits;  // in place
+  cross_entropy_backward(dlogits.data(), logits.data(), r.targets.data(), n, V,
+                         grad_scale / float(counted));
   std::vector<float> dxn(size_t(n * H), 0.0f), dxt(size_t(n * H), 0.0f);
   adapted_backward(dxn.data(), static_cast<float*>(const_cast<void*>(grads.lm_head.data)), nullptr,
                    LoraGrad{}, dlogits.data(), xn.data(), m.weights().lm_head, LoraView{}, nullptr, n);

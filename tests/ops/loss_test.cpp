@@ -78,6 +78,9 @@ TEST(Loss, CrossEntropyForwardBackward) {
   std::printf("  loss rel err %.2e, mean %.8f vs %.8f, grad err %.2e\n", e, mean, ref_mean, eg);
   EXPECT_LT(eg, 1e-6);
   for (int64_t i = 0; i < V; ++i) EXPECT_EQ(dl[size_t(V + i)], 0.0f);  // ignored row
+  std::vector<float> inplace = logits;  // dlogits == logits (the training step does this)
+  cross_entropy_backward(inplace.data(), inplace.data(), tg.data(), n, V, 1.0f / 5.0f);
+  EXPECT_EQ(inplace, dl);
 
   std::vector<int32_t> none(size_t(n), -1);
   EXPECT_EQ(cross_entropy_forward(losses.data(), logits.data(), none.data(), n, V), 0.0);
