@@ -31,28 +31,79 @@ void dequantize_q8(float* x, const int8_t* q, const float* scales, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = scales[i / kQ8Block] * float(q[i]);
 }
 
-void quantize_q4_0(BlockQ4_0* out, const float* x, int64_t n) {
+namespace {
+
+// The row's mean square σ² of the importance weighting (quant.h).
+float mean_square(const float* x, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += double(x[i]) * double(x[i]);
+  return n > 0 ? float(s / double(n)) : 0.0f;
+}
+
+// Q4_0 code of v for scale d (as stored: F16-rounded).
+uint8_t q4_0_code(float v, float d) {
+  const long r = d != 0.0f ? std::lround(v / d) + 8 : 8;
+  return uint8_t(r < 0 ? 0 : r > 15 ? 15 : r);
+}
+
+// Σ w·(x - d·(q - 8))² of the block as quantize_q4_0 would encode it with F16 scale bits dh.
+double q4_0_weighted_error(const float* xb, const float* w, uint16_t dh) {
+  const float d = f16_to_f32(dh);
+  double e = 0;
+  for (int64_t i = 0; i < kQ4Block; ++i) {
+    const double r = double(xb[i]) - double(d) * double(int(q4_0_code(xb[i], d)) - 8);
+    e += double(w[i]) * r * r;
+  }
+  return e;
+}
+
+// The F16 scale of a Q4_0 block under importance weights w: candidate inverse scales -(8 + 0.1·k) / m
+// (k = -9..9, m the element of largest magnitude) give codes, each their weighted least-squares
+// scale; every candidate is scored as it would be stored (F16 scale, codes recomputed from it), and
+// the plain d = m / -8 (dh) is a candidate too, so the result never does worse than it.
+uint16_t q4_0_weighted_scale(const float* xb, const float* w, float m, uint16_t dh) {
+  double best = q4_0_weighted_error(xb, w, dh);
+  uint16_t best_dh = dh;
+  for (int k = -9; k <= 9; ++k) {
+    const float iscale = -(8.0f + 0.1f * float(k)) / m;
+    double swxl = 0, swll = 0;
+    for (int64_t i = 0; i < kQ4Block; ++i) {
+      const int l = std::clamp(int(std::lround(iscale * xb[i])), -8, 7);
+      swxl += double(w[i]) * double(xb[i]) * l, swll += double(w[i]) * double(l) * l;
+    }
+    if (swll <= 0) continue;
+    const uint16_t h = f32_to_f16(float(swxl / swll));
+    const double e = q4_0_weighted_error(xb, w, h);
+    if (e < best) best = e, best_dh = h;
+  }
+  return best_dh;
+}
+
+}  // namespace
+
+void quantize_q4_0(BlockQ4_0* out, const float* x, int64_t n, const float* importance) {
   HYMBA_CHECK(n % kQ4Block == 0, "quantize_q4_0: length " + std::to_string(n) +
                                      " is not a multiple of " + std::to_string(kQ4Block));
+  for (int64_t i = 0; i < n; ++i) HYMBA_CHECK(std::isfinite(x[i]), "quantize_q4_0: non-finite weight");
+  const float sigma2 = importance ? mean_square(x, n) : 0.0f;
   for (int64_t b = 0; b < n / kQ4Block; ++b) {
     const float* xb = x + b * kQ4Block;
     float amax = 0.0f, m = 0.0f;  // m: the element of largest magnitude, with its sign
-    for (int64_t i = 0; i < kQ4Block; ++i) {
-      HYMBA_CHECK(std::isfinite(xb[i]), "quantize_q4_0: non-finite weight");
+    for (int64_t i = 0; i < kQ4Block; ++i)
       if (std::fabs(xb[i]) > amax) amax = std::fabs(xb[i]), m = xb[i];
-    }
     // m maps to code 0 (-8 · d = m), the asymmetric end of the 4-bit range gets the extreme.
-    const uint16_t dh = f32_to_f16(m / -8.0f);
+    uint16_t dh = f32_to_f16(m / -8.0f);
+    if (importance && m != 0.0f) {
+      float w[kQ4Block], sw = 0.0f;
+      for (int64_t i = 0; i < kQ4Block; ++i)
+        w[i] = importance[b * kQ4Block + i] * std::sqrt(sigma2 + xb[i] * xb[i]), sw += w[i];
+      if (sw > 0.0f) dh = q4_0_weighted_scale(xb, w, m, dh);
+    }
     const float d = f16_to_f32(dh);
     BlockQ4_0& o = out[b];
     o.d = dh;
-    for (int64_t i = 0; i < kQ4Block / 2; ++i) {
-      auto code = [&](float v) {
-        const long r = d != 0.0f ? std::lround(v / d) + 8 : 8;
-        return uint8_t(r < 0 ? 0 : r > 15 ? 15 : r);
-      };
-      o.qs[i] = uint8_t(code(xb[i]) | code(xb[i + kQ4Block / 2]) << 4);
-    }
+    for (int64_t i = 0; i < kQ4Block / 2; ++i)
+      o.qs[i] = uint8_t(q4_0_code(xb[i], d) | q4_0_code(xb[i + kQ4Block / 2], d) << 4);
   }
 }
 
@@ -132,10 +183,11 @@ float fit_sub_block(const float* x, const float* w, uint8_t* L, float* mn) {
 
 }  // namespace
 
-void quantize_q4_k(uint8_t* out, const float* x, int64_t n) {
+void quantize_q4_k(uint8_t* out, const float* x, int64_t n, const float* importance) {
   HYMBA_CHECK(n % kQ4KSub == 0, "quantize_q4_k: length " + std::to_string(n) +
                                     " is not a multiple of " + std::to_string(kQ4KSub));
   for (int64_t i = 0; i < n; ++i) HYMBA_CHECK(std::isfinite(x[i]), "quantize_q4_k: non-finite weight");
+  const float sigma2 = importance ? mean_square(x, n) : 0.0f;
   for (int64_t s0 = 0; s0 < n; s0 += kQ4KBlock) {
     const int nsub = int(std::min(kQ4KBlock, n - s0) / kQ4KSub);
     const float* xs = x + s0;
@@ -147,7 +199,13 @@ void quantize_q4_k(uint8_t* out, const float* x, int64_t n) {
       float s2 = 0.0f;
       for (int i = 0; i < kQ4KSub; ++i) s2 += xj[i] * xj[i];
       const float av = std::sqrt(s2 / float(kQ4KSub));
-      for (int i = 0; i < kQ4KSub; ++i) w[i] = av + std::fabs(xj[i]);
+      float sw = 0.0f;
+      if (importance) {
+        const float* ij = importance + s0 + j * kQ4KSub;
+        for (int i = 0; i < kQ4KSub; ++i) w[i] = ij[i] * std::sqrt(sigma2 + xj[i] * xj[i]), sw += w[i];
+      }
+      if (!(sw > 0.0f))  // no importance, or none for this sub-block: the plain weighting
+        for (int i = 0; i < kQ4KSub; ++i) w[i] = av + std::fabs(xj[i]);
       scale[j] = fit_sub_block(xj, w, L + j * kQ4KSub, &mins[j]);
       max_scale = std::max(max_scale, scale[j]), max_min = std::max(max_min, mins[j]);
     }

@@ -39,10 +39,18 @@ void quantize_q8(int8_t* q, float* scales, const float* x, int64_t n);
 // The inverse: x[i] = scales[i / kQ8Block] · q[i].
 void dequantize_q8(float* x, const int8_t* q, const float* scales, int64_t n);
 
+// Importance weighting (llama.cpp's --imatrix): `importance`[n], one value >= 0 per element of the
+// row (its column's mean squared activation over calibration text, src/model/imatrix.h), or null.
+// With it the 4-bit quantizers minimise the weighted error Σ w_i·(x_i - x̂_i)², w_i = importance_i
+// · sqrt(σ² + x_i²) (σ² the row's mean square: llama.cpp's weighting), instead of their plain rule.
+// The block layouts are unchanged; only the scales (and so the codes) chosen differ.
+
 // x[n] -> n / kQ4Block blocks (n a multiple of kQ4Block). d is rounded to F16 first and the codes
 // are q = clamp(round(x / d) + 8, 0, 15) with that d (half away from zero), so the error
-// |x - d·(q-8)| <= |d| / 2 except at the clamped end. Throws on a non-finite value.
-void quantize_q4_0(BlockQ4_0* out, const float* x, int64_t n);
+// |x - d·(q-8)| <= |d| / 2 except at the clamped end. Without importance d = m / -8, m the block's
+// element of largest magnitude (llama.cpp's rule). With it, d is the one of a few candidates around
+// that with the least weighted error (never more than the plain d's). Throws on a non-finite value.
+void quantize_q4_0(BlockQ4_0* out, const float* x, int64_t n, const float* importance = nullptr);
 void dequantize_q4_0(float* x, const BlockQ4_0* b, int64_t n);
 
 constexpr int64_t kQ4KBlock = 256;  // a super-block
@@ -76,8 +84,9 @@ inline int q4_k_code(const BlockQ4_K& b, int j, int i) { return (b.qs[32 * (j / 
 // make_qkx2_quants weighting: a few candidate scales around (max - min) / 15, each with its
 // least-squares scale and min for the codes it gives; min <= 0 kept so that m >= 0); then the 8
 // scales and 8 mins to 6 bits against the super-block's largest (d, dmin in F16), and the codes
-// recomputed with those rounded values. Throws on a non-finite value.
-void quantize_q4_k(uint8_t* out, const float* x, int64_t n);
+// recomputed with those rounded values. With importance, w_i is the importance weighting above
+// (the same search). Throws on a non-finite value.
+void quantize_q4_k(uint8_t* out, const float* x, int64_t n, const float* importance = nullptr);
 void dequantize_q4_k(float* x, const uint8_t* row, int64_t n);
 
 // Activations entering a Q8/Q4_0 matmul are quantized to 8 bits too (as llama.cpp does), so the

@@ -9,6 +9,7 @@
 #include <hwy/targets.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -329,6 +330,85 @@ TEST(QuantQ4_K, RoundTripErrorBoundsAndBeatsQ4_0) {
     }
     EXPECT_LT(std::sqrt(e2 / x2), 0.1) << "n=" << n;
   }
+}
+
+// Importance weighting (--imatrix): the weighted error Σ w·(x - x̂)², w = importance · sqrt(σ² + x²)
+// as quant.h defines it, of the rows decoded from their bytes here. With importance the 4-bit
+// quantizers must do clearly better on that error than their plain rule (q4_0: never worse on any
+// block, since the plain scale is one of its candidates); an all-zero importance is the plain rule.
+struct Weighted {
+  std::vector<float> x, imp;
+  double sigma2 = 0;
+  double err(const std::vector<double>& xq, int64_t lo, int64_t hi) const {
+    double e = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      const double w = imp[size_t(i)] * std::sqrt(sigma2 + double(x[size_t(i)]) * x[size_t(i)]);
+      e += w * (x[size_t(i)] - xq[size_t(i)]) * (x[size_t(i)] - xq[size_t(i)]);
+    }
+    return e;
+  }
+};
+
+Weighted weighted_row(Rng& rng, int64_t n) {
+  Weighted r;
+  r.x = rng.vec(size_t(n), -2.0f, 2.0f);
+  for (float& v : r.x) v = v * v * v;
+  r.imp.resize(size_t(n));
+  for (float& v : r.imp) v = std::exp(4.0f * rng.uni());  // importances spread over e^8, as activations' are
+  for (float v : r.x) r.sigma2 += double(v) * v;
+  r.sigma2 /= double(n);
+  return r;
+}
+
+std::vector<double> decode_q4_0(const std::vector<BlockQ4_0>& b, int64_t n) {
+  std::vector<double> x(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    const auto* p = reinterpret_cast<const uint8_t*>(&b[size_t(i / 32)]);
+    const int64_t j = i % 32;
+    const int code = j < 16 ? (p[2 + j] & 15) : (p[2 + j - 16] >> 4);
+    x[size_t(i)] = double(f16_to_f32(uint16_t(p[0] | p[1] << 8))) * (code - 8);
+  }
+  return x;
+}
+
+TEST(QuantImportance, Q4_0NeverWorseOnABlockAndBetterOverall) {
+  Rng rng(21);
+  double plain = 0, weighted = 0;
+  for (int r = 0; r < 16; ++r) {
+    const int64_t n = 1600;
+    const Weighted w = weighted_row(rng, n);
+    std::vector<BlockQ4_0> b0(size_t(n / 32)), b1(b0.size()), bz(b0.size());
+    quantize_q4_0(b0.data(), w.x.data(), n);
+    quantize_q4_0(b1.data(), w.x.data(), n, w.imp.data());
+    const std::vector<float> zero(size_t(n), 0.0f);
+    quantize_q4_0(bz.data(), w.x.data(), n, zero.data());
+    ASSERT_EQ(std::memcmp(b0.data(), bz.data(), b0.size() * sizeof(BlockQ4_0)), 0) << "zero importance is the plain rule";
+    const std::vector<double> x0 = decode_q4_0(b0, n), x1 = decode_q4_0(b1, n);
+    for (int64_t s = 0; s < n; s += 32) {
+      const double e0 = w.err(x0, s, s + 32), e1 = w.err(x1, s, s + 32);
+      ASSERT_LE(e1, e0 * (1 + 1e-9) + 1e-12) << "row " << r << " block " << s / 32;
+      plain += e0, weighted += e1;
+    }
+  }
+  EXPECT_LT(weighted, 0.9 * plain) << "weighted error, importance " << weighted << " vs plain " << plain;
+}
+
+TEST(QuantImportance, Q4_KBetterOverallAndZeroImportanceIsPlain) {
+  Rng rng(22);
+  double plain = 0, weighted = 0;
+  for (int r = 0; r < 16; ++r) {
+    const int64_t n = r % 2 ? 1600 : 512;  // with and without a short last super-block
+    const Weighted w = weighted_row(rng, n);
+    std::vector<uint8_t> q0(q4_k_row_bytes(n)), q1(q0.size()), qz(q0.size());
+    quantize_q4_k(q0.data(), w.x.data(), n);
+    quantize_q4_k(q1.data(), w.x.data(), n, w.imp.data());
+    const std::vector<float> zero(size_t(n), 0.0f);
+    quantize_q4_k(qz.data(), w.x.data(), n, zero.data());
+    ASSERT_EQ(q0, qz) << "zero importance is the plain rule";
+    plain += w.err(decode_q4_k(q0.data(), n), 0, n);
+    weighted += w.err(decode_q4_k(q1.data(), n), 0, n);
+  }
+  EXPECT_LT(weighted, 0.9 * plain) << "weighted error, importance " << weighted << " vs plain " << plain;
 }
 
 TEST(QuantQ4_K, RejectsBadInput) {
