@@ -181,6 +181,47 @@ float fit_sub_block(const float* x, const float* w, uint8_t* L, float* mn) {
   return scale;
 }
 
+// Sub-block j's 6-bit code in the packed scales: v -> (scale or min) slot.
+void set_scale_min(uint8_t* q, int j, int ls, int lm) {
+  if (j < 4) {
+    q[j] = uint8_t((q[j] & 0xC0) | ls), q[j + 4] = uint8_t((q[j + 4] & 0xC0) | lm);
+  } else {
+    q[j + 4] = uint8_t((ls & 15) | (lm & 15) << 4);
+    q[j - 4] = uint8_t((q[j - 4] & 0x3F) | (ls >> 4) << 6);
+    q[j] = uint8_t((q[j] & 0x3F) | (lm >> 4) << 6);
+  }
+}
+
+// With importance: the stored 6-bit scale and min of sub-block j moved by ±1 each where that
+// lowers the weighted error of the codes they give (the rounding to 6 bits ignores the weights;
+// the unmoved pair is a candidate, so this never does worse).
+void refine_scale_min(uint8_t* q, int j, const float* x, const float* imp, float sigma2, float d, float dmin) {
+  float w[kQ4KSub];
+  for (int i = 0; i < kQ4KSub; ++i) w[i] = imp[i] * std::sqrt(sigma2 + x[i] * x[i]);
+  auto err = [&](int ls, int lm) {
+    const float ds = d * float(ls), dm = dmin * float(lm);
+    double e = 0;
+    for (int i = 0; i < kQ4KSub; ++i) {
+      const int l = ds > 0.0f ? std::clamp(int((x[i] + dm) / ds + 0.5f), 0, 15) : 0;
+      const double r = double(ds) * l - dm - x[i];
+      e += double(w[i]) * r * r;
+    }
+    return e;
+  };
+  int ls0, lm0;
+  q4_k_scale_min(q, j, &ls0, &lm0);
+  int bs = ls0, bm = lm0;
+  double best = err(ls0, lm0);
+  for (int a = -1; a <= 1; ++a)
+    for (int b = -1; b <= 1; ++b) {
+      const int ls = ls0 + a, lm = lm0 + b;
+      if ((a == 0 && b == 0) || ls < 0 || ls > 63 || lm < 0 || lm > 63) continue;
+      const double e = err(ls, lm);
+      if (e < best) best = e, bs = ls, bm = lm;
+    }
+  set_scale_min(q, j, bs, bm);
+}
+
 }  // namespace
 
 void quantize_q4_k(uint8_t* out, const float* x, int64_t n, const float* importance) {
@@ -225,6 +266,8 @@ void quantize_q4_k(uint8_t* out, const float* x, int64_t n, const float* importa
     h.d = f32_to_f16(max_scale / 63.0f);
     h.dmin = f32_to_f16(max_min / 63.0f);
     const float d = f16_to_f32(h.d), dmin = f16_to_f32(h.dmin);
+    if (importance)
+      for (int j = 0; j < nsub; ++j) refine_scale_min(h.scales, j, xs + j * kQ4KSub, importance + s0 + j * kQ4KSub, sigma2, d, dmin);
     for (int j = 0; j < nsub; ++j) {  // the codes again, for the scale and min as stored
       int sc, m;
       q4_k_scale_min(h.scales, j, &sc, &m);
