@@ -5,8 +5,10 @@
 // built next to OUT and renamed into place at the end; an existing OUT is refused.
 // hymba quantize --report -m DIR -f TEXT --type q8_0,q4_0,q4_k: the quality of each format on held-out
 // text against the model as stored (src/eval/quant_quality.h), without writing anything.
+// --imatrix FILE (`hymba imatrix`): the 4-bit formats weight their rounding by it (model/imatrix.h).
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -34,7 +36,7 @@ struct Opts {
   std::string model, out, type;
   int threads = 0;
   bool report = false, json = false;
-  std::string file, tokens;
+  std::string file, tokens, imatrix;
   PerplexityOptions p{256, 0, false};
 };
 
@@ -67,16 +69,30 @@ void report(const Opts& o, const std::vector<DType>& types) {
   if (!o.json)
     std::printf("| format | bits/weight (quantized matrices) | PPL | PPL as stored | ΔPPL | mean KL | top-1 agreement |\n"
                 "|---|---|---|---|---|---|---|\n");
+  std::shared_ptr<const ImportanceMatrix> im;
+  if (!o.imatrix.empty()) {
+    HYMBA_CHECK(std::any_of(types.begin(), types.end(), [](DType t) { return t != DType::Q8; }),
+                "--imatrix weights 4-bit rounding: --type must include q4_0 or q4_k");
+    im = std::make_shared<const ImportanceMatrix>(ImportanceMatrix::load(o.imatrix));
+  }
+  // Each format as is, and with the importance matrix (4-bit formats, --imatrix) right after it.
+  std::vector<std::pair<DType, bool>> rows_todo;
   for (DType t : types) {
+    rows_todo.push_back({t, false});
+    if (im && t != DType::Q8) rows_todo.push_back({t, true});
+  }
+  for (auto [t, weighted] : rows_todo) {
     eo.quantize = t;
+    eo.imatrix = weighted ? im : nullptr;
     auto q = Engine::load(dir, eo);
     const QuantQuality r = compare_models(*base, *q, ids, o.p);
     const double bits = 8.0 * double(quant_matrix_bytes(t, 1, 256)) / 256.0;
-    rows.push_back({{"type", quant_name(t)}, {"bits_per_weight", bits}, {"ppl", r.test.ppl()},
+    const std::string name = std::string(quant_name(t)) + (weighted ? "+imatrix" : "");
+    rows.push_back({{"type", quant_name(t)}, {"imatrix", weighted}, {"bits_per_weight", bits}, {"ppl", r.test.ppl()},
                     {"ppl_base", r.base.ppl()}, {"ppl_delta", r.test.ppl() - r.base.ppl()},
                     {"mean_kl", r.mean_kl()}, {"top1_agreement", r.top1()}, {"scored_tokens", r.base.scored}});
     if (!o.json)
-      std::printf("| %s | %.2f | %.4f | %.4f | %+.4f | %.6f | %.4f |\n", quant_name(t), bits, r.test.ppl(),
+      std::printf("| %s | %.2f | %.4f | %.4f | %+.4f | %.6f | %.4f |\n", name.c_str(), bits, r.test.ppl(),
                   r.base.ppl(), r.test.ppl() - r.base.ppl(), r.mean_kl(), r.top1());
   }
   if (o.json)
@@ -109,7 +125,8 @@ void run(const Opts& o) {
   auto ck = load_checkpoint(src, {.mmap = true, .mlock = false});
   for (auto& [name, t] : ck->file->tensors())
     HYMBA_CHECK(t.dtype != DType::U8, "-m " + src + " is already quantized (tensor '" + name + "')");
-  const int nq = quantize_weights(*ck, type);
+  const auto im = o.imatrix.empty() ? nullptr : load_imatrix(o.imatrix, type);
+  const int nq = quantize_weights(*ck, type, im.get());
 
   std::map<std::string, std::string> meta = {{"format", "pt"}, {"hymba.quantization", quant_name(type)}};
   std::vector<TensorOut> outs;
@@ -151,6 +168,11 @@ void run(const Opts& o) {
         auto j = nlohmann::json::parse(read_file(e.path().string()));
         j["quantization_config"] = {{"quant_method", "hymba"}, {"weights", quant_name(type)},
                                     {"source", fs::absolute(src).lexically_normal().string()}};
+        if (im)
+          j["quantization_config"]["imatrix"] = {{"file", fs::absolute(o.imatrix).lexically_normal().string()},
+                                                 {"dataset", im->info.count("dataset") ? im->info.at("dataset") : ""},
+                                                 {"chunks", im->info.count("chunks") ? im->info.at("chunks") : ""},
+                                                 {"chunk_size", im->info.count("chunk_size") ? im->info.at("chunk_size") : ""}};
         write_file_atomic((tmp / name).string(), j.dump(2) + "\n");
       } else {
         fs::copy_file(e.path(), tmp / name);
@@ -162,8 +184,8 @@ void run(const Opts& o) {
     throw;
   }
   const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count() - t0;
-  std::printf("wrote %s: %s, %d matrices quantized, %.1f MiB -> %.1f MiB (%.2fx) in %.1f s\n",
-              o.out.c_str(), quant_name(type), nq, double(bytes_in) / 1048576.0,
+  std::printf("wrote %s: %s%s, %d matrices quantized, %.1f MiB -> %.1f MiB (%.2fx) in %.1f s\n",
+              o.out.c_str(), quant_name(type), im ? " with the importance matrix" : "", nq, double(bytes_in) / 1048576.0,
               double(bytes_out) / 1048576.0, double(bytes_out) / double(bytes_in), sec);
 }
 
@@ -173,6 +195,8 @@ Register reg("quantize", "Write a model folder with 8- or 4-bit block-quantized 
   sub.add_option("-o,--out", o->out, "output folder (must not exist)");
   sub.add_option("--type", o->type, "q8_0 (8-bit blocks of 32, F32 scales) , q4_0 (llama.cpp's Q4_0) or q4_k "
                                     "(llama.cpp's Q4_K); with --report a list, e.g. q8_0,q4_0,q4_k")->required();
+  sub.add_option("--imatrix", o->imatrix, "importance matrix from `hymba imatrix` weighting the 4-bit rounding "
+                                          "(q4_0, q4_k); with --report adds each 4-bit format with it");
   sub.add_flag("--report", o->report, "measure each format's quality on held-out text (-f) instead of writing");
   sub.add_option("-f,--file", o->file, "with --report: held-out UTF-8 text");
   sub.add_option("--tokens", o->tokens, "with --report: held-out token file (`hymba tokenize`'s val.tok)");

@@ -93,6 +93,7 @@ EngineOptions ModelFlags::engine_options() const {
   eo.cache_dtype = parse_cache_type(cache_type);
   eo.quantize = parse_quantize(quantize);
   if (!lora.empty()) parse_lora(lora, &eo.lora, &eo.lora_scale);
+  if (!imatrix.empty()) eo.imatrix = load_imatrix(imatrix, eo.quantize);
   eo.io.mmap = mmap || (eo.quantize != DType::F32 && !no_mmap);
   eo.io.mlock = mlock;
   HYMBA_CHECK(ubatch > 0, "--ubatch-size must be positive, got " + std::to_string(ubatch));
@@ -100,10 +101,17 @@ EngineOptions ModelFlags::engine_options() const {
   return eo;
 }
 
+std::shared_ptr<const ImportanceMatrix> load_imatrix(const std::string& file, DType type) {
+  HYMBA_CHECK(type == DType::Q4_0 || type == DType::Q4_K,
+              "--imatrix weights 4-bit rounding: it needs --quantize/--type q4_0 or q4_k");
+  return std::make_shared<const ImportanceMatrix>(ImportanceMatrix::load(file));
+}
+
 void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type) {
   sub.add_option("-m,--model", f.model, "Hugging Face model folder (default: the bundled model)");
   if (with_cache_type) sub.add_option("--cache-type", f.cache_type, "K/V cache: bf16 (default), f16, f32");
   sub.add_option("--quantize", f.quantize, kQuantizeHelp);
+  sub.add_option("--imatrix", f.imatrix, "with --quantize q4_0/q4_k: importance matrix from `hymba imatrix`");
   sub.add_option("--lora", f.lora, "PEFT LoRA/DoRA adapter folder, applied without merging; DIR:scale scales it");
   sub.add_option("-t,--threads", f.threads, "threads (default: all cores)");
   sub.add_flag("--mmap", f.mmap,

@@ -17,14 +17,14 @@ DType parse_cache_type(const std::string& s);
 // The options of every command that runs a model: -m, --cache-type, --quantize, -t. A command's
 // Opts derives from it.
 struct ModelFlags {
-  std::string model, cache_type = "bf16", quantize = "none", lora;
+  std::string model, cache_type = "bf16", quantize = "none", lora, imatrix;
   int threads = 0;
   // How the weights get into memory (src/io/safetensors.h): read by default, mapped with --mmap
   // or with --quantize (the stored copy is then dropped as it is converted) unless --no-mmap.
   bool mmap = false, no_mmap = false, mlock = false;
   int64_t ubatch = EngineOptions{}.max_chunk;  // --ubatch-size: prompt rows per forward
   std::string dir() const;                // -m, else the default model
-  EngineOptions engine_options() const;   // --cache-type, --quantize, --lora, --mmap, --mlock, --ubatch-size
+  EngineOptions engine_options() const;   // --cache-type, --quantize, --imatrix, --lora, --mmap, --mlock, --ubatch-size
 };
 // with_cache_type = false for commands that compute with an f32 cache (logits, perplexity).
 void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type = true);
@@ -37,6 +37,8 @@ inline constexpr const char* kQuantizeHelp =
     "0.56x the bytes of bf16 per token), q4_0 (4-bit blocks of 32, 0.28x) or q4_k (llama.cpp's "
     "Q4_K: super-blocks of 256 with 6-bit sub-block scales and mins, 0.28x); `hymba quantize` "
     "writes such a model once";
+// --imatrix FILE for a 4-bit `type` (a clear error for another type): the loaded importance matrix.
+std::shared_ptr<const ImportanceMatrix> load_imatrix(const std::string& file, DType type);
 // "DIR" or "DIR:scale" (--lora) -> folder and scale; the folder must hold a PEFT adapter.
 void parse_lora(const std::string& s, std::string* dir, float* scale);
 // The model folder to use when -m is not given: $HYMBA_MODEL, else the bundled default model.

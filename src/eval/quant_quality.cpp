@@ -30,6 +30,19 @@ std::vector<float> chunk_logits(Engine& e, const std::vector<int32_t>& chunk) {
 }
 }  // namespace
 
+PerplexityResult collect_imatrix(Engine& eng, const std::vector<int32_t>& tokens, const PerplexityOptions& o,
+                                 ImportanceMatrix* out, const std::function<void(const PerplexityResult&)>& progress) {
+  HymbaModel& m = eng.model();
+  m.set_linear_tap([out](int l, Slot s, const float* in, int64_t T, int64_t K) {
+    out->add("model.layers." + std::to_string(l) + "." + slot_module(s) + ".weight", in, T, K);
+  });
+  struct Untap {
+    HymbaModel& m;
+    ~Untap() { m.set_linear_tap(nullptr); }
+  } untap{m};
+  return perplexity(eng, tokens, o, progress);
+}
+
 QuantQuality compare_models(Engine& base, Engine& test, const std::vector<int32_t>& tokens,
                             const PerplexityOptions& o) {
   const int64_t V = base.config().vocab_size;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "eval/perplexity.h"
+#include "model/imatrix.h"
 #include "runtime/engine.h"
 
 namespace hymba {
@@ -19,6 +20,14 @@ struct QuantQuality {
   double mean_kl() const { return base.scored ? kl_sum / double(base.scored) : 0; }
   double top1() const { return base.scored ? double(top1_same) / double(base.scored) : 0; }
 };
+
+// llama.cpp's `llama-imatrix`: evaluates the chunks of perplexity() (eval/perplexity.h) and adds
+// every linear layer's squared inputs, all rows of every chunk, to `out` (model/imatrix.h). The
+// meta-token prefix is not included (it is computed once, the same for every input). Returns the
+// calibration text's perplexity; `progress` as perplexity()'s.
+PerplexityResult collect_imatrix(Engine& eng, const std::vector<int32_t>& tokens, const PerplexityOptions& o,
+                                 ImportanceMatrix* out,
+                                 const std::function<void(const PerplexityResult&)>& progress = {});
 
 // Both engines must share the vocabulary; throws hymba::Error otherwise.
 QuantQuality compare_models(Engine& base, Engine& test, const std::vector<int32_t>& tokens,

@@ -113,6 +113,7 @@ bool HymbaModel::adapter_dropout(std::vector<float>& out, const float* in, int l
 
 void HymbaModel::linear_forward(int l, Slot s, float* out, const float* in, const MatView& W,
                                 const float* bias, int64_t T, bool accumulate, bool fresh) {
+  if (tap_) tap_(l, s, in, T, W.cols);
   if (!adapters_) return matmul_forward(out, in, W, bias, T, accumulate);
   const LoraView& a = adapters_->layers[size_t(l)][size_t(s)];
   std::vector<float>& norm = dora_norm()[size_t(l) * kNumSlots + size_t(s)];

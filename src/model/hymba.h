@@ -3,6 +3,7 @@
 // intermediate in LayerActs for the backward, llm.c style).
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -104,6 +105,10 @@ class HymbaModel {
   // as is), in forwards that keep activations and their backward; the mask of every (layer,
   // module, element) comes from `seed`, so a backward sees its forward's. p = 0: off.
   void set_adapter_dropout(float p, uint64_t seed) { dropout_p_ = p, dropout_seed_ = seed; }
+  // Called with every linear layer's input rows [T, K] just before its product (null = none):
+  // `hymba imatrix` sums the squared activations per column here (src/model/imatrix.h).
+  using LinearTap = std::function<void(int l, Slot s, const float* in, int64_t T, int64_t K)>;
+  void set_linear_tap(LinearTap tap) { tap_ = std::move(tap); }
   // Activation checkpointing for training forwards (ModelActs): keep each layer's input only and
   // recompute the layer's forward in the backward (one extra forward; gradients unchanged).
   void set_grad_checkpointing(bool on) { grad_ckpt_ = on; }
@@ -136,6 +141,7 @@ class HymbaModel {
   bool adapter_dropout(std::vector<float>& out, const float* in, int l, Slot s, int64_t n) const;
   std::vector<float> inv_freq_;
   LayerActs scratch_;  // reused across layers at inference
+  LinearTap tap_;
   std::vector<std::vector<float>> frozen_A_;  // [layer] -> [D, N] after freeze_weights()
   const Adapters* adapters_ = nullptr;
   const AdapterGrads* adapter_grads_ = nullptr;

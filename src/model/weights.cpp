@@ -1,5 +1,6 @@
 #include "model/weights.h"
 
+#include <array>
 #include <cstring>
 #include <unordered_map>
 
@@ -114,18 +115,25 @@ Weights bind_weights(const Config& c, const std::vector<ParamRef>& data) {
 
 Checkpoint::~Checkpoint() = default;
 
+namespace {
+// A layer's matrices with their names in the checkpoint after "model.layers.N.".
+template <class LW>
+auto layer_matrices(LW& L) {
+  return std::array{std::pair{"mamba.in_proj.weight", &L.in_proj}, std::pair{"mamba.x_proj.0.weight", &L.x_proj},
+                    std::pair{"mamba.dt_proj.0.weight", &L.dt_proj}, std::pair{"mamba.out_proj.weight", &L.out_proj},
+                    std::pair{"moe.experts.0.gate_proj.weight", &L.gate},
+                    std::pair{"moe.experts.0.up_proj.weight", &L.up},
+                    std::pair{"moe.experts.0.down_proj.weight", &L.down}};
+}
+std::string layer_prefix(size_t l) { return "model.layers." + std::to_string(l) + "."; }
+}  // namespace
+
 std::vector<std::pair<std::string, const MatView*>> named_matrices(const Weights& w) {
   std::vector<std::pair<std::string, const MatView*>> v = {{"model.embed_tokens.weight", &w.embed},
                                                            {"lm_head.weight", &w.lm_head}};
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    const LayerWeights& L = w.layers[l];
-    const std::string pre = "model.layers." + std::to_string(l) + ".";
-    for (auto [n, m] : {std::pair{"mamba.in_proj.weight", &L.in_proj}, {"mamba.x_proj.0.weight", &L.x_proj},
-                        {"mamba.dt_proj.0.weight", &L.dt_proj}, {"mamba.out_proj.weight", &L.out_proj},
-                        {"moe.experts.0.gate_proj.weight", &L.gate}, {"moe.experts.0.up_proj.weight", &L.up},
-                        {"moe.experts.0.down_proj.weight", &L.down}})
-      if (m->data) v.emplace_back(pre + n, m);
-  }
+  for (size_t l = 0; l < w.layers.size(); ++l)
+    for (auto [n, m] : layer_matrices(w.layers[l]))
+      if (m->data) v.emplace_back(layer_prefix(l) + n, m);
   return v;
 }
 
@@ -233,14 +241,16 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOp
 
 namespace hymba {
 
-int quantize_weights(Checkpoint& ck, DType type) {
+int quantize_weights(Checkpoint& ck, DType type, const ImportanceMatrix* imatrix) {
   HYMBA_CHECK(is_block_quant(type),
               std::string("quantize_weights: not a block format: ") + dtype_name(type));
   int n = 0;
-  auto quantize = [&](MatView& m, DType t) {
+  auto quantize = [&](MatView& m, DType t, const std::string& name) {
     if (is_block_quant(m.dtype) || m.rows <= 0 || m.cols <= 0 ||
         !quant_fits(t, m.cols))
       return;
+    const std::vector<float> imp = imatrix && t != DType::Q8 ? imatrix->importance(name, m.cols) : std::vector<float>{};
+    const float* importance = imp.empty() ? nullptr : imp.data();
     HugeBuffer qb(quant_matrix_bytes(t, m.rows, m.cols));
     const MatView src = m;
     const size_t stride = quant_row_stride(t, src.cols);
@@ -257,9 +267,9 @@ int quantize_weights(Checkpoint& ck, DType type) {
           if (t == DType::Q8)
             quantize_q8(reinterpret_cast<int8_t*>(dst), scales + r * (src.cols / kQ8Block), row.data(), src.cols);
           else if (t == DType::Q4_0)
-            quantize_q4_0(reinterpret_cast<BlockQ4_0*>(dst), row.data(), src.cols);
+            quantize_q4_0(reinterpret_cast<BlockQ4_0*>(dst), row.data(), src.cols, importance);
           else
-            quantize_q4_k(dst, row.data(), src.cols);
+            quantize_q4_k(dst, row.data(), src.cols, importance);
         } catch (const Error&) {
 #pragma omp critical
           bad_row = r;
@@ -279,12 +289,12 @@ int quantize_weights(Checkpoint& ck, DType type) {
     ++n;
   };
   Weights& w = ck.weights;
-  for (auto& l : w.layers) {
-    for (MatView* m : {&l.in_proj, &l.out_proj, &l.gate, &l.up, &l.down}) quantize(*m, type);
-    if (type == DType::Q8)
-      for (MatView* m : {&l.x_proj, &l.dt_proj}) quantize(*m, type);
-  }
-  quantize(w.lm_head, DType::Q8);
+  for (size_t l = 0; l < w.layers.size(); ++l)
+    for (auto [n, m] : layer_matrices(w.layers[l])) {
+      const bool scan_input = m == &w.layers[l].x_proj || m == &w.layers[l].dt_proj;
+      if (!scan_input || type == DType::Q8) quantize(*m, type, layer_prefix(l) + n);
+    }
+  quantize(w.lm_head, DType::Q8, "lm_head.weight");
   return n;
 }
 

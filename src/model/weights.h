@@ -7,6 +7,7 @@
 
 #include "io/safetensors.h"
 #include "model/config.h"
+#include "model/imatrix.h"
 #include "ops/matmul.h"
 
 namespace hymba {
@@ -95,6 +96,9 @@ inline constexpr const char* kQuantMetaPrefix = "hymba.quant.";
 //     head gets its own copy, the embedding lookup reads the stored table;
 //   kept as stored: the embedding table and every vector (norms, biases, A_log, D, conv, meta
 //     tokens). Returns the number of matrices quantized.
-int quantize_weights(Checkpoint& ck, DType type);
+// `imatrix` (null = none): the 4-bit formats weight each matrix's error by its entry
+// (model/imatrix.h), which must exist for every matrix they quantize (throws hymba::Error
+// otherwise); Q8 ignores it (its rounding error is ~16x smaller and llama.cpp's q8_0 ignores it too).
+int quantize_weights(Checkpoint& ck, DType type, const ImportanceMatrix* imatrix = nullptr);
 
 }  // namespace hymba

@@ -11,7 +11,7 @@ namespace hymba {
 namespace {
 std::unique_ptr<Checkpoint> prepared(std::unique_ptr<Checkpoint> ck, const EngineOptions& o) {
   HYMBA_CHECK(ck != nullptr, "Engine: no checkpoint");
-  if (o.quantize != DType::F32) quantize_weights(*ck, o.quantize);
+  if (o.quantize != DType::F32) quantize_weights(*ck, o.quantize, o.imatrix.get());
   return ck;
 }
 }  // namespace

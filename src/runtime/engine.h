@@ -21,6 +21,8 @@ struct EngineOptions {
   // Block-quantize the linear layers at load (--quantize): DType::Q8 or DType::Q4_0; F32 = no
   // (the weights as stored, which may already be quantized: `hymba quantize`).
   DType quantize = DType::F32;
+  // With a 4-bit `quantize`: weight the rounding by this importance matrix (--imatrix; null = no).
+  std::shared_ptr<const ImportanceMatrix> imatrix;
   std::string lora;                 // PEFT adapter folder applied beside the base (--lora), or ""
   float lora_scale = 1.0f;          // multiplies the adapter's lora_alpha / r (--lora DIR:scale)
   // More adapters a caller picks per sequence (server --lora NAME=DIR[:scale]): each is used
