@@ -58,25 +58,25 @@ double q4_0_weighted_error(const float* xb, const float* w, uint16_t dh) {
 }
 
 // The F16 scale of a Q4_0 block under importance weights w: candidate inverse scales -(8 + 0.1·k) / m
-// (k = -9..9, m the element of largest magnitude) give codes, each their weighted least-squares
-// scale; every candidate is scored as it would be stored (F16 scale, codes recomputed from it), and
-// the plain d = m / -8 (dh) is a candidate too, so the result never does worse than it.
+// (k = -9..9, m the element of largest magnitude) give codes, each with its weighted least-squares
+// scale, and the candidate of least error Σw·x² - (Σw·x·l)² / Σw·l² wins (llama.cpp's
+// make_qx_quants). Scored as stored (F16 scale, codes recomputed from it) against the plain
+// d = m / -8 (dh), the better of the two is kept, so the result never does worse than the plain rule.
 uint16_t q4_0_weighted_scale(const float* xb, const float* w, float m, uint16_t dh) {
-  double best = q4_0_weighted_error(xb, w, dh);
-  uint16_t best_dh = dh;
+  float best_gain = 0.0f, best_d = 0.0f;  // gain = (Σw·x·l)² / Σw·l²: the error it removes
   for (int k = -9; k <= 9; ++k) {
     const float iscale = -(8.0f + 0.1f * float(k)) / m;
-    double swxl = 0, swll = 0;
+    float swxl = 0.0f, swll = 0.0f;
     for (int64_t i = 0; i < kQ4Block; ++i) {
-      const int l = std::clamp(int(std::lround(iscale * xb[i])), -8, 7);
-      swxl += double(w[i]) * double(xb[i]) * l, swll += double(w[i]) * double(l) * l;
+      // + 8.5 and truncation round half up: the code is in 0..15 after the clamp.
+      const float l = float(std::clamp(int(iscale * xb[i] + 8.5f), 0, 15) - 8);
+      swxl += w[i] * xb[i] * l, swll += w[i] * l * l;
     }
-    if (swll <= 0) continue;
-    const uint16_t h = f32_to_f16(float(swxl / swll));
-    const double e = q4_0_weighted_error(xb, w, h);
-    if (e < best) best = e, best_dh = h;
+    if (swll > 0.0f && swxl * swxl > best_gain * swll) best_gain = swxl * swxl / swll, best_d = swxl / swll;
   }
-  return best_dh;
+  if (best_d == 0.0f) return dh;
+  const uint16_t h = f32_to_f16(best_d);
+  return q4_0_weighted_error(xb, w, h) < q4_0_weighted_error(xb, w, dh) ? h : dh;
 }
 
 }  // namespace
