@@ -21,8 +21,11 @@ int64_t perplexity_chunks(int64_t n, const PerplexityOptions& o) {
   HYMBA_CHECK(o.ctx >= 2, "perplexity: the context (--ctx) must be at least 2 tokens");
   HYMBA_CHECK(n >= o.ctx, "perplexity: the text has " + std::to_string(n) +
                               " tokens, fewer than one chunk of " + std::to_string(o.ctx) + " (--ctx)");
-  const int64_t chunks = n / o.ctx;
-  return o.max_chunks > 0 ? std::min(chunks, o.max_chunks) : chunks;
+  const int64_t chunks = o.max_chunks > 0 ? std::min(n / o.ctx, o.max_chunks) : n / o.ctx;
+  HYMBA_CHECK(o.first_chunk >= 0 && o.first_chunk < chunks,
+              "perplexity: no chunk left after the first " + std::to_string(o.first_chunk) + " of " +
+                  std::to_string(chunks));
+  return chunks;
 }
 
 PerplexityResult perplexity(Engine& eng, const std::vector<int32_t>& tokens,
@@ -33,7 +36,7 @@ PerplexityResult perplexity(Engine& eng, const std::vector<int32_t>& tokens,
   PerplexityResult r;
   std::vector<int32_t> targets(static_cast<size_t>(ctx));
   std::vector<float> losses(static_cast<size_t>(ctx));
-  for (int64_t k = 0; k < chunks; ++k) {
+  for (int64_t k = o.first_chunk; k < chunks; ++k) {
     std::vector<int32_t> chunk(tokens.begin() + k * ctx, tokens.begin() + (k + 1) * ctx);
     chunk[0] = eng.config().bos_token_id;
     // Row j predicts token j+1; rows before `first` and the last row are not scored.

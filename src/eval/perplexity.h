@@ -16,6 +16,7 @@ struct PerplexityOptions {
   int64_t ctx = 512;       // tokens per chunk (>= 2)
   int64_t max_chunks = 0;  // 0: every whole chunk of the stream
   bool score_all = false;  // score positions 1..ctx-1 instead of ctx/2..ctx-1
+  int64_t first_chunk = 0; // start at this chunk (resuming a run); max_chunks still counts from 0
 };
 
 struct PerplexityResult {
@@ -26,7 +27,8 @@ struct PerplexityResult {
   double ppl_error() const;  // standard error of ppl (delta method, as llama.cpp reports)
 };
 
-// How many chunks `n_tokens` give; throws hymba::Error if ctx < 2 or there is not one chunk.
+// How many chunks `n_tokens` give (from chunk 0); throws hymba::Error if ctx < 2 or there is not
+// one chunk, or none after first_chunk.
 int64_t perplexity_chunks(int64_t n_tokens, const PerplexityOptions& o);
 // `progress` (optional) is called after each chunk with the running result.
 PerplexityResult perplexity(Engine& eng, const std::vector<int32_t>& tokens,

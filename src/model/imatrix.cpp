@@ -30,6 +30,18 @@ void ImportanceMatrix::add(const std::string& name, const float* x, int64_t T, i
   e.count += T;
 }
 
+void ImportanceMatrix::merge(const ImportanceMatrix& o) {
+  for (const auto& [name, e] : o.entries) {
+    Entry& d = entries[name];
+    if (d.sum2.empty()) d.sum2.assign(e.sum2.size(), 0.0);
+    HYMBA_CHECK(d.sum2.size() == e.sum2.size(), "imatrix: " + name + " has " + std::to_string(d.sum2.size()) +
+                                                    " columns in one file and " + std::to_string(e.sum2.size()) +
+                                                    " in another (different models?)");
+    for (size_t k = 0; k < d.sum2.size(); ++k) d.sum2[k] += e.sum2[k];
+    d.count += e.count;
+  }
+}
+
 std::vector<float> ImportanceMatrix::importance(const std::string& name, int64_t cols) const {
   auto it = entries.find(name);
   HYMBA_CHECK(it != entries.end(), "the imatrix has no entry for " + name +

@@ -26,6 +26,8 @@ struct ImportanceMatrix {
 
   // Adds rows x[T, K] to weight `name`'s sums; throws hymba::Error if K differs from before.
   void add(const std::string& name, const float* x, int64_t T, int64_t K);
+  // Adds another matrix's sums (llama-imatrix --in-file); throws hymba::Error on a column mismatch.
+  void merge(const ImportanceMatrix& o);
   // importance[cols] of weight `name`; throws hymba::Error naming `name` if it is absent or has
   // another column count (an imatrix of another model).
   std::vector<float> importance(const std::string& name, int64_t cols) const;

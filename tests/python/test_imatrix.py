@@ -11,15 +11,20 @@
   `--quantize q4_0 --imatrix` at load gives the folder's logits exactly (one rule);
 - `hymba quantize --report --imatrix` adds a "+imatrix" row per 4-bit format whose perplexity is
   the one `hymba perplexity` measures for that model;
+- a run killed mid-way leaves a file of whole chunks that `--resume` completes to the
+  uninterrupted run's sums; an existing -o is not overwritten without --resume; --in-file adds sums;
 - bad input is refused with one clear error and nothing written: an imatrix of another model, one
   missing a matrix, a negative sum, a missing file, --imatrix with q8_0, -o a folder.
 """
 import json
 import os
 import shutil
+import signal
 import struct
+import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import torch
@@ -174,7 +179,51 @@ def main():
                       p.stderr.strip()[-200:] if not ok else
                       f"{rows[2]['ppl']} vs {json.loads(p.stdout)['ppl']} (without the imatrix {rows[1]['ppl']})")
 
-        # 4. Bad input: one error line, exit 1, no folder.
+        # 4. Interrupted and resumed, combined: nothing collected is lost.
+        long_toks = [int(i) for i in np.random.default_rng(5).integers(3, cfg.V, ctx * 3000)]
+        longf, full_f, part_f = os.path.join(work, "long.tok"), os.path.join(work, "full.imatrix"), os.path.join(work, "part.imatrix")
+        token_file(longf, long_toks)
+        base_args = ["imatrix", "-m", src, "--tokens", longf, "-c", str(ctx), "-t", "1"]
+        proc = subprocess.Popen([U.BIN] + base_args + ["-o", part_f, "--output-frequency", "1"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(3000):  # until the first chunk is saved (bounded: 30 s)
+            if os.path.exists(part_f) or proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        saved, smeta, _ = R.read_safetensors(part_f)
+        k = int(smeta["hymba.imatrix.chunks"])
+        RES.check("killed mid-run: the file holds whole chunks", 1 <= k < 3000 and all(
+            float(v[0]) == k * ctx for n, v in saved.items() if n.endswith(".counts")), f"{k} chunks saved")
+        r = U.run(base_args + ["-o", part_f, "--resume"])
+        r2 = U.run(base_args + ["-o", full_f])
+        if RES.check("--resume completes it", r.returncode == 0 and r2.returncode == 0, (r.stderr + r2.stderr).strip()[-300:]):
+            a, am, _ = R.read_safetensors(part_f)
+            b, bm, _ = R.read_safetensors(full_f)
+            err = max(float(np.abs(a[n].astype(np.float64) - b[n]).max() / max(np.abs(b[n]).max(), 1e-30)) for n in b)
+            RES.check("resumed == uninterrupted (sums within 1e-5, counts and metadata equal)",
+                      a.keys() == b.keys() and err <= 1e-5 and am == bm
+                      and all(np.array_equal(a[n], b[n]) for n in b if n.endswith(".counts")), f"rel err {err:.2e}, {am} vs {bm}")
+        before = open(full_f, "rb").read()
+        refused_keep = U.run(base_args + ["-o", full_f])
+        RES.check("Reject an existing -o without --resume (file unchanged)", refused_keep.returncode == 1
+                  and "--resume" in refused_keep.stderr and open(full_f, "rb").read() == before, refused_keep.stderr.strip())
+        r = U.run(base_args + ["-o", full_f, "--resume"])
+        RES.check("Reject resuming a finished run", r.returncode == 1 and "no chunk left" in r.stderr, r.stderr.strip())
+        r = U.run(["imatrix", "-m", src, "--tokens", longf, "-c", "32", "-o", full_f, "--resume"])
+        RES.check("Reject resuming with another --ctx", r.returncode == 1 and "chunks of 16" in r.stderr, r.stderr.strip())
+        comb = os.path.join(work, "comb.imatrix")
+        r = U.run(["imatrix", "-m", src, "--tokens", tokf, "-c", str(ctx), "--in-file", imf, "-o", comb])
+        if RES.check("--in-file runs", r.returncode == 0, r.stderr.strip()[-300:]):
+            c, cm, _ = R.read_safetensors(comb)
+            one, _, _ = R.read_safetensors(imf)
+            err = max(float(np.abs(c[n] - 2.0 * one[n].astype(np.float64)).max() / max(np.abs(one[n]).max(), 1e-30))
+                      for n in one)
+            RES.check("--in-file: the same text twice doubles the sums and counts", c.keys() == one.keys()
+                      and err <= 1e-6 and cm.get("hymba.imatrix.merged_chunks") == str(chunks), f"rel err {err:.2e}, {cm}")
+
+        # 5. Bad input: one error line, exit 1, no folder.
         def refused(name, args, out, words):
             r = U.run(args)
             ok = r.returncode == 1 and "hymba: error:" in r.stderr and all(w in r.stderr for w in words) \
