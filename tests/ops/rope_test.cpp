@@ -4,6 +4,7 @@
 // differences of the double forward (the op is linear).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -73,6 +74,27 @@ TEST(Rope, ForwardAndBackward) {
                 long(hd), ef, eb, er);
     EXPECT_LT(ef, 1e-6);
     EXPECT_LT(er, 1e-6);
+  }
+}
+
+// A batch whose sequences repeat positions (rows share one angle table) rotates every row as a
+// row of its own does, to the bit.
+TEST(Rope, RepeatedPositionsAsSingleRows) {
+  Rng rng(2);
+  const int64_t B = 6, L = 40, H = 4, hd = 64, n = B * L;
+  const auto inv = rope_inv_freq(10000.0, hd);
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  for (int64_t t = 0; t < n; ++t) pos[size_t(t)] = int32_t(5 + t % L);
+  auto x = rng.vec(size_t(n * H * hd));
+  for (bool fwd : {true, false}) {
+    auto y = x;
+    (fwd ? rope_forward : rope_backward)(y.data(), pos.data(), n, H, hd, inv.data());
+    for (int64_t t = 0; t < n; ++t) {
+      std::vector<float> row(x.begin() + t * H * hd, x.begin() + (t + 1) * H * hd);
+      (fwd ? rope_forward : rope_backward)(row.data(), &pos[size_t(t)], 1, H, hd, inv.data());
+      ASSERT_TRUE(std::equal(row.begin(), row.end(), y.begin() + t * H * hd)) << "row " << t;
+    }
+    if (fwd) EXPECT_LT(test::norm_err(y, naive(test::to_d(x), pos, H, hd, inv)), 1e-6);
   }
 }
 
