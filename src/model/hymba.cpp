@@ -56,7 +56,12 @@ void HymbaModel::forward(float* x, std::span<const ForwardItem> items, ModelActs
   // the caches only after every layer ran (a consumer must not see the chunk twice).
   std::vector<std::vector<float>> chunk_kv(2 * plan_.size());
   const bool ckpt = acts && grad_ckpt_;
-  if (acts) acts->layers.assign(plan_.size(), LayerActs{}), acts->checkpointed = ckpt;
+  if (acts) {
+    // A reused ModelActs keeps its buffers: layer l always fills the same fields, resized to T.
+    if (ckpt || acts->checkpointed || acts->layers.size() != plan_.size())
+      acts->layers.assign(plan_.size(), LayerActs{});
+    acts->checkpointed = ckpt;
+  }
   for (size_t l = 0; l < plan_.size(); ++l) {
     LayerActs& a = acts ? (ckpt ? acts->work : acts->layers[l]) : scratch_;
     if (acts) a.x_in.assign(x, x + T * H);

@@ -16,7 +16,8 @@ namespace {
 // Builds the rows [meta; embed(inputs)] of every sequence (one forward item each: a packed row of
 // several conversations is several items, so nothing crosses a boundary) and gathers targets.
 struct Rows {
-  std::vector<float> x;
+  explicit Rows(std::vector<float>& buf) : x(buf) {}
+  std::vector<float>& x;
   std::vector<ForwardItem> items;
   std::vector<int32_t> targets;  // [Σ n]
   int64_t n = 0;                 // real tokens
@@ -77,14 +78,15 @@ double loss_and_grads(HymbaModel& m, const Weights& grads, std::span<const SeqRe
                       float grad_scale, int64_t* counted_out) {
   const auto& c = m.config();
   const int64_t M = c.num_memory_tokens, H = c.hidden_size, V = c.vocab_size;
-  Rows r;
+  TrainScratch& ws = m.train_scratch();
+  Rows r(ws.x);
   build_rows(m, seqs, r);
-  ModelActs acts;
+  ModelActs& acts = ws.acts;
   m.forward(r.x.data(), r.items, &acts);
 
   const int64_t n = r.n;
-  std::vector<float> xt, xn(static_cast<size_t>(n * H)), rstd(static_cast<size_t>(n)),
-      logits(static_cast<size_t>(n * V)), losses(static_cast<size_t>(n));
+  std::vector<float> &xt = ws.xt, &xn = ws.xn, &rstd = ws.rstd, &logits = ws.logits, &losses = ws.losses;
+  xn.resize(size_t(n * H)), rstd.resize(size_t(n)), logits.resize(size_t(n * V)), losses.resize(size_t(n));
   gather_tokens(r.x.data(), seqs, M, H, xt);
   m.logits(logits.data(), xt.data(), n, xn.data(), rstd.data());
   int64_t counted = 0;
@@ -141,7 +143,8 @@ double loss_only(HymbaModel& m, const int32_t* inputs, const int32_t* targets, i
 double loss_only(HymbaModel& m, std::span<const SeqRef> seqs, int64_t* counted) {
   const auto& c = m.config();
   const int64_t M = c.num_memory_tokens, H = c.hidden_size, V = c.vocab_size;
-  Rows r;
+  std::vector<float> x;
+  Rows r(x);
   build_rows(m, seqs, r);
   m.forward(r.x.data(), r.items);
   const int64_t n = r.n;
