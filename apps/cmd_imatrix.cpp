@@ -60,15 +60,7 @@ void run(const Opts& o) {
     im.merge(other);
     merged_chunks += chunks_of(other, f);
   }
-  const std::string dir = o.dir();
-  const std::vector<int32_t> ids = read_eval_tokens(dir, o.file, o.tokens);
-  EngineOptions eo = o.engine_options();
-  eo.cache_dtype = DType::F32;
-  auto eng = Engine::load(dir, eo);
-  for (int32_t id : ids)
-    HYMBA_CHECK(id >= 0 && id < eng->config().vocab_size,
-                "token id " + std::to_string(id) + " is outside the model's vocabulary (" +
-                    std::to_string(eng->config().vocab_size) + ")");
+  const auto [eng, ids, dir] = load_eval_input(o, o.file, o.tokens);
   const int64_t chunks = perplexity_chunks(int64_t(ids.size()), p);
   std::fprintf(stderr, "imatrix: %zu tokens, chunks %lld..%lld of %lld tokens\n", ids.size(), (long long)p.first_chunk,
                (long long)chunks - 1, (long long)p.ctx);

@@ -26,15 +26,7 @@ struct Opts : ModelFlags {
 
 void run(const Opts& o) {
   apply_threads(o.threads);
-  const std::string dir = o.dir();
-  const std::vector<int32_t> ids = read_eval_tokens(dir, o.file, o.tokens);
-  EngineOptions eo = o.engine_options();
-  eo.cache_dtype = DType::F32;
-  auto eng = Engine::load(dir, eo);
-  for (int32_t id : ids)
-    HYMBA_CHECK(id >= 0 && id < eng->config().vocab_size,
-                "token id " + std::to_string(id) + " is outside the model's vocabulary (" +
-                    std::to_string(eng->config().vocab_size) + ")");
+  auto [eng, ids, dir] = load_eval_input(o, o.file, o.tokens);
   std::fprintf(stderr, "perplexity: %zu tokens, %lld chunks of %lld, scoring %s\n", ids.size(),
                (long long)perplexity_chunks(int64_t(ids.size()), o.p), (long long)o.p.ctx, o.p.score_all ? "every token" : "the second half of each chunk");
   const auto r = perplexity(*eng, ids, o.p, [](const PerplexityResult& x) {

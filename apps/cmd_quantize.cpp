@@ -62,9 +62,7 @@ void report(const Opts& o, const std::vector<DType>& types) {
   EngineOptions eo;
   eo.cache_dtype = DType::F32;
   auto base = Engine::load(dir, eo);
-  for (int32_t id : ids)
-    HYMBA_CHECK(id >= 0 && id < base->config().vocab_size,
-                "token id " + std::to_string(id) + " is outside the model's vocabulary");
+  check_token_ids(ids, base->config().vocab_size);
   nlohmann::json rows = nlohmann::json::array();
   if (!o.json)
     std::printf("| format | bits/weight (quantized matrices) | PPL | PPL as stored | ΔPPL | mean KL | top-1 agreement |\n"

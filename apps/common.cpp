@@ -124,6 +124,23 @@ void add_model_flags(CLI::App& sub, ModelFlags& f, bool with_cache_type) {
                      "): smaller needs less activation memory, larger prefills faster");
 }
 
+EvalInput load_eval_input(const ModelFlags& f, const std::string& file, const std::string& tokens) {
+  EvalInput in;
+  in.dir = f.dir();
+  in.ids = read_eval_tokens(in.dir, file, tokens);
+  EngineOptions eo = f.engine_options();
+  eo.cache_dtype = DType::F32;
+  in.eng = Engine::load(in.dir, eo);
+  check_token_ids(in.ids, in.eng->config().vocab_size);
+  return in;
+}
+
+void check_token_ids(const std::vector<int32_t>& ids, int64_t vocab) {
+  for (int32_t id : ids)
+    HYMBA_CHECK(id >= 0 && id < vocab, "token id " + std::to_string(id) + " is outside the model's vocabulary (" +
+                                           std::to_string(vocab) + ")");
+}
+
 std::vector<int32_t> read_eval_tokens(const std::string& dir, const std::string& file,
                                       const std::string& tokens) {
   HYMBA_CHECK(file.empty() != tokens.empty(), "give exactly one of -f FILE or --tokens FILE.tok");

@@ -47,6 +47,16 @@ std::string default_model_dir();
 // FILE.tok from `hymba tokenize`; exactly one must be given.
 std::vector<int32_t> read_eval_tokens(const std::string& model_dir, const std::string& file,
                                       const std::string& tokens);
+// The model of -m (flags as given, an f32 cache: scoring) and the token ids of -f FILE or --tokens
+// FILE (read_eval_tokens), checked against its vocabulary.
+struct EvalInput {
+  std::unique_ptr<Engine> eng;
+  std::vector<int32_t> ids;
+  std::string dir;
+};
+EvalInput load_eval_input(const ModelFlags& f, const std::string& file, const std::string& tokens);
+// Throws hymba::Error naming the first id outside [0, vocab).
+void check_token_ids(const std::vector<int32_t>& ids, int64_t vocab);
 // Sets the thread count (0 = all cores).
 void apply_threads(int n);
 
