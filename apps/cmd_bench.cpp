@@ -23,6 +23,7 @@
 #include "ops/quant.h"
 #include "ops/threads.h"
 #include "runtime/engine.h"
+#include "runtime/prompt_cache.h"
 #include "train/adapter.h"
 #include "train/finetune.h"
 #include "train/params.h"
@@ -32,7 +33,7 @@ namespace hymba::cli {
 namespace {
 
 struct Opts : ModelFlags {
-  std::string random_config, weight_type = "bf16";
+  std::string random_config, weight_type = "bf16", prompt_cache;
   std::vector<int64_t> n_prompt{512}, n_gen{64}, depth{0}, batch{1};
   int reps = 1;
   bool json = false, no_peaks = false;
@@ -338,6 +339,11 @@ void run(const Opts& o) {
   };
   HYMBA_CHECK(all(o.n_prompt, 0) && all(o.n_gen, 0) && all(o.batch, 1) && all(o.depth, 0) && o.reps >= 1,
               "-p and -n must be >= 0 (0 skips), -b and -r >= 1, -d >= 0");
+  const std::string cache_stem = o.prompt_cache;
+  auto cache_path = [&](int64_t d) { return cache_stem + ".d" + std::to_string(d); };
+  if (!cache_stem.empty())
+    for (int64_t d : o.depth)
+      if (d > 0) check_prompt_cache_path(cache_path(d), o.random_config.empty() ? o.dir() : "");
   const EngineOptions eo = o.engine_options();
   std::unique_ptr<Engine> eng;
   std::string what, load_how = "random";
@@ -397,7 +403,19 @@ void run(const Opts& o) {
     for (int64_t n : o.n_gen) any |= n > 0;
     if (!any) break;
     auto base = eng->new_sequence();
-    if (d > 0) eng->eval_one(base, ids(d));
+    if (d > 0) {
+      // With --prompt-cache the context is the saved state of the same tokens (a long context's
+      // prefill costs minutes; the decode steps measured after it are the same).
+      const auto toks = ids(d);
+      std::vector<int32_t> saved;
+      std::string why;
+      if (cache_stem.empty() || !load_prompt_cache(*eng, cache_path(d), &saved, &base, &why) ||
+          saved != toks) {
+        base = eng->new_sequence();
+        eng->eval_one(base, toks);
+        if (!cache_stem.empty()) save_prompt_cache(*eng, cache_path(d), toks, base);
+      }
+    }
     for (int64_t b : o.batch)
       for (int64_t n : o.n_gen) {
         if (n == 0) continue;
@@ -483,6 +501,9 @@ Register reg("bench", "Measure prefill/decode speed against the machine's limits
   sub.add_option("-n,--n-gen", o->n_gen, "generated tokens, a comma list (default 64; 0 skips)")->delimiter(',');
   sub.add_option("-d,--depth", o->depth, "context already in each decoding sequence, a comma list (default 0)")
       ->delimiter(',');
+  sub.add_option("--prompt-cache", o->prompt_cache,
+                 "keep each depth's context in the file PATH.dDEPTH (a prompt cache) and reuse it in later runs")
+      ->type_name("PATH");
   sub.add_option("-b,--batch", o->batch, "sequences decoded together, a comma list (default 1)")->delimiter(',');
   sub.add_option("-r,--repetitions", o->reps, "repetitions of each test (default 1); t/s is their mean ± stddev");
   sub.add_flag("--no-peaks", o->no_peaks, "skip measuring the machine's GEMM and bandwidth peaks");

@@ -6,6 +6,7 @@ timed tests), and that bad lists are refused."""
 import json
 import os
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testlib as U  # noqa: E402
@@ -40,6 +41,22 @@ def main():
     u = U.run(["bench", "-p", "0", "-n", "1", "--no-peaks"], env={**env, "OMP_WAIT_POLICY": "passive"})
     R.check("the user's OMP_WAIT_POLICY wins", u.returncode == 0 and "threads (OMP_WAIT_POLICY=passive)" in u.stdout,
             u.stdout[:300])
+    # --prompt-cache: the depth's context is written once, then reused (same rows, no prefill).
+    with tempfile.TemporaryDirectory() as tmp:
+        stem = os.path.join(tmp, "ctx")
+        runs = [U.run(["bench", "-p", "0", "-n", "2", "-d", "12", "--no-peaks", "--prompt-cache", stem, "--json"])
+                for _ in range(2)]
+        R.check("--prompt-cache writes PATH.d12, then reuses it",
+                all(x.returncode == 0 for x in runs) and os.path.isfile(stem + ".d12")
+                and [y["test"] for y in json.loads(runs[1].stdout)["rows"]] == ["tg2 @ d12"],
+                (runs[0].stderr + runs[1].stderr).strip()[-300:])
+        other = os.path.join(tmp, "notes")
+        with open(other + ".d12", "w") as f:
+            f.write("not a prompt cache")
+        b = U.run(["bench", "-p", "0", "-n", "1", "-d", "12", "--no-peaks", "--prompt-cache", other])
+        R.check("Reject --prompt-cache over a file that is not one", b.returncode == 1 and
+                b.stderr.startswith("hymba: error:") and open(other + ".d12").read() == "not a prompt cache",
+                b.stderr.strip()[-200:])
     for bad in (["-b", "0"], ["-p", "-1"], ["-r", "0"], ["-d", "1,-2"]):
         b = U.run(["bench", "--no-peaks", *bad])
         R.check(f"Reject {' '.join(bad)}", b.returncode == 1 and b.stderr.startswith("hymba: error:"),
