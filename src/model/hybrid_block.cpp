@@ -2,6 +2,7 @@
 // in_proj output in parallel; their outputs are normalised, averaged and projected back:
 //   y = out_proj((RMSNorm1(attn) + RMSNorm2(ssm)) / 2), then the SwiGLU MLP
 // (or out_proj([RMSNorm1(attn); RMSNorm2(ssm)]) with config "fusion": "concat", Table 9's ablation).
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -92,20 +93,25 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
     AttnShape shape{nq, nkv, c.d_qk, c.d_v, float(1.0 / std::sqrt(double(c.d_qk)))};
     AttnRule rule{p.global ? -1 : c.sliding_window, c.num_memory_tokens};
     resize(a.attn, T * aw), resize(a.lse, T * nq);
+    // All items in one call (one fork/join per layer at a batched decode step).
+    std::vector<std::array<KVSegment, 3>> segs(items.size());
+    std::vector<AttnQuery> queries(items.size());
     int64_t r0 = 0;
-    for (const auto& it : items) {
-      KVSegment segs[3];
-      int ns = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const ForwardItem& it = items[i];
+      auto& sg = segs[i];
+      size_t ns = 0;
       if (it.state) {
         if (it.state->prefix && !it.state->prefix->kv[size_t(src)].empty())
-          segs[ns++] = it.state->prefix->kv[size_t(src)].segment();
-        if (!it.state->kv[size_t(src)].empty()) segs[ns++] = it.state->kv[size_t(src)].segment();
+          sg[ns++] = it.state->prefix->kv[size_t(src)].segment();
+        if (!it.state->kv[size_t(src)].empty()) sg[ns++] = it.state->kv[size_t(src)].segment();
       }
-      segs[ns++] = KVSegment{Kc + r0 * kw, Vc + r0 * vw, DType::F32, pos + r0, it.n};
-      attention_forward(a.attn.data() + r0 * aw, a.lse.data() + r0 * nq, a.q.data() + r0 * qw,
-                        pos + r0, it.n, std::span<const KVSegment>(segs, size_t(ns)), shape, rule);
+      sg[ns++] = KVSegment{Kc + r0 * kw, Vc + r0 * vw, DType::F32, pos + r0, it.n};
+      queries[i] = AttnQuery{a.attn.data() + r0 * aw, a.lse.data() + r0 * nq, a.q.data() + r0 * qw,
+                             pos + r0, it.n, std::span<const KVSegment>(sg.data(), ns)};
       r0 += it.n;
     }
+    attention_forward_batch(queries, shape, rule);
   }
 
   // SSM heads: causal conv + SiLU, input-dependent dt/B/C, selective scan gated by SiLU(z).

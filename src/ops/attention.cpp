@@ -84,106 +84,125 @@ int64_t query_tile(int64_t G) { return std::max<int64_t>(1, 24 / G); }
 
 }  // namespace
 
-void attention_forward(float* out, float* lse, const float* q, const int32_t* qpos, int64_t Lq,
-                       std::span<const KVSegment> segs, const AttnShape& shape,
-                       const AttnRule& rule) {
-  check_shape(shape);
-  if (Lq <= 0) return;
-  const int64_t H = shape.n_head, KV = shape.n_kv, G = H / KV, dq = shape.d_qk, dv = shape.d_v;
+namespace {
 
+// How one item is cut into tasks: its key blocks, query tiles of Tq queries (R = Tq·G rows per
+// K/V head) and key splits. Depends only on the item's own shapes, never on the batch or the
+// thread count, so an item's result is the same alone, in a batch and on any number of threads.
+struct ItemPlan {
   std::vector<KeyBlock> blocks;
-  int64_t nkeys = 0;
-  for (size_t s = 0; s < segs.size(); ++s) {
-    const KVSegment& sg = segs[s];
-    HYMBA_CHECK(sg.dtype == DType::F32 || sg.dtype == DType::BF16 || sg.dtype == DType::F16,
-                "attention: KV segment dtype must be F32, BF16 or F16");
-    if (sg.n > 0) HYMBA_CHECK(sg.k && sg.v && sg.pos, "attention: KV segment without data");
-    for (int64_t j0 = 0; j0 < sg.n; j0 += kBk)
-      blocks.push_back(make_block(int64_t(s), sg.pos, j0, std::min(kBk, sg.n - j0)));
-    nkeys += sg.n;
-  }
-  const int64_t U = int64_t(blocks.size());
+  int64_t Tq = 0, R = 0, ntile = 0, nsplit = 1;
+  int64_t task0 = 0;   // its first task (tile-major, then split)
+  int64_t merge0 = 0;  // its first merge unit (tile, head) when nsplit > 1
+  size_t part0 = 0;    // its partial results' first row in the pool
+};
 
-  const int64_t Tq = std::min(query_tile(G), Lq), R = Tq * G;
-  const int64_t ntile = (Lq + Tq - 1) / Tq, base = ntile * KV;
-  // Few query tiles (decode): also split the keys so every core has work. The split depends only
-  // on the shapes, and partial results merge in a fixed order, so the result does not depend on
-  // the thread count.
-  int64_t nsplit = 1;
-  if (ntile < 16 && U > 1) nsplit = std::min<int64_t>(U, (16 + ntile - 1) / ntile);
-  std::vector<float> pm, pl, pacc;
-  if (nsplit > 1) {
-    pm.assign(size_t(base * nsplit * R), kNegInf);
-    pl.assign(size_t(base * nsplit * R), 0.0f);
-    pacc.assign(size_t(base * nsplit * R * dv), 0.0f);
-  }
-  const double work = double(Lq) * double(H) * double(nkeys) * double(dq + dv);
+// A thread's working buffers, sized once per call for the largest tile.
+struct Scratch {
+  std::vector<float> Qs, S, acc, m, l;
+  std::vector<int64_t> rpos;
+};
 
-  auto finalize = [&](int64_t t0, int64_t g, int64_t Rt, const float* m, const float* l,
-                      const float* acc) {
+}  // namespace
+
+void attention_forward_batch(std::span<const AttnQuery> items, const AttnShape& shape,
+                             const AttnRule& rule) {
+  check_shape(shape);
+  const int64_t H = shape.n_head, KV = shape.n_kv, G = H / KV, dq = shape.d_qk, dv = shape.d_v;
+  const int64_t n_items = int64_t(items.size());
+
+  std::vector<ItemPlan> plans(items.size());
+  int64_t ntask = 0, nmerge = 0, Rmax = 1;
+  size_t nparts = 0;
+  double work = 0;
+  for (int64_t it = 0; it < n_items; ++it) {
+    const AttnQuery& a = items[size_t(it)];
+    ItemPlan& p = plans[size_t(it)];
+    int64_t nkeys = 0;
+    for (size_t s = 0; s < a.segs.size(); ++s) {
+      const KVSegment& sg = a.segs[s];
+      HYMBA_CHECK(sg.dtype == DType::F32 || sg.dtype == DType::BF16 || sg.dtype == DType::F16,
+                  "attention: KV segment dtype must be F32, BF16 or F16");
+      if (sg.n > 0) HYMBA_CHECK(sg.k && sg.v && sg.pos, "attention: KV segment without data");
+      for (int64_t j0 = 0; j0 < sg.n; j0 += kBk)
+        p.blocks.push_back(make_block(int64_t(s), sg.pos, j0, std::min(kBk, sg.n - j0)));
+      nkeys += sg.n;
+    }
+    p.task0 = ntask, p.merge0 = nmerge, p.part0 = nparts;
+    if (a.Lq <= 0) continue;
+    const int64_t U = int64_t(p.blocks.size());
+    p.Tq = std::min(query_tile(G), a.Lq), p.R = p.Tq * G, p.ntile = (a.Lq + p.Tq - 1) / p.Tq;
+    // Few query tiles (decode): also split the keys so every core has work. Partial results
+    // merge in a fixed order.
+    if (p.ntile < 16 && U > 1) p.nsplit = std::min<int64_t>(U, (16 + p.ntile - 1) / p.ntile);
+    ntask += p.ntile * p.nsplit;
+    if (p.nsplit > 1) nmerge += p.ntile * KV, nparts += size_t(p.ntile * KV * p.nsplit * p.R);
+    Rmax = std::max(Rmax, p.R);
+    work += double(a.Lq) * double(H) * double(nkeys) * double(dq + dv);
+  }
+  if (ntask == 0) return;
+  // Partial running max, sum and accumulator of each (tile, head, split), rows of R.
+  std::vector<float> pm(nparts), pl(nparts), pacc(nparts * size_t(dv));
+
+  auto finalize = [&](const AttnQuery& a, int64_t t0, int64_t g, int64_t Rt, const float* m,
+                      const float* l, const float* acc) {
     for (int64_t r = 0; r < Rt; ++r) {
       const int64_t t = t0 + r / G, h = g * G + r % G;
-      float* o = out + (t * H + h) * dv;
+      float* o = a.out + (t * H + h) * dv;
       if (l[r] > 0) {
         const float inv = 1.0f / l[r];
         for (int64_t i = 0; i < dv; ++i) o[i] = acc[r * dv + i] * inv;
-        if (lse) lse[t * H + h] = m[r] + std::log(l[r]);
+        if (a.lse) a.lse[t * H + h] = m[r] + std::log(l[r]);
       } else {
         std::fill(o, o + dv, 0.0f);
-        if (lse) lse[t * H + h] = kNegInf;
+        if (a.lse) a.lse[t * H + h] = kNegInf;
       }
     }
   };
-
-  // One task per (query tile, key split) covering every K/V head: a key's row holds all heads
-  // (K/V are [n, n_kv, d]), so one task can read each block whole and in order (stream_block)
-  // before its heads' strided passes. Regrouping alone did not speed decode up; the ordered read
-  // did.
-#pragma omp parallel for schedule(dynamic, 1) if (work > 2e5)
-  for (int64_t task = 0; task < ntile * nsplit; ++task) {
+  // One task per (item, query tile, key split) covering every K/V head: a key's row holds all
+  // heads (K/V are [n, n_kv, d]), so one task can read each block whole and in order
+  // (stream_block) before its heads' strided passes. Regrouping alone did not speed decode up;
+  // the ordered read did.
+  auto run_task = [&](Scratch& sc, int64_t it, int64_t task) {
+    const AttnQuery& a = items[size_t(it)];
+    const ItemPlan& p = plans[size_t(it)];
+    const int64_t R = p.R, nsplit = p.nsplit, U = int64_t(p.blocks.size());
     const int64_t tile = task / nsplit, s = task % nsplit;
-    const int64_t t0 = tile * Tq, nt = std::min(Tq, Lq - t0), Rt = nt * G;
-    std::vector<float> Qs(size_t(KV * R * dq)), S(size_t(R * kBk)), acc_v(size_t(KV * R * dv), 0.0f);
-    std::vector<float> m_v(size_t(KV * R), kNegInf), l_v(size_t(KV * R), 0.0f);
-    std::vector<int64_t> rpos(static_cast<size_t>(R));
-    // Running max, sum and accumulator of head g's rows: here, or in the partial results.
-    auto state = [&](int64_t g, float*& acc, float*& m, float*& l) {
-      if (nsplit > 1) {
-        const size_t off = size_t((tile * KV + g) * nsplit + s) * size_t(R);
-        acc = pacc.data() + off * size_t(dv), m = pm.data() + off, l = pl.data() + off;
-      } else {
-        acc = acc_v.data() + g * R * dv, m = m_v.data() + g * R, l = l_v.data() + g * R;
-      }
-    };
+    const int64_t t0 = tile * p.Tq, nt = std::min(p.Tq, a.Lq - t0), Rt = nt * G;
+    sc.acc.assign(size_t(KV * R * dv), 0.0f);
+    sc.m.assign(size_t(KV * R), kNegInf);
+    sc.l.assign(size_t(KV * R), 0.0f);
     int64_t qmin = INT64_MAX, qmax = INT64_MIN;
     for (int64_t tq = 0; tq < nt; ++tq) {
       const int64_t t = t0 + tq;
-      qmin = std::min<int64_t>(qmin, qpos[t]), qmax = std::max<int64_t>(qmax, qpos[t]);
+      qmin = std::min<int64_t>(qmin, a.qpos[t]), qmax = std::max<int64_t>(qmax, a.qpos[t]);
       for (int64_t g = 0; g < KV; ++g)
-        std::memcpy(&Qs[size_t((g * R + tq * G) * dq)], q + (t * H + g * G) * dq, size_t(G * dq) * 4);
-      for (int64_t gi = 0; gi < G; ++gi) rpos[size_t(tq * G + gi)] = qpos[t];
+        std::memcpy(&sc.Qs[size_t((g * R + tq * G) * dq)], a.q + (t * H + g * G) * dq, size_t(G * dq) * 4);
+      for (int64_t gi = 0; gi < G; ++gi) sc.rpos[size_t(tq * G + gi)] = a.qpos[t];
     }
-    for (int64_t g = 0; g < KV; ++g) simd::scale(&Qs[size_t(g * R * dq)], shape.scale, Rt * dq);  // scores come out scaled
+    for (int64_t g = 0; g < KV; ++g) simd::scale(&sc.Qs[size_t(g * R * dq)], shape.scale, Rt * dq);  // scores come out scaled
 
     for (int64_t u = s * U / nsplit; u < (s + 1) * U / nsplit; ++u) {
-      const KeyBlock& b = blocks[size_t(u)];
+      const KeyBlock& b = p.blocks[size_t(u)];
       const Cover cover = classify(b, qmin, qmax, rule);
       if (cover == Cover::None) continue;
-      const KVSegment& sg = segs[size_t(b.seg)];
-      if (nsplit > 1) stream_block(b, segs, KV * dq, KV * dv);  // decode: the keys come from DRAM
+      const KVSegment& sg = a.segs[size_t(b.seg)];
+      if (nsplit > 1) stream_block(b, a.segs, KV * dq, KV * dv);  // decode: the keys come from DRAM
       for (int64_t g = 0; g < KV; ++g) {
-        float *acc, *m, *l;
-        state(g, acc, m, l);
-        simd::rows_dot(S.data(), kBk, &Qs[size_t(g * R * dq)], dq, Rt,
+        float* acc = sc.acc.data() + g * R * dv;
+        float* m = sc.m.data() + g * R;
+        float* l = sc.l.data() + g * R;
+        float* S = sc.S.data();
+        simd::rows_dot(S, kBk, &sc.Qs[size_t(g * R * dq)], dq, Rt,
                        row_ptr(sg.k, sg.dtype, (b.j0 * KV + g) * dq), KV * dq, sg.dtype, b.n, dq,
                        1.0f);
         if (cover == Cover::Partial)
           for (int64_t r = 0; r < Rt; ++r)
             for (int64_t j = 0; j < b.n; ++j)
-              if (!visible(rpos[size_t(r)], sg.pos[b.j0 + j], rule)) S[size_t(r * kBk + j)] = kNegInf;
+              if (!visible(sc.rpos[size_t(r)], sg.pos[b.j0 + j], rule)) S[r * kBk + j] = kNegInf;
         // Online softmax: rescale the running sum and accumulator when the max grows.
         for (int64_t r = 0; r < Rt; ++r) {
-          float* Sr = &S[size_t(r * kBk)];
+          float* Sr = S + r * kBk;
           const float mnew = std::max(m[r], simd::max(Sr, b.n));
           if (mnew == kNegInf) {
             std::fill(Sr, Sr + b.n, 0.0f);
@@ -197,37 +216,82 @@ void attention_forward(float* out, float* lse, const float* q, const int32_t* qp
           }
           l[r] += simd::exp_sub_sum(Sr, b.n, mnew);
         }
-        simd::rows_accum(acc, dv, S.data(), kBk, Rt, row_ptr(sg.v, sg.dtype, (b.j0 * KV + g) * dv),
+        simd::rows_accum(acc, dv, S, kBk, Rt, row_ptr(sg.v, sg.dtype, (b.j0 * KV + g) * dv),
                          KV * dv, sg.dtype, b.n, dv);
       }
     }
-    if (nsplit == 1)
-      for (int64_t g = 0; g < KV; ++g) {
-        float *acc, *m, *l;
-        state(g, acc, m, l);
-        finalize(t0, g, Rt, m, l, acc);
+    for (int64_t g = 0; g < KV; ++g) {
+      const float* acc = sc.acc.data() + g * R * dv;
+      const float* m = sc.m.data() + g * R;
+      const float* l = sc.l.data() + g * R;
+      if (nsplit == 1) {
+        finalize(a, t0, g, Rt, m, l, acc);
+        continue;
       }
-  }
+      const size_t off = p.part0 + size_t((tile * KV + g) * nsplit + s) * size_t(R);
+      std::copy(m, m + R, pm.begin() + ptrdiff_t(off));
+      std::copy(l, l + R, pl.begin() + ptrdiff_t(off));
+      std::copy(acc, acc + R * dv, pacc.begin() + ptrdiff_t(off * size_t(dv)));
+    }
+  };
 
-  if (nsplit > 1) {  // tiny (base < 16 tasks): serial, a second parallel region costs more
-    for (int64_t bt = 0; bt < base; ++bt) {
-      const int64_t tile = bt / KV, g = bt % KV, t0 = tile * Tq, Rt = std::min(Tq, Lq - t0) * G;
-      std::vector<float> m(static_cast<size_t>(R), kNegInf), l(static_cast<size_t>(R), 0.0f), acc(size_t(R * dv), 0.0f);
-      const size_t off0 = size_t(bt * nsplit) * size_t(R);
-      for (int64_t r = 0; r < Rt; ++r) {
-        for (int64_t s = 0; s < nsplit; ++s) m[size_t(r)] = std::max(m[size_t(r)], pm[off0 + size_t(s * R + r)]);
-        if (m[size_t(r)] == kNegInf) continue;
-        for (int64_t s = 0; s < nsplit; ++s) {
-          const size_t o = off0 + size_t(s * R + r);
-          if (pm[o] == kNegInf) continue;
-          const float c = std::exp(pm[o] - m[size_t(r)]);
-          l[size_t(r)] += pl[o] * c;
-          simd::axpy(&acc[size_t(r * dv)], c, &pacc[o * size_t(dv)], dv);
-        }
+  // Merges the key splits of one (query tile, head) in split order.
+  auto run_merge = [&](Scratch& sc, int64_t it, int64_t bt) {
+    const AttnQuery& a = items[size_t(it)];
+    const ItemPlan& p = plans[size_t(it)];
+    const int64_t R = p.R, nsplit = p.nsplit;
+    const int64_t tile = bt / KV, g = bt % KV, t0 = tile * p.Tq, Rt = std::min(p.Tq, a.Lq - t0) * G;
+    sc.m.assign(size_t(R), kNegInf), sc.l.assign(size_t(R), 0.0f), sc.acc.assign(size_t(R * dv), 0.0f);
+    float *m = sc.m.data(), *l = sc.l.data(), *acc = sc.acc.data();
+    const size_t off0 = p.part0 + size_t(bt * nsplit) * size_t(R);
+    for (int64_t r = 0; r < Rt; ++r) {
+      for (int64_t s = 0; s < nsplit; ++s) m[r] = std::max(m[r], pm[off0 + size_t(s * R + r)]);
+      if (m[r] == kNegInf) continue;
+      for (int64_t s = 0; s < nsplit; ++s) {
+        const size_t o = off0 + size_t(s * R + r);
+        if (pm[o] == kNegInf) continue;
+        const float c = std::exp(pm[o] - m[r]);
+        l[r] += pl[o] * c;
+        simd::axpy(acc + r * dv, c, &pacc[o * size_t(dv)], dv);
       }
-      finalize(t0, g, Rt, m.data(), l.data(), acc.data());
+    }
+    finalize(a, t0, g, Rt, m, l, acc);
+  };
+
+  // The item owning index x of the tasks (or merges): the last item whose first index <= x and
+  // that has any.
+  auto owner = [&](int64_t x, bool merge) {
+    int64_t lo = 0, hi = n_items - 1;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      const int64_t first = merge ? plans[size_t(mid)].merge0 : plans[size_t(mid)].task0;
+      if (first <= x) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+  };
+
+#pragma omp parallel if (work > 2e5)
+  {
+    Scratch sc;
+    sc.Qs.resize(size_t(KV * Rmax * dq)), sc.S.resize(size_t(Rmax * kBk)), sc.rpos.resize(size_t(Rmax));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < ntask; ++task) {
+      const int64_t it = owner(task, false);
+      run_task(sc, it, task - plans[size_t(it)].task0);
+    }
+#pragma omp for schedule(dynamic, 1) nowait
+    for (int64_t bt = 0; bt < nmerge; ++bt) {
+      const int64_t it = owner(bt, true);
+      run_merge(sc, it, bt - plans[size_t(it)].merge0);
     }
   }
+}
+
+void attention_forward(float* out, float* lse, const float* q, const int32_t* qpos, int64_t Lq,
+                       std::span<const KVSegment> segs, const AttnShape& shape,
+                       const AttnRule& rule) {
+  const AttnQuery item{out, lse, q, qpos, Lq, segs};
+  attention_forward_batch(std::span<const AttnQuery>(&item, 1), shape, rule);
 }
 
 void attention_backward(float* dq, float* dk, float* dv_out, const float* dout, const float* q,

@@ -46,6 +46,22 @@ void attention_forward(float* out, float* lse, const float* q, const int32_t* qp
                        std::span<const KVSegment> segs, const AttnShape& shape,
                        const AttnRule& rule);
 
+// One sequence's queries and the key segments they see (an item of a batch).
+struct AttnQuery {
+  float* out = nullptr;  // [Lq, n_head, d_v]
+  float* lse = nullptr;  // [Lq, n_head] or null
+  const float* q = nullptr;
+  const int32_t* qpos = nullptr;
+  int64_t Lq = 0;
+  std::span<const KVSegment> segs;
+};
+
+// attention_forward of every item, all in one parallel region (a batched decode step: one query
+// per sequence, and one fork/join per layer instead of one per sequence). Each item's result is
+// bit-identical to attention_forward of that item alone.
+void attention_forward_batch(std::span<const AttnQuery> items, const AttnShape& shape,
+                             const AttnRule& rule);
+
 // Backward for a single F32 segment (training): k[Lk, n_kv, d_qk], v[Lk, n_kv, d_v], kpos[Lk].
 // out and lse as written by the forward. Accumulates (+=) into dq, dk, dv. Keys go in chunks
 // whose attention probabilities are kept (2·n_head·Lq floats per key); key_chunk > 0 sets the

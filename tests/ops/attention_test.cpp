@@ -284,6 +284,85 @@ TEST(Attention, ForwardIndependentOfThreadCount) {
   omp_set_num_threads(nt);
 }
 
+// A batch of items as a batched decode step (plus a prefill chunk, a query-less item and an item
+// without keys) in one attention_forward_batch: each item bit-identical to attention_forward of it
+// alone, on 1 and 2+ threads, and within the usual tolerance of the double reference.
+TEST(Attention, BatchEqualsItemsAlone) {
+  Rng rng(7);
+  const int64_t H = 25, KV = 5, dqk = 64, dv = 128;
+  const AttnShape s = shape(H, KV, dqk, dv);
+  const AttnRule r{100, 16};
+  struct Item {
+    std::vector<Seg> segs;
+    std::vector<KVSegment> views;
+    std::vector<float> q;
+    std::vector<int32_t> qpos;
+  };
+  std::vector<Item> items;
+  // Decode items over 1 to 20 key blocks (a meta segment + a cache segment, bf16), one prefill chunk.
+  for (int64_t n : {5, 64, 130, 700, 1290}) {
+    Item it;
+    auto meta_k = rng.vec(size_t(16 * KV * dqk)), meta_v = rng.vec(size_t(16 * KV * dv));
+    it.segs.push_back(make_seg(meta_k, meta_v, iota_pos(16, 0), DType::BF16));
+    auto k = rng.vec(size_t(n * KV * dqk)), v = rng.vec(size_t(n * KV * dv));
+    it.segs.push_back(make_seg(k, v, iota_pos(n, 16), DType::BF16));
+    it.qpos = {int32_t(16 + n)};
+    it.q = rng.vec(size_t(H * dqk));
+    items.push_back(std::move(it));
+  }
+  {
+    Item it;
+    const int64_t L = 40;
+    auto k = rng.vec(size_t(L * KV * dqk)), v = rng.vec(size_t(L * KV * dv));
+    it.qpos = iota_pos(L, 0);
+    it.segs.push_back(make_seg(k, v, it.qpos, DType::F32));
+    it.q = rng.vec(size_t(L * H * dqk));
+    items.push_back(std::move(it));
+  }
+  items.push_back(Item{});  // no queries
+  {
+    Item it;  // a query without keys
+    it.qpos = {3};
+    it.q = rng.vec(size_t(H * dqk));
+    items.push_back(std::move(it));
+  }
+  for (auto& it : items)
+    for (auto& sg : it.segs) it.views.push_back(sg.view());
+
+  auto batch = [&]() {
+    std::vector<Result> res(items.size());
+    std::vector<AttnQuery> qs;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const int64_t Lq = int64_t(items[i].qpos.size());
+      res[i].out.assign(size_t(Lq * H * dv), NAN), res[i].lse.assign(size_t(Lq * H), NAN);
+      qs.push_back(AttnQuery{res[i].out.data(), res[i].lse.data(), items[i].q.data(), items[i].qpos.data(), Lq,
+                             items[i].views});
+    }
+    attention_forward_batch(qs, s, r);
+    return res;
+  };
+  const int nt = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const auto one = batch();
+  omp_set_num_threads(std::max(2, nt));
+  const auto two = batch();
+  for (size_t i = 0; i < items.size(); ++i) {
+    const Result alone = run(items[i].q, items[i].qpos, items[i].segs, s, r);
+    EXPECT_EQ(one[i].out, alone.out) << "item " << i;
+    EXPECT_EQ(one[i].lse, alone.lse) << "item " << i;
+    EXPECT_EQ(two[i].out, alone.out) << "item " << i;
+    EXPECT_EQ(two[i].lse, alone.lse) << "item " << i;
+    if (items[i].qpos.empty()) continue;
+    std::vector<double> out, lse;
+    reference(out, lse, items[i].q, items[i].qpos, items[i].segs, s, r);
+    const double eo = test::norm_err(two[i].out, out), el = lse_err(two[i].lse, lse);
+    std::printf("  item %zu: out err %.2e, lse err %.2e\n", i, eo, el);
+    EXPECT_LT(eo, 5e-6) << "item " << i;
+    EXPECT_LT(el, 5e-6) << "item " << i;
+  }
+  omp_set_num_threads(nt);
+}
+
 // Backward against central differences of the double forward, loss = Σ dout · out.
 TEST(Attention, BackwardFiniteDifferences) {
   Rng rng(5);
