@@ -72,7 +72,7 @@ void RowsDotT(float* S, int64_t lds, const float* a, int64_t lda, int64_t R, con
     const T* bj = b + j * bstride;
     const T* bk = bj + bstride;
     int64_t r = 0;
-    for (; r + 4 <= R; r += 4) {
+    for (; r + 4 <= R && R - r != 5; r += 4) {
       const float* a0 = a + r * lda;
       const float *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
       auto s0 = hn::Zero(df), s1 = hn::Zero(df), s2 = hn::Zero(df), s3 = hn::Zero(df);
@@ -95,6 +95,37 @@ void RowsDotT(float* S, int64_t lds, const float* a, int64_t lda, int64_t R, con
         w[0] += a0[i] * ci, w[1] += a1[i] * ci, w[2] += a2[i] * ci, w[3] += a3[i] * ci;
       }
       for (int k = 0; k < 4; ++k) S[(r + k) * lds + j] = scale * t[k], S[(r + k) * lds + j + 1] = scale * w[k];
+    }
+    if (R - r == 5) {  // a GQA group of 5 heads at decode: one pass, not 4 + 1 (13 registers)
+      const float* a0 = a + r * lda;
+      const float *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda, *a4 = a3 + lda;
+      auto s0 = hn::Zero(df), s1 = hn::Zero(df), s2 = hn::Zero(df), s3 = hn::Zero(df), s4 = hn::Zero(df);
+      auto u0 = hn::Zero(df), u1 = hn::Zero(df), u2 = hn::Zero(df), u3 = hn::Zero(df), u4 = hn::Zero(df);
+      for (int64_t i = 0; i < dv; i += NL) {
+        const auto bv = LoadW(df, bj + i), bw = LoadW(df, bk + i);
+        auto q = hn::LoadU(df, a0 + i);
+        s0 = hn::MulAdd(q, bv, s0), u0 = hn::MulAdd(q, bw, u0);
+        q = hn::LoadU(df, a1 + i);
+        s1 = hn::MulAdd(q, bv, s1), u1 = hn::MulAdd(q, bw, u1);
+        q = hn::LoadU(df, a2 + i);
+        s2 = hn::MulAdd(q, bv, s2), u2 = hn::MulAdd(q, bw, u2);
+        q = hn::LoadU(df, a3 + i);
+        s3 = hn::MulAdd(q, bv, s3), u3 = hn::MulAdd(q, bw, u3);
+        q = hn::LoadU(df, a4 + i);
+        s4 = hn::MulAdd(q, bv, s4), u4 = hn::MulAdd(q, bw, u4);
+      }
+      float t[4], w[4], x[4];
+      Sum4(df, s0, s1, s2, s3, t);
+      Sum4(df, u0, u1, u2, u3, w);
+      Sum4(df, s4, u4, s4, u4, x);
+      const float* ar[5] = {a0, a1, a2, a3, a4};
+      float tt[5] = {t[0], t[1], t[2], t[3], x[0]}, ww[5] = {w[0], w[1], w[2], w[3], x[1]};
+      for (int64_t i = dv; i < d; ++i) {
+        const float bi = ToF(bj[i]), ci = ToF(bk[i]);
+        for (int k = 0; k < 5; ++k) tt[k] += ar[k][i] * bi, ww[k] += ar[k][i] * ci;
+      }
+      for (int k = 0; k < 5; ++k) S[(r + k) * lds + j] = scale * tt[k], S[(r + k) * lds + j + 1] = scale * ww[k];
+      r += 5;
     }
     for (; r < R; ++r) {
       const float* a0 = a + r * lda;
@@ -169,7 +200,7 @@ void RowsAccumT(float* acc, int64_t lda, const float* P, int64_t ldp, int64_t R,
   for (; i0 + 2 * NL <= dv; i0 += 2 * NL) {
     const int64_t i = i0;
     int64_t r = 0;
-    for (; r + 4 <= R; r += 4) {
+    for (; r + 4 <= R && R - r != 5; r += 4) {
       float* c0 = acc + r * lda + i;
       float *c1 = c0 + lda, *c2 = c1 + lda, *c3 = c2 + lda;
       const float* p0 = P + r * ldp;
@@ -191,6 +222,35 @@ void RowsAccumT(float* acc, int64_t lda, const float* P, int64_t ldp, int64_t R,
       hn::StoreU(x0, df, c0), hn::StoreU(x1, df, c1), hn::StoreU(x2, df, c2), hn::StoreU(x3, df, c3);
       hn::StoreU(y0, df, c0 + NL), hn::StoreU(y1, df, c1 + NL), hn::StoreU(y2, df, c2 + NL),
           hn::StoreU(y3, df, c3 + NL);
+    }
+    if (R - r == 5) {  // a GQA group of 5 heads at decode: each V row widened once, not twice
+      float* c0 = acc + r * lda + i;
+      float *c1 = c0 + lda, *c2 = c1 + lda, *c3 = c2 + lda, *c4 = c3 + lda;
+      const float* p0 = P + r * ldp;
+      const float *p1 = p0 + ldp, *p2 = p1 + ldp, *p3 = p2 + ldp, *p4 = p3 + ldp;
+      auto x0 = hn::LoadU(df, c0), x1 = hn::LoadU(df, c1), x2 = hn::LoadU(df, c2),
+           x3 = hn::LoadU(df, c3), x4 = hn::LoadU(df, c4);
+      auto y0 = hn::LoadU(df, c0 + NL), y1 = hn::LoadU(df, c1 + NL), y2 = hn::LoadU(df, c2 + NL),
+           y3 = hn::LoadU(df, c3 + NL), y4 = hn::LoadU(df, c4 + NL);
+      for (int64_t j = 0; j < nb; ++j) {
+        const auto b0 = LoadW(df, b + j * bstride + i);
+        const auto b1 = LoadW(df, b + j * bstride + i + NL);
+        auto w = hn::Set(df, p0[j]);
+        x0 = hn::MulAdd(w, b0, x0), y0 = hn::MulAdd(w, b1, y0);
+        w = hn::Set(df, p1[j]);
+        x1 = hn::MulAdd(w, b0, x1), y1 = hn::MulAdd(w, b1, y1);
+        w = hn::Set(df, p2[j]);
+        x2 = hn::MulAdd(w, b0, x2), y2 = hn::MulAdd(w, b1, y2);
+        w = hn::Set(df, p3[j]);
+        x3 = hn::MulAdd(w, b0, x3), y3 = hn::MulAdd(w, b1, y3);
+        w = hn::Set(df, p4[j]);
+        x4 = hn::MulAdd(w, b0, x4), y4 = hn::MulAdd(w, b1, y4);
+      }
+      hn::StoreU(x0, df, c0), hn::StoreU(x1, df, c1), hn::StoreU(x2, df, c2), hn::StoreU(x3, df, c3),
+          hn::StoreU(x4, df, c4);
+      hn::StoreU(y0, df, c0 + NL), hn::StoreU(y1, df, c1 + NL), hn::StoreU(y2, df, c2 + NL),
+          hn::StoreU(y3, df, c3 + NL), hn::StoreU(y4, df, c4 + NL);
+      r += 5;
     }
     for (; r < R; ++r) {
       float* c0 = acc + r * lda + i;

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <string>
 
 #include "base/dtype.h"
 #include "ops/attention.h"
@@ -23,9 +24,11 @@ struct TargetGuard {
   ~TargetGuard() { hwy::SetSupportedTargetsForTest(0); }
 };
 
-void check_primitives() {
-  Rng rng(1);
-  const int64_t R = 7, nb = 9, d = 37;
+// rows_dot / rows_accum over row counts that take each row tiling (4-row passes, the 5-row pass
+// of a GQA group of 5, single rows) and head sizes with and without a scalar tail.
+void check_rows(Rng& rng, int64_t R, int64_t d) {
+  SCOPED_TRACE("R " + std::to_string(R) + " d " + std::to_string(d));
+  const int64_t nb = 9;
   auto a = rng.vec(size_t(R * d)), bf = rng.vec(size_t(nb * d)), P = rng.vec(size_t(R * nb));
   for (DType dt : {DType::F32, DType::BF16, DType::F16}) {
     std::vector<uint16_t> b16(bf.size());
@@ -54,6 +57,13 @@ void check_primitives() {
         for (int64_t i = 0; i < d; ++i) ar[size_t(r * d + i)] += double(P[size_t(r * nb + j)]) * bv[size_t(j * d + i)];
     EXPECT_LT(test::norm_err(acc, ar), 2e-6);
   }
+}
+
+void check_primitives() {
+  Rng rng(1);
+  for (int64_t R : {1, 4, 5, 7, 9, 10})
+    for (int64_t d : {37, 64, 128}) check_rows(rng, R, d);
+  const auto a = rng.vec(53);
   auto x = rng.vec(53, -10, 10);
   double m = -INFINITY, sum = 0;
   for (float v : x) m = std::max(m, double(v));
