@@ -103,6 +103,12 @@ TEST(Simd, EveryTarget) {
                             B.data(), C.data(), Ds.data(), z.data(), L, D, N);
     r.insert(r.end(), h.begin(), h.end());
     r.insert(r.end(), g.begin(), g.end());
+    // One token: the decode step's kernel (vectorised over the state index).
+    std::vector<float> r1(static_cast<size_t>(D)), h1(size_t(D * N), 0.1f);
+    selective_scan_forward(r1.data(), h1.data(), x.data(), dl.data(), A.data(), B.data(), C.data(), Ds.data(),
+                           z.data(), 1, D, N);
+    r.insert(r.end(), r1.begin(), r1.end());
+    r.insert(r.end(), h1.begin(), h1.end());
     return r;
   };
   const int64_t H = 10, KV = 2, dq = 24, dv = 40, Lk = 70;

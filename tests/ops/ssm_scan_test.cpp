@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <string>
 
 #include "ops/ssm_scan.h"
 #include "test_util.h"
@@ -74,6 +75,40 @@ TEST(SelectiveScan, ForwardMatchesDouble) {
                   int(gate), eo, eh);
       EXPECT_LT(eo, 1e-5);
       EXPECT_LT(eh, 1e-5);
+    }
+}
+
+// One token (the decode step's own kernel, vectorised over the state index) against the double
+// reference and against the same token inside a longer run: the same state bits, out within 1e-6.
+TEST(SelectiveScan, OneTokenMatchesDoubleAndLongerRun) {
+  for (auto [D, N] : {std::pair<int64_t, int64_t>{37, 16}, {8, 32}, {200, 16}, {19, 7}})
+    for (bool gate : {true, false}) {
+      SCOPED_TRACE("D " + std::to_string(D) + " N " + std::to_string(N) + " gate " + std::to_string(gate));
+      const int64_t L = 2;  // a 2-token run takes the general kernel; its first token is the step's
+      ScanIn s = make(L, D, N, gate, uint64_t(D * 10 + N));
+      std::vector<float> one(static_cast<size_t>(D)), h1 = s.h0;
+      selective_scan_forward(one.data(), h1.data(), s.x.data(), s.delta.data(), s.A.data(), s.B.data(),
+                             s.C.data(), s.Dskip.data(), gate ? s.z.data() : nullptr, 1, D, N);
+      std::vector<double> hd = test::to_d(s.h0);
+      std::vector<double> zd = gate ? test::to_d(std::vector<float>(s.z.begin(), s.z.begin() + D)) : std::vector<double>{};
+      const auto ref = naive(hd, test::to_d(s.x), test::to_d(s.delta), test::to_d(s.A), test::to_d(s.B),
+                             test::to_d(s.C), test::to_d(s.Dskip), zd, 1, D, N);
+      const double eo = test::norm_err(one, ref), eh = test::norm_err(h1, hd);
+      std::printf("  one token D%ld N%ld gate%d: out err %.2e, state err %.2e\n", long(D), long(N), int(gate), eo, eh);
+      EXPECT_LT(eo, 1e-5);
+      EXPECT_LT(eh, 1e-5);
+      // The first token of a 2-token run: the general (channel-vectorised) kernel.
+      std::vector<float> two(size_t(L * D)), h2 = s.h0;
+      std::vector<float> x2 = s.x, d2 = s.delta;
+      for (int64_t c = 0; c < D; ++c) d2[size_t(D + c)] = 0.0f, x2[size_t(D + c)] = 0.0f;  // token 2 leaves h as is
+      selective_scan_forward(two.data(), h2.data(), x2.data(), d2.data(), s.A.data(), s.B.data(), s.C.data(),
+                             s.Dskip.data(), gate ? s.z.data() : nullptr, L, D, N);
+      EXPECT_EQ(h1, h2);
+      std::vector<float> first(two.begin(), two.begin() + D);
+      double e = 0, m = 1e-6;
+      for (int64_t c = 0; c < D; ++c)
+        e = std::max(e, double(std::abs(first[size_t(c)] - one[size_t(c)]))), m = std::max(m, double(std::abs(first[size_t(c)])));
+      EXPECT_LT(e / m, 1e-6);
     }
 }
 
