@@ -28,7 +28,7 @@ struct Opts : ModelFlags {
 
 // The "chunks" metadata of an imatrix file as a count.
 int64_t chunks_of(const ImportanceMatrix& im, const std::string& file) {
-  const std::string v = im.info.count("chunks") ? im.info.at("chunks") : "";
+  const std::string v = im.info_of("chunks");
   int64_t n = -1;
   const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
   HYMBA_CHECK(ec == std::errc() && end == v.data() + v.size() && n >= 0,
@@ -48,10 +48,9 @@ void run(const Opts& o) {
   if (std::filesystem::exists(o.out)) {
     HYMBA_CHECK(o.resume, "-o " + o.out + " exists; --resume continues it, or choose another name (nothing is overwritten)");
     im = ImportanceMatrix::load(o.out);
-    auto info = [&](const char* k) { return im.info.count(k) ? im.info.at(k) : std::string(); };
-    HYMBA_CHECK(info("dataset") == dataset && info("chunk_size") == std::to_string(p.ctx),
-                "--resume: " + o.out + " was collected from " + info("dataset") + " in chunks of " +
-                    info("chunk_size") + ", not " + dataset + " in chunks of " + std::to_string(p.ctx));
+    HYMBA_CHECK(im.info_of("dataset") == dataset && im.info_of("chunk_size") == std::to_string(p.ctx),
+                "--resume: " + o.out + " was collected from " + im.info_of("dataset") + " in chunks of " +
+                    im.info_of("chunk_size") + ", not " + dataset + " in chunks of " + std::to_string(p.ctx));
     p.first_chunk = chunks_of(im, o.out);
   }
   int64_t merged_chunks = 0;

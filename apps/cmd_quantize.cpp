@@ -166,11 +166,11 @@ void run(const Opts& o) {
         auto j = nlohmann::json::parse(read_file(e.path().string()));
         j["quantization_config"] = {{"quant_method", "hymba"}, {"weights", quant_name(type)},
                                     {"source", fs::absolute(src).lexically_normal().string()}};
-        if (im)
-          j["quantization_config"]["imatrix"] = {{"file", fs::absolute(o.imatrix).lexically_normal().string()},
-                                                 {"dataset", im->info.count("dataset") ? im->info.at("dataset") : ""},
-                                                 {"chunks", im->info.count("chunks") ? im->info.at("chunks") : ""},
-                                                 {"chunk_size", im->info.count("chunk_size") ? im->info.at("chunk_size") : ""}};
+        if (im) {
+          auto& ji = j["quantization_config"]["imatrix"];
+          ji["file"] = fs::absolute(o.imatrix).lexically_normal().string();
+          for (const char* k : {"dataset", "chunks", "chunk_size"}) ji[k] = im->info_of(k);
+        }
         write_file_atomic((tmp / name).string(), j.dump(2) + "\n");
       } else {
         fs::copy_file(e.path(), tmp / name);

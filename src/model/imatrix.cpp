@@ -20,6 +20,11 @@ bool strip(const std::string& s, const std::string& suffix, std::string* base) {
 }
 }  // namespace
 
+std::string ImportanceMatrix::info_of(const std::string& key) const {
+  auto it = info.find(key);
+  return it == info.end() ? std::string() : it->second;
+}
+
 void ImportanceMatrix::add(const std::string& name, const float* x, int64_t T, int64_t K) {
   Entry& e = entries[name];
   if (e.sum2.empty()) e.sum2.assign(size_t(K), 0.0);

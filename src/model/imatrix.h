@@ -23,6 +23,7 @@ struct ImportanceMatrix {
   };
   std::map<std::string, Entry> entries;      // weight name -> sums
   std::map<std::string, std::string> info;   // dataset, chunks, chunk_size (file metadata)
+  std::string info_of(const std::string& key) const;  // info[key], or "" if absent
 
   // Adds rows x[T, K] to weight `name`'s sums; throws hymba::Error if K differs from before.
   void add(const std::string& name, const float* x, int64_t T, int64_t K);

@@ -290,9 +290,9 @@ int quantize_weights(Checkpoint& ck, DType type, const ImportanceMatrix* imatrix
   };
   Weights& w = ck.weights;
   for (size_t l = 0; l < w.layers.size(); ++l)
-    for (auto [n, m] : layer_matrices(w.layers[l])) {
+    for (auto [name, m] : layer_matrices(w.layers[l])) {
       const bool scan_input = m == &w.layers[l].x_proj || m == &w.layers[l].dt_proj;
-      if (!scan_input || type == DType::Q8) quantize(*m, type, layer_prefix(l) + n);
+      if (!scan_input || type == DType::Q8) quantize(*m, type, layer_prefix(l) + name);
     }
   quantize(w.lm_head, DType::Q8, "lm_head.weight");
   return n;

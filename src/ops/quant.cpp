@@ -40,6 +40,13 @@ float mean_square(const float* x, int64_t n) {
   return n > 0 ? float(s / double(n)) : 0.0f;
 }
 
+// w[i] = importance[i] · sqrt(σ² + x[i]²), the importance weighting of quant.h; returns Σ w.
+float importance_weights(float* w, const float* importance, const float* x, int64_t n, float sigma2) {
+  float sw = 0.0f;
+  for (int64_t i = 0; i < n; ++i) w[i] = importance[i] * std::sqrt(sigma2 + x[i] * x[i]), sw += w[i];
+  return sw;
+}
+
 // Q4_0 code of v for scale d (as stored: F16-rounded).
 uint8_t q4_0_code(float v, float d) {
   const long r = d != 0.0f ? std::lround(v / d) + 8 : 8;
@@ -94,10 +101,9 @@ void quantize_q4_0(BlockQ4_0* out, const float* x, int64_t n, const float* impor
     // m maps to code 0 (-8 · d = m), the asymmetric end of the 4-bit range gets the extreme.
     uint16_t dh = f32_to_f16(m / -8.0f);
     if (importance && m != 0.0f) {
-      float w[kQ4Block], sw = 0.0f;
-      for (int64_t i = 0; i < kQ4Block; ++i)
-        w[i] = importance[b * kQ4Block + i] * std::sqrt(sigma2 + xb[i] * xb[i]), sw += w[i];
-      if (sw > 0.0f) dh = q4_0_weighted_scale(xb, w, m, dh);
+      float w[kQ4Block];
+      if (importance_weights(w, importance + b * kQ4Block, xb, kQ4Block, sigma2) > 0.0f)
+        dh = q4_0_weighted_scale(xb, w, m, dh);
     }
     const float d = f16_to_f32(dh);
     BlockQ4_0& o = out[b];
@@ -181,7 +187,8 @@ float fit_sub_block(const float* x, const float* w, uint8_t* L, float* mn) {
   return scale;
 }
 
-// Sub-block j's 6-bit code in the packed scales: v -> (scale or min) slot.
+// Stores sub-block j's 6-bit scale ls and min lm in the packed scales (llama.cpp's layout, the
+// inverse of q4_k_scale_min), leaving the other sub-blocks' bits as they are.
 void set_scale_min(uint8_t* q, int j, int ls, int lm) {
   if (j < 4) {
     q[j] = uint8_t((q[j] & 0xC0) | ls), q[j + 4] = uint8_t((q[j + 4] & 0xC0) | lm);
@@ -192,12 +199,10 @@ void set_scale_min(uint8_t* q, int j, int ls, int lm) {
   }
 }
 
-// With importance: the stored 6-bit scale and min of sub-block j moved by ±1 each where that
-// lowers the weighted error of the codes they give (the rounding to 6 bits ignores the weights;
-// the unmoved pair is a candidate, so this never does worse).
-void refine_scale_min(uint8_t* q, int j, const float* x, const float* imp, float sigma2, float d, float dmin) {
-  float w[kQ4KSub];
-  for (int i = 0; i < kQ4KSub; ++i) w[i] = imp[i] * std::sqrt(sigma2 + x[i] * x[i]);
+// With importance weights w: the stored 6-bit scale and min of sub-block j moved by ±1 each where
+// that lowers the weighted error of the codes they give (the rounding to 6 bits ignores the
+// weights; the unmoved pair is a candidate, so this never does worse).
+void refine_scale_min(uint8_t* q, int j, const float* x, const float* w, float d, float dmin) {
   auto err = [&](int ls, int lm) {
     const float ds = d * float(ls), dm = dmin * float(lm);
     double e = 0;
@@ -233,41 +238,32 @@ void quantize_q4_k(uint8_t* out, const float* x, int64_t n, const float* importa
     const int nsub = int(std::min(kQ4KBlock, n - s0) / kQ4KSub);
     const float* xs = x + s0;
     uint8_t L[kQ4KBlock] = {};
-    float scale[8] = {}, mins[8] = {}, w[kQ4KSub];
+    float scale[8] = {}, mins[8] = {}, w[kQ4KSub], wi[kQ4KBlock];  // wi: the importance weights
     float max_scale = 0.0f, max_min = 0.0f;
     for (int j = 0; j < nsub; ++j) {
       const float* xj = xs + j * kQ4KSub;
       float s2 = 0.0f;
       for (int i = 0; i < kQ4KSub; ++i) s2 += xj[i] * xj[i];
       const float av = std::sqrt(s2 / float(kQ4KSub));
-      float sw = 0.0f;
-      if (importance) {
-        const float* ij = importance + s0 + j * kQ4KSub;
-        for (int i = 0; i < kQ4KSub; ++i) w[i] = ij[i] * std::sqrt(sigma2 + xj[i] * xj[i]), sw += w[i];
-      }
-      if (!(sw > 0.0f))  // no importance, or none for this sub-block: the plain weighting
+      float* wj = wi + j * kQ4KSub;
+      const float sw = importance ? importance_weights(wj, importance + s0 + j * kQ4KSub, xj, kQ4KSub, sigma2) : 0.0f;
+      if (!(sw > 0.0f)) {  // no importance, or none for this sub-block: the plain weighting
         for (int i = 0; i < kQ4KSub; ++i) w[i] = av + std::fabs(xj[i]);
-      scale[j] = fit_sub_block(xj, w, L + j * kQ4KSub, &mins[j]);
+        wj = w;
+      }
+      scale[j] = fit_sub_block(xj, wj, L + j * kQ4KSub, &mins[j]);
       max_scale = std::max(max_scale, scale[j]), max_min = std::max(max_min, mins[j]);
     }
     BlockQ4_K h{};
     const float is = max_scale > 0.0f ? 63.0f / max_scale : 0.0f, im = max_min > 0.0f ? 63.0f / max_min : 0.0f;
-    for (int j = 0; j < nsub; ++j) {
-      const int ls = std::clamp(int(std::nearbyint(is * scale[j])), 0, 63);
-      const int lm = std::clamp(int(std::nearbyint(im * mins[j])), 0, 63);
-      if (j < 4) {
-        h.scales[j] = uint8_t(ls), h.scales[j + 4] = uint8_t(lm);
-      } else {
-        h.scales[j + 4] = uint8_t((ls & 15) | (lm & 15) << 4);
-        h.scales[j - 4] |= uint8_t((ls >> 4) << 6);
-        h.scales[j] |= uint8_t((lm >> 4) << 6);
-      }
-    }
+    for (int j = 0; j < nsub; ++j)
+      set_scale_min(h.scales, j, std::clamp(int(std::nearbyint(is * scale[j])), 0, 63),
+                    std::clamp(int(std::nearbyint(im * mins[j])), 0, 63));
     h.d = f32_to_f16(max_scale / 63.0f);
     h.dmin = f32_to_f16(max_min / 63.0f);
     const float d = f16_to_f32(h.d), dmin = f16_to_f32(h.dmin);
     if (importance)
-      for (int j = 0; j < nsub; ++j) refine_scale_min(h.scales, j, xs + j * kQ4KSub, importance + s0 + j * kQ4KSub, sigma2, d, dmin);
+      for (int j = 0; j < nsub; ++j) refine_scale_min(h.scales, j, xs + j * kQ4KSub, wi + j * kQ4KSub, d, dmin);
     for (int j = 0; j < nsub; ++j) {  // the codes again, for the scale and min as stored
       int sc, m;
       q4_k_scale_min(h.scales, j, &sc, &m);
