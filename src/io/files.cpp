@@ -1,11 +1,14 @@
 #include "io/files.h"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -24,8 +27,35 @@ std::string dir_of(const std::string& path) {
 }
 }  // namespace
 
+// Temp names are "<target>.tmp.<pid>.<suffix>": the pid lets a later writer of the same target
+// remove what a killed process left, without touching a live writer's file.
+std::string AtomicFile::temp_prefix() const { return path_ + ".tmp."; }
+
+void AtomicFile::remove_stale_temps() const {
+  const std::string dir = dir_of(path_), prefix = temp_prefix();
+  const std::string base = prefix.substr(prefix.find_last_of('/') + 1);  // npos + 1 == 0
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  while (dirent* e = ::readdir(d)) {
+    const std::string n = e->d_name;
+    if (n.compare(0, base.size(), base) != 0) continue;
+    char* end = nullptr;
+    const long pid = std::strtol(n.c_str() + base.size(), &end, 10);
+    if (pid <= 0 || *end != '.' || pid == long(::getpid())) continue;
+    if (::kill(pid_t(pid), 0) != 0 && errno == ESRCH) ::unlink((dir + "/" + n).c_str());
+  }
+  ::closedir(d);
+}
+
 AtomicFile::AtomicFile(const std::string& path) : path_(path) {
-  tmp_ = path + ".tmp.XXXXXX";
+  remove_stale_temps();
+#ifdef O_TMPFILE
+  // An unnamed file while it is written: a process killed mid-write leaves nothing behind.
+  fd_ = ::open(dir_of(path).c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd_ >= 0) return;
+#endif
+  // Filesystems without O_TMPFILE: a named temp file, removed by the next writer if we are killed.
+  tmp_ = temp_prefix() + std::to_string(::getpid()) + ".XXXXXX";
   fd_ = ::mkstemp(tmp_.data());
   if (fd_ < 0)
     fail("cannot write " + path + ": cannot create a temp file in " + dir_of(path) + " (" +
@@ -36,7 +66,7 @@ AtomicFile::AtomicFile(const std::string& path) : path_(path) {
 AtomicFile::~AtomicFile() {
   if (fd_ >= 0) {  // not committed: drop the temp file, the target stays untouched
     ::close(fd_);
-    ::unlink(tmp_.c_str());
+    if (!tmp_.empty()) ::unlink(tmp_.c_str());
   }
 }
 
@@ -55,6 +85,19 @@ void AtomicFile::write(const void* data, size_t size) {
 
 void AtomicFile::commit() {
   if (::fsync(fd_) != 0) fail("cannot write " + path_ + ": fsync: " + sys_err());
+  if (tmp_.empty()) {
+    // linkat cannot replace a file, so the data gets a temp name for the instant before rename.
+    const std::string proc = "/proc/self/fd/" + std::to_string(fd_);
+    for (int attempt = 0;; ++attempt) {
+      tmp_ = temp_prefix() + std::to_string(::getpid()) + "." + std::to_string(attempt);
+      if (::linkat(AT_FDCWD, proc.c_str(), AT_FDCWD, tmp_.c_str(), AT_SYMLINK_FOLLOW) == 0) break;
+      if (errno != EEXIST || attempt > 100) {
+        std::string e = sys_err();
+        tmp_.clear();  // nothing was named; the destructor only closes
+        fail("cannot write " + path_ + ": link: " + e);
+      }
+    }
+  }
   if (::close(fd_) != 0) {
     fd_ = -1;
     ::unlink(tmp_.c_str());

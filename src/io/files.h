@@ -17,6 +17,9 @@ bool file_exists(const std::string& path);
 
 // Streaming form of write_file_atomic for big files (checkpoints): write() pieces, then commit()
 // (fsync + rename). Destroyed without commit(): the temp file is removed, the target untouched.
+// Killed (SIGKILL, power loss) before commit(): the target is untouched, and the data being written
+// has no name (O_TMPFILE) or, where the filesystem lacks it, a "<path>.tmp.<pid>.*" name that the
+// next AtomicFile for the same path removes once that process is gone.
 class AtomicFile {
  public:
   explicit AtomicFile(const std::string& path);  // throws naming the path if the folder is unwritable
@@ -27,7 +30,9 @@ class AtomicFile {
   void commit();
 
  private:
-  std::string path_, tmp_;
+  std::string temp_prefix() const;
+  void remove_stale_temps() const;
+  std::string path_, tmp_;  // tmp_ empty while the data has no name (O_TMPFILE)
   int fd_ = -1;
 };
 

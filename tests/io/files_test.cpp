@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -34,6 +35,51 @@ TEST(IoFiles, AtomicWriteReadOverwrite) {
   int n = 0;
   for (auto& e : std::filesystem::directory_iterator(d)) (void)e, ++n;
   EXPECT_EQ(n, 1);
+}
+
+namespace {
+int entries(const std::string& d) {
+  int n = 0;
+  for (auto& e : std::filesystem::directory_iterator(d)) (void)e, ++n;
+  return n;
+}
+}  // namespace
+
+// A writer killed before commit() (here: _exit in a child, no destructor) leaves the old file as
+// it was and no temp file next to it.
+TEST(IoFiles, KilledWriterLeavesNothing) {
+  const std::string d = fresh_dir("kill"), p = d + "/a.bin";
+  write_file_atomic(p, std::string("old"));
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    AtomicFile f(p);
+    f.write("new data", 8);
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_EQ(read_file(p), "old");
+  EXPECT_EQ(entries(d), 1);
+}
+
+// Temp names of processes that are gone are removed by the next writer of the same target; a live
+// process's are kept, and so are other targets'.
+TEST(IoFiles, StaleTempsOfDeadWritersAreRemoved) {
+  const std::string d = fresh_dir("stale"), p = d + "/a.bin";
+  pid_t dead = ::fork();
+  ASSERT_GE(dead, 0);
+  if (dead == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(dead, nullptr, 0), dead);
+  const std::string stale = p + ".tmp." + std::to_string(dead) + ".Ab12Cd";
+  const std::string live = p + ".tmp." + std::to_string(::getppid()) + ".Ef34Gh";
+  const std::string other = d + "/b.bin.tmp." + std::to_string(dead) + ".Ij56Kl";
+  for (const auto& f : {stale, live, other}) write_file_atomic(f, std::string("x"));
+  write_file_atomic(p, std::string("data"));
+  EXPECT_FALSE(file_exists(stale));
+  EXPECT_TRUE(file_exists(live));
+  EXPECT_TRUE(file_exists(other));
+  EXPECT_EQ(read_file(p), "data");
 }
 
 TEST(IoFiles, ErrorsNameThePath) {
