@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "base/error.h"
 #include "model/hymba.h"
 #include "ops/activation.h"
 #include "ops/attention.h"
@@ -225,7 +226,6 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
 namespace {
 float* mut(const float* p) { return const_cast<float*>(p); }
 float* mut(const MatView& m) { return static_cast<float*>(const_cast<void*>(m.data)); }
-void zeros(std::vector<float>& v, int64_t n) { v.assign(size_t(n), 0.0f); }
 }  // namespace
 
 void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> items,
@@ -238,40 +238,45 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
   const Dims d(c, items);
   const int64_t T = d.T, H = d.H, D = d.D, N = d.N, R = d.R, K = d.K, F = d.F;
   const int64_t nq = d.nq, nkv = d.nkv, qw = d.qw, kw = d.kw, vw = d.vw, aw = d.aw;
+  // Every buffer below is written whole by its first op (accumulate = false, or a copy), so none
+  // is zero-filled; `+=` ops (false omitted) come after that first writer.
+  LayerGradScratch& s = train_scratch_.layer_grads;
+  constexpr bool kSet = false;
 
   // MLP: x_out = h_mid + down(swiglu(gate(xm), up(xm))), xm = norm(h_mid).
-  std::vector<float> dact, dgate, dup, dxm;
-  zeros(dact, T * F), zeros(dgate, T * F), zeros(dup, T * F), zeros(dxm, T * H);
-  linear_backward(l, Slot::Down, dact.data(), mut(g.down), nullptr, dx, a.act.data(), w.down, T);
-  swiglu_backward(dgate.data(), dup.data(), dact.data(), a.gate.data(), a.up.data(), T * F);
-  linear_backward(l, Slot::Gate, dxm.data(), mut(g.gate), nullptr, dgate.data(), a.xm.data(), w.gate, T);
-  linear_backward(l, Slot::Up, dxm.data(), mut(g.up), nullptr, dup.data(), a.xm.data(), w.up, T);
-  rmsnorm_backward(dx, mut(g.pre_mlp_norm), dxm.data(), a.h_mid.data(), w.pre_mlp_norm,
+  resize(s.dact, T * F), resize(s.dgate, T * F), resize(s.dup, T * F), resize(s.dxm, T * H);
+  linear_backward(l, Slot::Down, s.dact.data(), mut(g.down), nullptr, dx, a.act.data(), w.down, T, kSet);
+  swiglu_backward(s.dgate.data(), s.dup.data(), s.dact.data(), a.gate.data(), a.up.data(), T * F, kSet);
+  linear_backward(l, Slot::Gate, s.dxm.data(), mut(g.gate), nullptr, s.dgate.data(), a.xm.data(), w.gate, T,
+                  kSet);
+  linear_backward(l, Slot::Up, s.dxm.data(), mut(g.up), nullptr, s.dup.data(), a.xm.data(), w.up, T);
+  rmsnorm_backward(dx, mut(g.pre_mlp_norm), s.dxm.data(), a.h_mid.data(), w.pre_mlp_norm,
                    a.rstd_m.data(), T, H);  // dx is now dLoss/d h_mid
 
   // Fusion: h_mid = x_in + out_proj(fused).
   // dfused1 / dfused2: the gradients reaching norm1(attn) / norm2(ssm).
-  std::vector<float> dfused, dfused2;
-  zeros(dfused, T * p.out_proj_cols);
-  linear_backward(l, Slot::OutProj, dfused.data(), mut(g.out_proj), mut(g.out_proj_bias), dx,
-                  a.fused.data(), w.out_proj, T);
+  resize(s.dfused, T * p.out_proj_cols);
+  linear_backward(l, Slot::OutProj, s.dfused.data(), mut(g.out_proj), mut(g.out_proj_bias), dx,
+                  a.fused.data(), w.out_proj, T, kSet);
   if (p.concat) {
     std::vector<float> cat;
-    cat.swap(dfused);
-    take_cols(dfused, cat.data(), T, 2 * D, 0, D);
-    take_cols(dfused2, cat.data(), T, 2 * D, D, D);
+    cat.swap(s.dfused);
+    take_cols(s.dfused, cat.data(), T, 2 * D, 0, D);
+    take_cols(s.dfused2, cat.data(), T, 2 * D, D, D);
   } else if (p.has_attn && p.has_ssm) {
-    for (auto& v : dfused) v *= 0.5f;
+    for (auto& v : s.dfused) v *= 0.5f;
   }
-  const std::vector<float>& dfused1 = dfused;
-  const std::vector<float>& dfused_ssm = p.concat ? dfused2 : dfused;
+  const std::vector<float>& dfused1 = s.dfused;
+  const std::vector<float>& dfused_ssm = p.concat ? s.dfused2 : s.dfused;
 
+  // in_proj's output gradient: each piece copied into its columns (they tile all P of them).
   const int64_t P = p.in_proj_rows;
-  std::vector<float> dproj;
-  zeros(dproj, T * P);
-  auto put_cols = [&](const std::vector<float>& src, int64_t c0, int64_t width) {
+  resize(s.dproj, T * P);
+  int64_t covered = 0;
+  auto put_cols = [&](const float* src, int64_t c0, int64_t width) {
     for (int64_t t = 0; t < T; ++t)
-      for (int64_t j = 0; j < width; ++j) dproj[size_t(t * P + c0 + j)] += src[size_t(t * width + j)];
+      std::memcpy(s.dproj.data() + t * P + c0, src + t * width, size_t(width) * sizeof(float));
+    covered += width;
   };
   int64_t col = 0;
   const int64_t q_col = col;
@@ -281,102 +286,100 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
   const int64_t x_col = col, z_col = col + D;
 
   if (p.has_ssm) {
-    std::vector<float> dssm, dxc, ddelta, dA, dB, dC, dz;
-    zeros(dssm, T * D), zeros(dxc, T * D), zeros(ddelta, T * D), zeros(dA, D * N);
-    zeros(dB, T * N), zeros(dC, T * N), zeros(dz, T * D);
-    rmsnorm_backward(dssm.data(), mut(g.pre_avg_norm2), dfused_ssm.data(), a.ssm.data(),
-                     w.pre_avg_norm2, a.rstd2.data(), T, D);
+    resize(s.dssm, T * D), resize(s.dxc, T * D), resize(s.ddelta, T * D), resize(s.dz, T * D);
+    resize(s.dB, T * N), resize(s.dC, T * N);
+    s.dA.assign(size_t(D * N), 0.0f);  // summed over the sequences
+    rmsnorm_backward(s.dssm.data(), mut(g.pre_avg_norm2), dfused_ssm.data(), a.ssm.data(),
+                     w.pre_avg_norm2, a.rstd2.data(), T, D, kSet);
     int64_t r0 = 0;
     for (const auto& it : items) {
-      selective_scan_backward(dxc.data() + r0 * D, ddelta.data() + r0 * D, dA.data(),
-                              dB.data() + r0 * N, dC.data() + r0 * N, mut(g.D), dz.data() + r0 * D,
-                              dssm.data() + r0 * D, nullptr, a.xc.data() + r0 * D,
+      selective_scan_backward(s.dxc.data() + r0 * D, s.ddelta.data() + r0 * D, s.dA.data(),
+                              s.dB.data() + r0 * N, s.dC.data() + r0 * N, mut(g.D), s.dz.data() + r0 * D,
+                              s.dssm.data() + r0 * D, nullptr, a.xc.data() + r0 * D,
                               a.delta.data() + r0 * D, a.A.data(), a.Bn.data() + r0 * N,
-                              a.Cn.data() + r0 * N, w.D, a.z.data() + r0 * D, it.n, D, N);
+                              a.Cn.data() + r0 * N, w.D, a.z.data() + r0 * D, it.n, D, N, kSet);
       r0 += it.n;
     }
     if (g.A_log)
-      for (int64_t i = 0; i < D * N; ++i) mut(g.A_log)[i] += dA[size_t(i)] * a.A[size_t(i)];
-    std::vector<float> ddelta_pre, ddtn;
-    zeros(ddelta_pre, T * D), zeros(ddtn, T * R);
-    softplus_backward(ddelta_pre.data(), ddelta.data(), a.delta_pre.data(), T * D);
-    linear_backward(l, Slot::DtProj, ddtn.data(), mut(g.dt_proj), mut(g.dt_bias), ddelta_pre.data(),
-                    a.dtn.data(), w.dt_proj, T);
-    // x_proj output pieces: dt (R), B (N), C (N), each through its RMSNorm.
+      for (int64_t i = 0; i < D * N; ++i) mut(g.A_log)[i] += s.dA[size_t(i)] * a.A[size_t(i)];
+    resize(s.ddelta_pre, T * D), resize(s.ddtn, T * R);
+    softplus_backward(s.ddelta_pre.data(), s.ddelta.data(), a.delta_pre.data(), T * D, kSet);
+    linear_backward(l, Slot::DtProj, s.ddtn.data(), mut(g.dt_proj), mut(g.dt_bias), s.ddelta_pre.data(),
+                    a.dtn.data(), w.dt_proj, T, kSet);
+    // x_proj output pieces: dt (R), B (N), C (N), each through its RMSNorm; copied into their
+    // columns, which tile the row.
     const int64_t XW = R + 2 * N;
-    std::vector<float> dxdbl;
-    zeros(dxdbl, T * XW);
+    resize(s.dxdbl, T * XW);
     if (c.mamba_inner_layernorms) {
-      std::vector<float> raw, draw;
       auto norm_back = [&](int64_t c0, int64_t width, const std::vector<float>& dy, const float* wn,
                            float* gw, const std::vector<float>& rstd) {
-        take_cols(raw, a.xdbl.data(), T, XW, c0, width);
-        zeros(draw, T * width);
-        rmsnorm_backward(draw.data(), gw, dy.data(), raw.data(), wn, rstd.data(), T, width);
+        take_cols(s.raw, a.xdbl.data(), T, XW, c0, width);
+        resize(s.draw, T * width);
+        rmsnorm_backward(s.draw.data(), gw, dy.data(), s.raw.data(), wn, rstd.data(), T, width, kSet);
         for (int64_t t = 0; t < T; ++t)
-          for (int64_t j = 0; j < width; ++j) dxdbl[size_t(t * XW + c0 + j)] += draw[size_t(t * width + j)];
+          std::memcpy(s.dxdbl.data() + t * XW + c0, s.draw.data() + t * width, size_t(width) * sizeof(float));
       };
-      norm_back(0, R, ddtn, w.dt_norm, mut(g.dt_norm), a.dt_rstd);
-      norm_back(R, N, dB, w.B_norm, mut(g.B_norm), a.B_rstd);
-      norm_back(R + N, N, dC, w.C_norm, mut(g.C_norm), a.C_rstd);
+      norm_back(0, R, s.ddtn, w.dt_norm, mut(g.dt_norm), a.dt_rstd);
+      norm_back(R, N, s.dB, w.B_norm, mut(g.B_norm), a.B_rstd);
+      norm_back(R + N, N, s.dC, w.C_norm, mut(g.C_norm), a.C_rstd);
     } else {
       for (int64_t t = 0; t < T; ++t) {
-        for (int64_t j = 0; j < R; ++j) dxdbl[size_t(t * XW + j)] = ddtn[size_t(t * R + j)];
-        for (int64_t j = 0; j < N; ++j) dxdbl[size_t(t * XW + R + j)] = dB[size_t(t * N + j)];
-        for (int64_t j = 0; j < N; ++j) dxdbl[size_t(t * XW + R + N + j)] = dC[size_t(t * N + j)];
+        for (int64_t j = 0; j < R; ++j) s.dxdbl[size_t(t * XW + j)] = s.ddtn[size_t(t * R + j)];
+        for (int64_t j = 0; j < N; ++j) s.dxdbl[size_t(t * XW + R + j)] = s.dB[size_t(t * N + j)];
+        for (int64_t j = 0; j < N; ++j) s.dxdbl[size_t(t * XW + R + N + j)] = s.dC[size_t(t * N + j)];
       }
     }
-    linear_backward(l, Slot::XProj, dxc.data(), mut(g.x_proj), nullptr, dxdbl.data(), a.xc.data(),
+    linear_backward(l, Slot::XProj, s.dxc.data(), mut(g.x_proj), nullptr, s.dxdbl.data(), a.xc.data(),
                     w.x_proj, T);
-    std::vector<float> dxc_pre, dxs;
-    zeros(dxc_pre, T * D), zeros(dxs, T * D);
-    silu_backward(dxc_pre.data(), dxc.data(), a.xc_pre.data(), T * D);
+    resize(s.dxc_pre, T * D), resize(s.dxs, T * D);
+    silu_backward(s.dxc_pre.data(), s.dxc.data(), a.xc_pre.data(), T * D, kSet);
     r0 = 0;
     for (const auto& it : items) {
-      causal_conv1d_backward(dxs.data() + r0 * D, mut(g.conv_w), mut(g.conv_b),
-                             dxc_pre.data() + r0 * D, a.xs.data() + r0 * D, w.conv_w, it.n, D, K);
+      causal_conv1d_backward(s.dxs.data() + r0 * D, mut(g.conv_w), mut(g.conv_b),
+                             s.dxc_pre.data() + r0 * D, a.xs.data() + r0 * D, w.conv_w, it.n, D, K,
+                             kSet);
       r0 += it.n;
     }
-    put_cols(dxs, x_col, D);
-    put_cols(dz, z_col, D);
+    put_cols(s.dxs.data(), x_col, D);
+    put_cols(s.dz.data(), z_col, D);
   }
 
   if (p.has_attn) {
-    std::vector<float> dattn, dq;
-    zeros(dattn, T * aw), zeros(dq, T * qw);
-    rmsnorm_backward(dattn.data(), mut(g.pre_avg_norm1), dfused1.data(), a.attn.data(),
-                     w.pre_avg_norm1, a.rstd1.data(), T, D);
+    resize(s.dattn, T * aw);
+    s.dq.assign(size_t(T * qw), 0.0f);  // attention_backward adds
+    rmsnorm_backward(s.dattn.data(), mut(g.pre_avg_norm1), dfused1.data(), a.attn.data(),
+                     w.pre_avg_norm1, a.rstd1.data(), T, D, kSet);
     const int src = p.kv_source;
     const float* Ks = kv[size_t(2 * src)].data();
     const float* Vs = kv[size_t(2 * src + 1)].data();
     auto& dK = dkv[size_t(2 * src)];
     auto& dV = dkv[size_t(2 * src + 1)];
-    if (dK.empty()) zeros(dK, T * kw), zeros(dV, T * vw);
+    if (dK.empty()) dK.assign(size_t(T * kw), 0.0f), dV.assign(size_t(T * vw), 0.0f);
     AttnShape shape{nq, nkv, c.d_qk, c.d_v, float(1.0 / std::sqrt(double(c.d_qk)))};
     AttnRule rule{p.global ? -1 : c.sliding_window, c.num_memory_tokens};
     int64_t r0 = 0;
     for (const auto& it : items) {
-      attention_backward(dq.data() + r0 * qw, dK.data() + r0 * kw, dV.data() + r0 * vw,
-                         dattn.data() + r0 * aw, a.q.data() + r0 * qw, Ks + r0 * kw,
+      attention_backward(s.dq.data() + r0 * qw, dK.data() + r0 * kw, dV.data() + r0 * vw,
+                         s.dattn.data() + r0 * aw, a.q.data() + r0 * qw, Ks + r0 * kw,
                          Vs + r0 * vw, a.attn.data() + r0 * aw, a.lse.data() + r0 * nq,
                          pos + r0, pos + r0, it.n, it.n, shape, rule);
       r0 += it.n;
     }
-    if (c.rope) rope_backward(dq.data(), pos, T, nq, c.d_qk, inv_freq_.data());
-    put_cols(dq, q_col, qw);
+    if (c.rope) rope_backward(s.dq.data(), pos, T, nq, c.d_qk, inv_freq_.data());
+    put_cols(s.dq.data(), q_col, qw);
     if (p.producer()) {  // every consumer (a later layer) has added its share by now
       if (c.rope) rope_backward(dK.data(), pos, T, nkv, c.d_qk, inv_freq_.data());
-      put_cols(dK, kv_col, kw);
-      put_cols(dV, kv_col + kw, vw);
+      put_cols(dK.data(), kv_col, kw);
+      put_cols(dV.data(), kv_col + kw, vw);
     }
   }
+  HYMBA_CHECK(covered == P, "layer_backward: the gradient pieces do not tile in_proj's rows");
 
   // Input projection and norm; the residual passes dx through unchanged.
-  std::vector<float> dxn;
-  zeros(dxn, T * H);
-  linear_backward(l, Slot::InProj, dxn.data(), mut(g.in_proj), mut(g.in_proj_bias), dproj.data(),
-                  a.xn.data(), w.in_proj, T);
-  rmsnorm_backward(dx, mut(g.input_norm), dxn.data(), a.x_in.data(), w.input_norm,
+  resize(s.dxn, T * H);
+  linear_backward(l, Slot::InProj, s.dxn.data(), mut(g.in_proj), mut(g.in_proj_bias), s.dproj.data(),
+                  a.xn.data(), w.in_proj, T, kSet);
+  rmsnorm_backward(dx, mut(g.input_norm), s.dxn.data(), a.x_in.data(), w.input_norm,
                    a.rstd_in.data(), T, H);
 }
 

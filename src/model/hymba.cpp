@@ -133,7 +133,8 @@ void HymbaModel::linear_forward(int l, Slot s, float* out, const float* in, cons
 }
 
 void HymbaModel::linear_backward(int l, Slot s, float* dinp, float* dW, float* dbias,
-                                 const float* dout, const float* inp, const MatView& W, int64_t T) {
+                                 const float* dout, const float* inp, const MatView& W, int64_t T,
+                                 bool accumulate) {
   static const LoraView kNone;
   const LoraView& a = adapters_ ? adapters_->layers[size_t(l)][size_t(s)] : kNone;
   const LoraGrad ga = adapter_grads_ ? adapter_grads_->layers[size_t(l)][size_t(s)] : LoraGrad{};
@@ -142,14 +143,15 @@ void HymbaModel::linear_backward(int l, Slot s, float* dinp, float* dW, float* d
   if (a.active() && adapter_dropout(dropped, inp, l, s, T * W.cols)) {
     // d(dropout(x))/dx is the mask / (1 - p): dropping out dL/d(dropout(x)) with it applies it.
     std::vector<float> dd(dropped.size(), 0.0f);
-    adapted_backward(dinp, dW, dbias, ga, dout, inp, W, a, norm, T, dropped.data(), dd.data());
+    adapted_backward(dinp, dW, dbias, ga, dout, inp, W, a, norm, T, dropped.data(), dd.data(),
+                     accumulate);
     if (!dinp) return;
     std::vector<float> ones(dd.size(), 1.0f), mask;
     adapter_dropout(mask, ones.data(), l, s, T * W.cols);
     for (size_t i = 0; i < dd.size(); ++i) dinp[i] += mask[i] * dd[i];
     return;
   }
-  adapted_backward(dinp, dW, dbias, ga, dout, inp, W, a, norm, T);
+  adapted_backward(dinp, dW, dbias, ga, dout, inp, W, a, norm, T, nullptr, nullptr, accumulate);
 }
 
 void HymbaModel::logits(float* out, const float* x, int64_t n, float* x_normed, float* rstd) const {

@@ -55,11 +55,20 @@ struct ModelActs {
   std::vector<float> x_final, rstd_final;  // [T, H] residual stream after the last layer, [T]
 };
 
+// Gradients inside one layer's backward (hybrid_block.cpp), reused by every layer and step: each
+// is written whole by its first op (accumulate = false) instead of being zero-filled and added to.
+struct LayerGradScratch {
+  std::vector<float> dact, dgate, dup, dxm, dfused, dfused2, dproj;
+  std::vector<float> dssm, dxc, ddelta, dA, dB, dC, dz, ddelta_pre, ddtn, dxdbl, raw, draw;
+  std::vector<float> dxc_pre, dxs, dattn, dq, dxn;
+};
+
 // Buffers of a training step (src/train/step.cpp) kept from one step to the next: fresh vectors
 // are zero-filled on every resize before the ops overwrite them (~2% of a bench --train step).
 struct TrainScratch {
   ModelActs acts;
-  std::vector<float> x, xt, xn, rstd, logits, losses;
+  std::vector<float> x, xt, xn, rstd, logits, losses, dxn, dxt, dx;
+  LayerGradScratch layer_grads;
 };
 
 class HymbaModel {
@@ -137,7 +146,7 @@ class HymbaModel {
   void linear_forward(int l, Slot s, float* out, const float* in, const MatView& W,
                       const float* bias, int64_t T, bool accumulate, bool fresh);
   void linear_backward(int l, Slot s, float* dinp, float* dW, float* dbias, const float* dout,
-                       const float* inp, const MatView& W, int64_t T);
+                       const float* inp, const MatView& W, int64_t T, bool accumulate = true);
 
   Config cfg_;
   std::vector<LayerPlan> plan_;

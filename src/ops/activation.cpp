@@ -23,16 +23,16 @@ void silu_forward(float* y, const float* x, int64_t n) {
   pieces(n, [&](int64_t i, int64_t m) { simd::silu(y + i, x + i, m); });
 }
 
-void silu_backward(float* dx, const float* dy, const float* x, int64_t n) {
-  pieces(n, [&](int64_t i, int64_t m) { simd::silu_grad(dx + i, dy + i, x + i, m); });
+void silu_backward(float* dx, const float* dy, const float* x, int64_t n, bool accumulate) {
+  pieces(n, [&](int64_t i, int64_t m) { simd::silu_grad(dx + i, dy + i, x + i, m, accumulate); });
 }
 
 void softplus_forward(float* y, const float* x, int64_t n) {
   pieces(n, [&](int64_t i, int64_t m) { simd::softplus(y + i, x + i, m); });
 }
 
-void softplus_backward(float* dx, const float* dy, const float* x, int64_t n) {
-  pieces(n, [&](int64_t i, int64_t m) { simd::sigmoid_mul_acc(dx + i, dy + i, x + i, m); });
+void softplus_backward(float* dx, const float* dy, const float* x, int64_t n, bool accumulate) {
+  pieces(n, [&](int64_t i, int64_t m) { simd::sigmoid_mul_acc(dx + i, dy + i, x + i, m, accumulate); });
 }
 
 void swiglu_forward(float* y, const float* gate, const float* up, int64_t n) {
@@ -40,9 +40,10 @@ void swiglu_forward(float* y, const float* gate, const float* up, int64_t n) {
 }
 
 void swiglu_backward(float* dgate, float* dup, const float* dy, const float* gate, const float* up,
-                     int64_t n) {
+                     int64_t n, bool accumulate) {
   pieces(n, [&](int64_t i, int64_t m) {
-    simd::swiglu_grad(dgate ? dgate + i : nullptr, dup ? dup + i : nullptr, dy + i, gate + i, up + i, m);
+    simd::swiglu_grad(dgate ? dgate + i : nullptr, dup ? dup + i : nullptr, dy + i, gate + i, up + i, m,
+                      accumulate);
   });
 }
 

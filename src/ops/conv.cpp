@@ -38,7 +38,7 @@ void causal_conv1d_forward(float* y, const float* x, const float* w, const float
 }
 
 void causal_conv1d_backward(float* dx, float* dw, float* db, const float* dy, const float* x,
-                            const float* w, int64_t L, int64_t C, int64_t K) {
+                            const float* w, int64_t L, int64_t C, int64_t K, bool accumulate) {
   if (L <= 0 || C <= 0) return;
   // Channel blocks with time in order: every gradient element is summed by one thread in a fixed
   // order.
@@ -48,6 +48,9 @@ void causal_conv1d_backward(float* dx, float* dw, float* db, const float* dy, co
   for (int64_t bi = 0; bi < nb; ++bi) {
     const int64_t c0 = bi * kCols, c1 = std::min(C, c0 + kCols), nc = c1 - c0;
     float wt[kCols], acc[kCols];
+    // dx gets K contributions: zero this thread's columns (in cache) rather than the caller all.
+    if (!accumulate)
+      for (int64_t t = 0; t < L; ++t) std::memset(dx + t * C + c0, 0, size_t(nc) * sizeof(float));
     for (int64_t k = 0; k < K; ++k) {
       for (int64_t c = 0; c < nc; ++c) wt[c] = w[(c0 + c) * K + k], acc[c] = 0.0f;
       for (int64_t t = 0; t < L; ++t) {

@@ -13,8 +13,8 @@ void causal_conv1d_forward(float* y, const float* x, const float* w, const float
                            int64_t L, int64_t C, int64_t K);
 
 // Backward from a zero initial state (training). Accumulates into dx[L, C], dw[C, K], db[C]
-// (db may be null).
+// (db may be null); with accumulate false dx is overwritten instead.
 void causal_conv1d_backward(float* dx, float* dw, float* db, const float* dy, const float* x,
-                            const float* w, int64_t L, int64_t C, int64_t K);
+                            const float* w, int64_t L, int64_t C, int64_t K, bool accumulate = true);
 
 }  // namespace hymba

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "base/error.h"
@@ -117,7 +118,7 @@ void matview_backward_input(float* dinp, const float* dout, const MatView& W, in
 
 void adapted_backward(float* dinp, float* dW, float* dbias, const LoraGrad& ga, const float* dout,
                       const float* inp, const MatView& W, const LoraView& a, const float* norm,
-                      int64_t M, const float* lora_in, float* dlora_in) {
+                      int64_t M, const float* lora_in, float* dlora_in, bool accumulate) {
   const int64_t N = W.rows, K = W.cols;
   if (M <= 0) return;
   HYMBA_CHECK(!lora_in || dlora_in, "adapter dropout: the backward needs dlora_in");
@@ -127,8 +128,10 @@ void adapted_backward(float* dinp, float* dW, float* dbias, const LoraGrad& ga, 
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) dbias[n] += dout[m * N + n];
   const float* W32 = W.dtype == DType::F32 ? static_cast<const float*>(W.data) : nullptr;
+  // Only the plain F32 product can overwrite; every other path adds its parts into zeros.
+  if (!accumulate && dinp && (a.active() || !W32)) std::memset(dinp, 0, size_t(M * K) * sizeof(float));
   if (!a.active()) {
-    if (W32) matmul_backward(dinp, dW, nullptr, dout, inp, W32, M, N, K);
+    if (W32) matmul_backward(dinp, dW, nullptr, dout, inp, W32, M, N, K, accumulate);
     else if (dinp) matview_backward_input(dinp, dout, W, M);
     return;
   }

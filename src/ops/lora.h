@@ -45,10 +45,12 @@ void adapted_forward(float* out, const float* in, const MatView& W, const float*
 // Backward of adapted_forward. dinp[M, K] += ; dbias[N] += ; the adapter's gradients += ; dW
 // (F32 W only, full fine-tuning without adapters) +=. Each may be null. norm as in the forward.
 // With lora_in (as in the forward), the adapter path's input gradient goes to dlora_in[M, K] +=
-// instead of dinp (the caller maps it back through its dropout).
+// instead of dinp (the caller maps it back through its dropout). With accumulate false dinp is
+// overwritten (=) instead of added to.
 void adapted_backward(float* dinp, float* dW, float* dbias, const LoraGrad& ga, const float* dout,
                       const float* inp, const MatView& W, const LoraView& a, const float* norm,
-                      int64_t M, const float* lora_in = nullptr, float* dlora_in = nullptr);
+                      int64_t M, const float* lora_in = nullptr, float* dlora_in = nullptr,
+                      bool accumulate = true);
 
 // dinp[M, K] += dout[M, N] · W for W of any dtype (a frozen base): a block of rows is widened
 // at a time, never the whole matrix.

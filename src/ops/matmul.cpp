@@ -1412,12 +1412,16 @@ void matmul_forward(float* out, const float* in, const MatView& W, const float* 
 }
 
 void matmul_backward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
-                     const float* W, int64_t M, int64_t N, int64_t K) {
-  if (M <= 0 || N <= 0) return;
+                     const float* W, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  if (M <= 0) return;
+  if (N <= 0) {  // no outputs: dinp gets nothing, but = still has to write it
+    if (dinp && !accumulate && K > 0) std::memset(dinp, 0, size_t(M * K) * sizeof(float));
+    return;
+  }
   ensure_threads_initialized();
-  if (dinp && K > 0)  // dinp[M,K] += dout[M,N] · W[N,K]
+  if (dinp && K > 0)  // dinp[M,K] (+)= dout[M,N] · W[N,K]
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(M), int(K), int(N), 1.0f, dout,
-                int(N), W, int(K), 1.0f, dinp, int(K));
+                int(N), W, int(K), accumulate ? 1.0f : 0.0f, dinp, int(K));
   if (dW && K > 0)  // dW[N,K] += dout[M,N]ᵀ · inp[M,K]
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(N), int(K), int(M), 1.0f, dout,
                 int(N), inp, int(K), 1.0f, dW, int(K));

@@ -27,8 +27,10 @@ void matmul_forward(float* out, const float* in, const MatView& W, const float* 
 
 // Backward of matmul_forward with F32 weights (training). Each gradient pointer may be null.
 // dinp[M, K] += dout[M, N] · W ;  dW[N, K] += doutᵀ · inp ;  dbias[N] += Σ_m dout[m, :]
+// With accumulate false dinp is overwritten (=; sgemm's beta 0) and needs no zero-fill; the
+// parameter gradients always add.
 void matmul_backward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp,
-                     const float* W, int64_t M, int64_t N, int64_t K);
+                     const float* W, int64_t M, int64_t N, int64_t K, bool accumulate = true);
 
 // Row `row` of W widened to F32 (embedding lookup from a possibly bf16 table).
 void matrow_to_f32(float* dst, const MatView& W, int64_t row);

@@ -23,7 +23,7 @@ void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int6
 }
 
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
-                      const float* rstd, int64_t n, int64_t d) {
+                      const float* rstd, int64_t n, int64_t d, bool accumulate) {
   const bool big = n * d > 32768;
   if (dx) {
 #pragma omp parallel if (big)
@@ -38,7 +38,10 @@ void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, con
         const float rs = rstd[r];
         // d/dx of x·rs: rs·g - x·rs³·(g·x)/d
         const float c = simd::dot(g.data(), xr, d) * rs * rs * rs / float(d);
-        for (int64_t i = 0; i < d; ++i) dxr[i] += rs * g[size_t(i)] - c * xr[i];
+        if (accumulate)
+          for (int64_t i = 0; i < d; ++i) dxr[i] += rs * g[size_t(i)] - c * xr[i];
+        else
+          for (int64_t i = 0; i < d; ++i) dxr[i] = rs * g[size_t(i)] - c * xr[i];
       }
     }
   }

@@ -8,8 +8,9 @@ namespace hymba {
 // rstd[n] (1/rms of each row) is written when non-null: the backward needs it.
 void rmsnorm_forward(float* y, float* rstd, const float* x, const float* w, int64_t n, int64_t d,
                      float eps);
-// dx[n, d] += ... ; dw[d] += ... (either may be null). x and rstd as saved by the forward.
+// dx[n, d] += ... (= with accumulate false) ; dw[d] += ... (either may be null). x and rstd as
+// saved by the forward.
 void rmsnorm_backward(float* dx, float* dw, const float* dy, const float* x, const float* w,
-                      const float* rstd, int64_t n, int64_t d);
+                      const float* rstd, int64_t n, int64_t d, bool accumulate = true);
 
 }  // namespace hymba

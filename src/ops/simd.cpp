@@ -400,10 +400,14 @@ void Silu(float* y, const float* x, int64_t n) {
     StoreN(df, hn::Mul(v, SigmoidV(df, v)), y + i, m);
   });
 }
-void SiluGrad(float* dx, const float* dy, const float* x, int64_t n) {
+// acc false: dx = instead of += (adding 0 to the product rounds as += into zeros does).
+HWY_INLINE hn::Vec<DF> LoadOrZero(DF df, bool acc, const float* p, int64_t m) {
+  return acc ? LoadN(df, p, m) : hn::Zero(df);
+}
+void SiluGrad(float* dx, const float* dy, const float* x, int64_t n, bool acc) {
   Pointwise(n, [&](DF df, int64_t i, int64_t m) {
     const auto v = LoadN(df, x + i, m);
-    const auto g = hn::MulAdd(LoadN(df, dy + i, m), SiluGradV(df, v, SigmoidV(df, v)), LoadN(df, dx + i, m));
+    const auto g = hn::MulAdd(LoadN(df, dy + i, m), SiluGradV(df, v, SigmoidV(df, v)), LoadOrZero(df, acc, dx + i, m));
     StoreN(df, g, dx + i, m);
   });
 }
@@ -417,9 +421,9 @@ void Softplus(float* y, const float* x, int64_t n) {
     StoreN(df, r, y + i, m);
   });
 }
-void SigmoidMulAcc(float* dx, const float* dy, const float* x, int64_t n) {
+void SigmoidMulAcc(float* dx, const float* dy, const float* x, int64_t n, bool acc) {
   Pointwise(n, [&](DF df, int64_t i, int64_t m) {
-    const auto g = hn::MulAdd(LoadN(df, dy + i, m), SigmoidV(df, LoadN(df, x + i, m)), LoadN(df, dx + i, m));
+    const auto g = hn::MulAdd(LoadN(df, dy + i, m), SigmoidV(df, LoadN(df, x + i, m)), LoadOrZero(df, acc, dx + i, m));
     StoreN(df, g, dx + i, m);
   });
 }
@@ -429,13 +433,13 @@ void Swiglu(float* y, const float* g, const float* u, int64_t n) {
     StoreN(df, hn::Mul(hn::Mul(v, SigmoidV(df, v)), LoadN(df, u + i, m)), y + i, m);
   });
 }
-void SwigluGrad(float* dg, float* du, const float* dy, const float* g, const float* u, int64_t n) {
+void SwigluGrad(float* dg, float* du, const float* dy, const float* g, const float* u, int64_t n, bool acc) {
   Pointwise(n, [&](DF df, int64_t i, int64_t m) {
     const auto v = LoadN(df, g + i, m);
     const auto s = SigmoidV(df, v);
     const auto d = LoadN(df, dy + i, m);
-    if (dg) StoreN(df, hn::MulAdd(hn::Mul(d, LoadN(df, u + i, m)), SiluGradV(df, v, s), LoadN(df, dg + i, m)), dg + i, m);
-    if (du) StoreN(df, hn::MulAdd(d, hn::Mul(v, s), LoadN(df, du + i, m)), du + i, m);
+    if (dg) StoreN(df, hn::MulAdd(hn::Mul(d, LoadN(df, u + i, m)), SiluGradV(df, v, s), LoadOrZero(df, acc, dg + i, m)), dg + i, m);
+    if (du) StoreN(df, hn::MulAdd(d, hn::Mul(v, s), LoadOrZero(df, acc, du + i, m)), du + i, m);
   });
 }
 
@@ -473,16 +477,17 @@ float max(const float* x, int64_t n) { return HWY_DYNAMIC_DISPATCH(Max)(x, n); }
 void scale(float* y, float a, int64_t n) { HWY_DYNAMIC_DISPATCH(Scale)(y, a, n); }
 void axpy(float* y, float a, const float* x, int64_t n) { HWY_DYNAMIC_DISPATCH(Axpy)(y, a, x, n); }
 void silu(float* y, const float* x, int64_t n) { HWY_DYNAMIC_DISPATCH(Silu)(y, x, n); }
-void silu_grad(float* dx, const float* dy, const float* x, int64_t n) {
-  HWY_DYNAMIC_DISPATCH(SiluGrad)(dx, dy, x, n);
+void silu_grad(float* dx, const float* dy, const float* x, int64_t n, bool acc) {
+  HWY_DYNAMIC_DISPATCH(SiluGrad)(dx, dy, x, n, acc);
 }
 void softplus(float* y, const float* x, int64_t n) { HWY_DYNAMIC_DISPATCH(Softplus)(y, x, n); }
-void sigmoid_mul_acc(float* dx, const float* dy, const float* x, int64_t n) {
-  HWY_DYNAMIC_DISPATCH(SigmoidMulAcc)(dx, dy, x, n);
+void sigmoid_mul_acc(float* dx, const float* dy, const float* x, int64_t n, bool acc) {
+  HWY_DYNAMIC_DISPATCH(SigmoidMulAcc)(dx, dy, x, n, acc);
 }
 void swiglu(float* y, const float* g, const float* u, int64_t n) { HWY_DYNAMIC_DISPATCH(Swiglu)(y, g, u, n); }
-void swiglu_grad(float* dg, float* du, const float* dy, const float* g, const float* u, int64_t n) {
-  HWY_DYNAMIC_DISPATCH(SwigluGrad)(dg, du, dy, g, u, n);
+void swiglu_grad(float* dg, float* du, const float* dy, const float* g, const float* u, int64_t n,
+                 bool acc) {
+  HWY_DYNAMIC_DISPATCH(SwigluGrad)(dg, du, dy, g, u, n, acc);
 }
 }  // namespace hymba::simd
 #endif

@@ -35,13 +35,15 @@ void scale(float* y, float a, int64_t n);
 void axpy(float* y, float a, const float* x, int64_t n);
 
 // Pointwise activations with a vectorised exp (all of y may alias an input; dx/dgate/dup are
-// accumulated, and dgate or dup may be null). silu(x) = x·σ(x), softplus(x) = log(1 + eˣ) (x for
+// accumulated, or with acc false overwritten, and dgate or dup may be null). silu(x) = x·σ(x), softplus(x) = log(1 + eˣ) (x for
 // x > 20), swiglu(g, u) = silu(g)·u.
 void silu(float* y, const float* x, int64_t n);
-void silu_grad(float* dx, const float* dy, const float* x, int64_t n);
+void silu_grad(float* dx, const float* dy, const float* x, int64_t n, bool acc = true);
 void softplus(float* y, const float* x, int64_t n);
-void sigmoid_mul_acc(float* dx, const float* dy, const float* x, int64_t n);  // dx += dy·σ(x)
+void sigmoid_mul_acc(float* dx, const float* dy, const float* x, int64_t n,
+                     bool acc = true);  // dx += dy·σ(x)
 void swiglu(float* y, const float* g, const float* u, int64_t n);
-void swiglu_grad(float* dg, float* du, const float* dy, const float* g, const float* u, int64_t n);
+void swiglu_grad(float* dg, float* du, const float* dy, const float* g, const float* u, int64_t n,
+                 bool acc = true);
 
 }  // namespace hymba::simd

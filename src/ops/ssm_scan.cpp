@@ -239,9 +239,11 @@ HWY_INLINE void GradPass(int64_t n0, int64_t L, int64_t N, int64_t NL, const flo
 void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, float* dDskip,
                   float* dz, const float* dout, const float* h0, const float* x,
                   const float* delta, const float* A, const float* B, const float* C,
-                  const float* Dskip, const float* z, int64_t L, int64_t D, int64_t N) {
+                  const float* Dskip, const float* z, int64_t L, int64_t D, int64_t N, bool acc) {
   const DF df;
   const int64_t NL = int64_t(hn::Lanes(df));
+  // acc false: = instead of += (0 + v rounds as += into zeros does).
+  auto old = [&](const float* p, int64_t nc) { return acc ? LoadPart(df, p, nc, NL) : hn::Zero(df); };
   // dB, dC sum over channels: each fixed chunk of channels sums its lanes into its own partial,
   // and the chunks are added in order at the end, whatever the thread count.
   const int64_t kChunk = std::max<int64_t>(NL, 128 / NL * NL);
@@ -290,7 +292,7 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
             dy = hn::Mul(go, hn::Mul(zv, sg));
             // silu'(z) = σ(z)·(1 + z·(1 - σ(z)))
             const VF dsilu = hn::Mul(sg, hn::MulAdd(zv, hn::Sub(hn::Set(df, 1.0f), sg), hn::Set(df, 1.0f)));
-            if (dz) StorePart(df, hn::MulAdd(hn::Mul(go, y), dsilu, LoadPart(df, dz + t * D + c0, nc, NL)),
+            if (dz) StorePart(df, hn::MulAdd(hn::Mul(go, y), dsilu, old(dz + t * D + c0, nc)),
                               dz + t * D + c0, nc, NL);
           }
           dDv = hn::MulAdd(dy, xv, dDv);
@@ -308,10 +310,10 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
                       gdb.get(), gxb.get(), dAv.get(), vB.get(), vC.get());
         for (int64_t t = 0; t < L; ++t) {
           if (ddelta)
-            StorePart(df, hn::Add(LoadPart(df, ddelta + t * D + c0, nc, NL), hn::Load(df, gdb.get() + t * NL)),
+            StorePart(df, hn::Add(old(ddelta + t * D + c0, nc), hn::Load(df, gdb.get() + t * NL)),
                       ddelta + t * D + c0, nc, NL);
           if (dx)
-            StorePart(df, hn::Add(LoadPart(df, dx + t * D + c0, nc, NL), hn::Load(df, gxb.get() + t * NL)),
+            StorePart(df, hn::Add(old(dx + t * D + c0, nc), hn::Load(df, gxb.get() + t * NL)),
                       dx + t * D + c0, nc, NL);
         }
         if (dDskip) StorePart(df, hn::Add(LoadPart(df, dDskip + c0, nc, NL), dDv), dDskip + c0, nc, NL);
@@ -324,6 +326,10 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
         partC[size_t((ch * L) * N + tn)] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vC.get() + tn * NL)));
       }
     }
+  }
+  if (!acc) {
+    if (dB) std::fill(dB, dB + L * N, 0.0f);
+    if (dC) std::fill(dC, dC + L * N, 0.0f);
   }
   for (int64_t ch = 0; ch < nchunk; ++ch)
     for (int64_t tn = 0; tn < L * N; ++tn) {
@@ -363,10 +369,11 @@ void selective_scan_backward(float* dx, float* ddelta, float* dA, float* dB, flo
                              float* dDskip, float* dz, const float* dout, const float* h0,
                              const float* x, const float* delta, const float* A, const float* B,
                              const float* C, const float* Dskip, const float* z, int64_t L,
-                             int64_t D, int64_t N) {
+                             int64_t D, int64_t N, bool accumulate) {
   if (L <= 0 || D <= 0) return;
+  if (!accumulate && dz && !z) std::fill(dz, dz + L * D, 0.0f);  // no gate: no gradient
   HWY_DYNAMIC_DISPATCH(ScanBackward)(dx, ddelta, dA, dB, dC, dDskip, dz, dout, h0, x, delta, A, B,
-                                     C, Dskip, z, L, D, N);
+                                     C, Dskip, z, L, D, N, accumulate);
 }
 }  // namespace hymba
 #endif

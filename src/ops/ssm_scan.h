@@ -24,11 +24,12 @@ void selective_scan_forward_steps(float* out, float* const* hs, const float* x, 
 
 // Backward from the initial state h0 (null = zeros); recomputes the states internally.
 // Accumulates (+=) into every non-null gradient: dx, ddelta, dz: [L, D]; dA: [D, N];
-// dB, dC: [L, N]; dDskip: [D].
+// dB, dC: [L, N]; dDskip: [D]. With accumulate false the per-step ones (dx, ddelta, dz, dB, dC)
+// are overwritten instead (no zero-fill needed); dA and dDskip still add.
 void selective_scan_backward(float* dx, float* ddelta, float* dA, float* dB, float* dC,
                              float* dDskip, float* dz, const float* dout, const float* h0,
                              const float* x, const float* delta, const float* A, const float* B,
                              const float* C, const float* Dskip, const float* z, int64_t L,
-                             int64_t D, int64_t N);
+                             int64_t D, int64_t N, bool accumulate = true);
 
 }  // namespace hymba

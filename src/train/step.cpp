@@ -99,15 +99,18 @@ double loss_and_grads(HymbaModel& m, const Weights& grads, std::span<const SeqRe
   std::vector<float>& dlogits = logits;  // in place
   cross_entropy_backward(dlogits.data(), logits.data(), r.targets.data(), n, V,
                          grad_scale / float(counted));
-  std::vector<float> dxn(size_t(n * H), 0.0f), dxt(size_t(n * H), 0.0f);
+  // Overwritten whole (accumulate false, or copied), so kept from step to step unfilled.
+  std::vector<float> &dxn = ws.dxn, &dxt = ws.dxt, &dx = ws.dx;
+  dxn.resize(size_t(n * H)), dxt.resize(size_t(n * H)), dx.resize(r.x.size());
   adapted_backward(dxn.data(), static_cast<float*>(const_cast<void*>(grads.lm_head.data)), nullptr,
-                   LoraGrad{}, dlogits.data(), xn.data(), m.weights().lm_head, LoraView{}, nullptr, n);
+                   LoraGrad{}, dlogits.data(), xn.data(), m.weights().lm_head, LoraView{}, nullptr, n,
+                   nullptr, nullptr, /*accumulate=*/false);
   rmsnorm_backward(dxt.data(), const_cast<float*>(grads.final_norm), dxn.data(), xt.data(),
-                   m.weights().final_norm, rstd.data(), n, H);
-  std::vector<float> dx(r.x.size(), 0.0f);
+                   m.weights().final_norm, rstd.data(), n, H, /*accumulate=*/false);
   {
     int64_t src = 0, dst = 0;
     for (const auto& s : seqs) {
+      std::memset(dx.data() + dst * H, 0, size_t(M * H) * sizeof(float));  // meta rows: no loss
       std::memcpy(dx.data() + (dst + M) * H, dxt.data() + src * H, size_t(s.n * H) * sizeof(float));
       src += s.n, dst += M + s.n;
     }

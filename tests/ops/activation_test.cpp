@@ -3,6 +3,9 @@
 // central differences of the double function (float derivative formulas: measured ~1e-6).
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <vector>
+
 #include <cmath>
 #include <cstdio>
 
@@ -58,6 +61,34 @@ TEST(Activation, ForwardAndBackward) {
   silu_forward(z.data(), z.data(), n);
   silu_forward(y.data(), x.data(), n);
   EXPECT_EQ(z, y);
+}
+
+
+// accumulate = false overwrites: the same bits as adding into zeros (checked against the double
+// formulas above), from an output full of NaN that must not be read.
+TEST(Activation, BackwardOverwriteEqualsAddIntoZeros) {
+  Rng rng(2);
+  const int64_t n = 40000 + 13;  // several threads' pieces and a SIMD tail
+  const auto x = rng.vec(size_t(n), -25, 25), u = rng.vec(size_t(n), -3, 3), dy = rng.vec(size_t(n));
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> a1(size_t(n), 0.0f), a2 = a1, ag = a1, au = a1;
+  std::vector<float> o1(size_t(n), nan), o2 = o1, og = o1, ou = o1;
+  silu_backward(a1.data(), dy.data(), x.data(), n);
+  silu_backward(o1.data(), dy.data(), x.data(), n, false);
+  softplus_backward(a2.data(), dy.data(), x.data(), n);
+  softplus_backward(o2.data(), dy.data(), x.data(), n, false);
+  swiglu_backward(ag.data(), au.data(), dy.data(), x.data(), u.data(), n);
+  swiglu_backward(og.data(), ou.data(), dy.data(), x.data(), u.data(), n, false);
+  EXPECT_EQ(o1, a1);
+  EXPECT_EQ(o2, a2);
+  EXPECT_EQ(og, ag);
+  EXPECT_EQ(ou, au);
+  double e = 0;  // and against the double derivative of silu directly
+  for (int64_t i = 0; i < n; ++i) {
+    const double xi = x[size_t(i)], s = 1 / (1 + std::exp(-xi));
+    e = std::max(e, rel(o1[size_t(i)], dy[size_t(i)] * s * (1 + xi * (1 - s))));
+  }
+  EXPECT_LT(e, 5e-6);
 }
 
 }  // namespace

@@ -4,6 +4,9 @@
 // double forward (the op is linear, so differences are exact up to rounding).
 #include <gtest/gtest.h>
 
+#include <limits>
+#include <vector>
+
 #include <cstdio>
 
 #include "ops/conv.h"
@@ -90,6 +93,24 @@ TEST(CausalConv1d, BackwardFiniteDifferences) {
     EXPECT_LT(ex, 1e-6);
     EXPECT_LT(ew, 1e-6);
     EXPECT_LT(eb, 1e-6);
+  }
+}
+
+
+// accumulate = false overwrites dx (dw, db still add): the same bits as adding into zeros.
+TEST(CausalConv1d, BackwardOverwriteEqualsAddIntoZeros) {
+  Rng rng(12);
+  for (int64_t L : {2, 300}) {  // L < K leaves rows that only the last taps reach
+    const int64_t C = 130, K = 4;
+    const auto x = rng.vec(size_t(L * C)), w = rng.vec(size_t(C * K)), dy = rng.vec(size_t(L * C));
+    std::vector<float> dx0(size_t(L * C), 0.0f), dw0(size_t(C * K), 0.25f), db0(size_t(C), 0.5f);
+    std::vector<float> dx1(size_t(L * C), std::numeric_limits<float>::quiet_NaN()), dw1 = dw0, db1 = db0;
+    causal_conv1d_backward(dx0.data(), dw0.data(), db0.data(), dy.data(), x.data(), w.data(), L, C, K);
+    causal_conv1d_backward(dx1.data(), dw1.data(), db1.data(), dy.data(), x.data(), w.data(), L, C, K,
+                           false);
+    EXPECT_EQ(dx1, dx0) << "L=" << L;
+    EXPECT_EQ(dw1, dw0) << "L=" << L;
+    EXPECT_EQ(db1, db0) << "L=" << L;
   }
 }
 

@@ -4,6 +4,8 @@
 // forward value; w.r.t. the magnitude the norm does not move, so the gradient is the full one.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "base/dtype.h"
 #include "ops/lora.h"
 #include "test_util.h"
@@ -108,6 +110,11 @@ void run(bool dora, DType wt) {
   EXPECT_LT(norm_err(dx, gx), 1e-4);
   EXPECT_LT(norm_err(dA, gA), 1e-4);
   EXPECT_LT(norm_err(dB, gB), 1e-4);
+  // accumulate = false: dx overwritten (NaN before), the same bits as adding into zeros.
+  std::vector<float> dx1(dx.size(), std::numeric_limits<float>::quiet_NaN());
+  adapted_backward(dx1.data(), nullptr, nullptr, LoraGrad{}, k.c.data(), k.x.data(), W, a, norm.data(),
+                   k.M, nullptr, nullptr, false);
+  EXPECT_EQ(dx1, dx);
   for (int64_t j = 0; j < k.N; ++j) {
     double s = 0;
     for (int64_t m = 0; m < k.M; ++m) s += k.c[size_t(m * k.N + j)];

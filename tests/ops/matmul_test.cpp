@@ -330,5 +330,37 @@ TEST(Threads, SetAndGet) {
   set_num_threads(saved);
 }
 
+
+// accumulate = false: dinp overwritten (sgemm's beta 0; never read, so NaN in it stays out) and
+// checked against the double loop; dW, dbias still add. N = 0: dinp is all zeros.
+TEST(Matmul, BackwardOverwriteMatchesNaiveDouble) {
+  Rng rng(13);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t M : {1, 3, 65}) {
+    const int64_t N = 37, K = 129;
+    const std::vector<float> W = rng.vec(size_t(N * K)), inp = rng.vec(size_t(M * K));
+    const std::vector<float> dout = rng.vec(size_t(M * N));
+    std::vector<float> dinp(size_t(M * K), nan), dW = rng.vec(size_t(N * K)), dbias = rng.vec(size_t(N));
+    std::vector<double> rdinp(size_t(M * K), 0.0), rdW(dW.begin(), dW.end()), rdbias(dbias.begin(), dbias.end());
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        const double g = dout[size_t(m * N + n)];
+        rdbias[size_t(n)] += g;
+        for (int64_t k = 0; k < K; ++k) {
+          rdinp[size_t(m * K + k)] += g * W[size_t(n * K + k)];
+          rdW[size_t(n * K + k)] += g * inp[size_t(m * K + k)];
+        }
+      }
+    matmul_backward(dinp.data(), dW.data(), dbias.data(), dout.data(), inp.data(), W.data(), M, N, K,
+                    false);
+    EXPECT_LT(norm_err(dinp, rdinp), 1e-5) << "dinp M=" << M;
+    EXPECT_LT(norm_err(dW, rdW), 1e-5) << "dW M=" << M;
+    EXPECT_LT(norm_err(dbias, rdbias), 1e-5) << "dbias M=" << M;
+  }
+  std::vector<float> dinp(6, nan);
+  matmul_backward(dinp.data(), nullptr, nullptr, nullptr, nullptr, nullptr, 2, 0, 3, false);
+  EXPECT_EQ(dinp, std::vector<float>(6, 0.0f));
+}
+
 }  // namespace
 }  // namespace hymba

@@ -2,6 +2,9 @@
 // Tolerances: forward and rstd within 1e-6 of the double reference (relative to the largest
 // magnitude); backward within 1e-5 of central differences of the double forward.
 #include <gtest/gtest.h>
+
+#include <limits>
+#include <vector>
 #include <omp.h>
 
 #include <cmath>
@@ -81,6 +84,22 @@ TEST(RmsNorm, BackwardIndependentOfThreadCount) {
   const int nt = omp_get_max_threads();
   EXPECT_EQ(go(1), go(std::max(2, nt)));
   omp_set_num_threads(nt);
+}
+
+
+// accumulate = false overwrites dx (dw still adds): the same bits as adding into zeros.
+TEST(RmsNorm, BackwardOverwriteEqualsAddIntoZeros) {
+  Rng rng(8);
+  const int64_t n = 300, d = 257;  // threaded (n·d > 32768)
+  const auto x = rng.vec(size_t(n * d)), w = rng.vec(size_t(d)), dy = rng.vec(size_t(n * d));
+  std::vector<float> y(static_cast<size_t>(n * d)), rstd(static_cast<size_t>(n));
+  rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), n, d, 1e-6f);
+  std::vector<float> dx0(size_t(n * d), 0.0f), dw0(size_t(d), 0.5f);
+  std::vector<float> dx1(size_t(n * d), std::numeric_limits<float>::quiet_NaN()), dw1 = dw0;
+  rmsnorm_backward(dx0.data(), dw0.data(), dy.data(), x.data(), w.data(), rstd.data(), n, d);
+  rmsnorm_backward(dx1.data(), dw1.data(), dy.data(), x.data(), w.data(), rstd.data(), n, d, false);
+  EXPECT_EQ(dx1, dx0);
+  EXPECT_EQ(dw1, dw0);
 }
 
 }  // namespace

@@ -3,6 +3,9 @@
 // chunked == whole bit for bit; backward within 1e-5 of central differences of the double forward
 // (measured ~3e-7); thread count: bit-identical.
 #include <gtest/gtest.h>
+
+#include <limits>
+#include <vector>
 #include <omp.h>
 
 #include <cmath>
@@ -227,6 +230,30 @@ TEST(SelectiveScan, IndependentOfThreadCount) {
   const int nt = omp_get_max_threads();
   EXPECT_EQ(go(1), go(std::max(2, nt)));
   omp_set_num_threads(nt);
+}
+
+
+// accumulate = false overwrites dx, ddelta, dz, dB, dC (dA, dDskip still add): the same bits as
+// adding into zeros (checked against finite differences above), from outputs full of NaN.
+TEST(SelectiveScan, BackwardOverwriteEqualsAddIntoZeros) {
+  for (bool gate : {true, false}) {
+    const int64_t L = 37, D = 300, N = 16;  // a partial SIMD group of channels, several chunks
+    ScanIn s = make(L, D, N, gate, 7);
+    Rng rng(6);
+    const auto dout = rng.vec(size_t(L * D));
+    auto go = [&](bool acc) {
+      const float fill = acc ? 0.0f : std::numeric_limits<float>::quiet_NaN();
+      std::vector<float> dx(size_t(L * D), fill), dd = dx, dz = dx, dB(size_t(L * N), fill), dC = dB;
+      std::vector<float> dA(size_t(D * N), 0.25f), dD(size_t(D), 0.5f);
+      selective_scan_backward(dx.data(), dd.data(), dA.data(), dB.data(), dC.data(), dD.data(),
+                              dz.data(), dout.data(), s.h0.data(), s.x.data(), s.delta.data(),
+                              s.A.data(), s.B.data(), s.C.data(), s.Dskip.data(),
+                              gate ? s.z.data() : nullptr, L, D, N, acc);
+      for (auto* v : {&dd, &dz, &dB, &dC, &dA, &dD}) dx.insert(dx.end(), v->begin(), v->end());
+      return dx;
+    };
+    EXPECT_EQ(go(false), go(true)) << "gate " << gate;
+  }
 }
 
 }  // namespace
