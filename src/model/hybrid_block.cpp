@@ -291,15 +291,11 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
     s.dA.assign(size_t(D * N), 0.0f);  // summed over the sequences
     rmsnorm_backward(s.dssm.data(), mut(g.pre_avg_norm2), dfused_ssm.data(), a.ssm.data(),
                      w.pre_avg_norm2, a.rstd2.data(), T, D, kSet);
-    int64_t r0 = 0;
-    for (const auto& it : items) {
-      selective_scan_backward(s.dxc.data() + r0 * D, s.ddelta.data() + r0 * D, s.dA.data(),
-                              s.dB.data() + r0 * N, s.dC.data() + r0 * N, mut(g.D), s.dz.data() + r0 * D,
-                              s.dssm.data() + r0 * D, nullptr, a.xc.data() + r0 * D,
-                              a.delta.data() + r0 * D, a.A.data(), a.Bn.data() + r0 * N,
-                              a.Cn.data() + r0 * N, w.D, a.z.data() + r0 * D, it.n, D, N, kSet);
-      r0 += it.n;
-    }
+    std::vector<int64_t> lens;
+    for (const auto& it : items) lens.push_back(it.n);
+    selective_scan_backward_seqs(s.dxc.data(), s.ddelta.data(), s.dA.data(), s.dB.data(), s.dC.data(),
+                                 mut(g.D), s.dz.data(), s.dssm.data(), a.xc.data(), a.delta.data(),
+                                 a.A.data(), a.Bn.data(), a.Cn.data(), w.D, a.z.data(), lens, D, N, kSet);
     if (g.A_log)
       for (int64_t i = 0; i < D * N; ++i) mut(g.A_log)[i] += s.dA[size_t(i)] * a.A[size_t(i)];
     resize(s.ddelta_pre, T * D), resize(s.ddtn, T * R);
@@ -333,7 +329,7 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
                     w.x_proj, T);
     resize(s.dxc_pre, T * D), resize(s.dxs, T * D);
     silu_backward(s.dxc_pre.data(), s.dxc.data(), a.xc_pre.data(), T * D, kSet);
-    r0 = 0;
+    int64_t r0 = 0;
     for (const auto& it : items) {
       causal_conv1d_backward(s.dxs.data() + r0 * D, mut(g.conv_w), mut(g.conv_b),
                              s.dxc_pre.data() + r0 * D, a.xs.data() + r0 * D, w.conv_w, it.n, D, K,

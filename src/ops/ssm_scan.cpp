@@ -4,6 +4,8 @@
 #include <cstring>
 #include <vector>
 
+#include "base/error.h"
+
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/ssm_scan.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
@@ -236,33 +238,46 @@ HWY_INLINE void GradPass(int64_t n0, int64_t L, int64_t N, int64_t NL, const flo
   for (int k = 0; k < G; ++k) hn::Store(dA[k], df, dAv + (n0 + k) * NL);
 }
 
+// S sequences, one after another in the rows (lens[s] of them each; h0s[s] or zeros initially):
+// one parallel region over (sequence, channel chunk) tasks instead of a fork/join per sequence.
 void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, float* dDskip,
-                  float* dz, const float* dout, const float* h0, const float* x,
+                  float* dz, const float* dout, const float* const* h0s, const float* x,
                   const float* delta, const float* A, const float* B, const float* C,
-                  const float* Dskip, const float* z, int64_t L, int64_t D, int64_t N, bool acc) {
+                  const float* Dskip, const float* z, const int64_t* lens, int64_t S, int64_t D,
+                  int64_t N, bool acc) {
   const DF df;
   const int64_t NL = int64_t(hn::Lanes(df));
   // acc false: = instead of += (0 + v rounds as += into zeros does).
   auto old = [&](const float* p, int64_t nc) { return acc ? LoadPart(df, p, nc, NL) : hn::Zero(df); };
+  std::vector<int64_t> row0(size_t(S + 1), 0);
+  int64_t Lmax = 0;
+  for (int64_t s = 0; s < S; ++s) row0[size_t(s + 1)] = row0[size_t(s)] + lens[s], Lmax = std::max(Lmax, lens[s]);
+  const int64_t Lsum = row0[size_t(S)];
   // dB, dC sum over channels: each fixed chunk of channels sums its lanes into its own partial,
-  // and the chunks are added in order at the end, whatever the thread count.
+  // and the chunks are added in order at the end, whatever the thread count. dA and dDskip sum
+  // over sequences: one partial per sequence (each chunk owns its channels), added in order.
   const int64_t kChunk = std::max<int64_t>(NL, 128 / NL * NL);
   const int64_t nchunk = (D + kChunk - 1) / kChunk;
-  std::vector<float> partB(size_t(nchunk * L * N), 0.0f), partC(size_t(nchunk * L * N), 0.0f);
-  const double work = double(L) * double(D) * double(N);
+  std::vector<float> partB(size_t(nchunk * Lsum * N), 0.0f), partC(size_t(nchunk * Lsum * N), 0.0f);
+  std::vector<float> partA(dA ? size_t(S * D * N) : 0, 0.0f), partD(dDskip ? size_t(S * D) : 0, 0.0f);
+  const double work = double(Lsum) * double(D) * double(N);
 #pragma omp parallel if (work > 65536)
   {
-    Bufs b(L, N, NL);
-    auto Hs = hwy::AllocateAligned<float>(size_t((L + 1) * N * NL));  // states h_{-1}..h_{L-1}
-    auto Es = hwy::AllocateAligned<float>(size_t(L * N * NL));        // exp(delta_t·A)
-    auto dyb = hwy::AllocateAligned<float>(size_t(L * NL));
-    auto gdb = hwy::AllocateAligned<float>(size_t(L * NL));
-    auto gxb = hwy::AllocateAligned<float>(size_t(L * NL));
+    Bufs b(Lmax, N, NL);
+    auto Hs = hwy::AllocateAligned<float>(size_t((Lmax + 1) * N * NL));  // states h_{-1}..h_{L-1}
+    auto Es = hwy::AllocateAligned<float>(size_t(Lmax * N * NL));        // exp(delta_t·A)
+    auto dyb = hwy::AllocateAligned<float>(size_t(Lmax * NL));
+    auto gdb = hwy::AllocateAligned<float>(size_t(Lmax * NL));
+    auto gxb = hwy::AllocateAligned<float>(size_t(Lmax * NL));
     auto dAv = hwy::AllocateAligned<float>(size_t(N * NL));
-    auto vB = hwy::AllocateAligned<float>(size_t(L * N * NL));  // per-lane dB, dC partials
-    auto vC = hwy::AllocateAligned<float>(size_t(L * N * NL));
+    auto vB = hwy::AllocateAligned<float>(size_t(Lmax * N * NL));  // per-lane dB, dC partials
+    auto vC = hwy::AllocateAligned<float>(size_t(Lmax * N * NL));
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t ch = 0; ch < nchunk; ++ch) {
+    for (int64_t task = 0; task < S * nchunk; ++task) {
+      const int64_t s = task / nchunk, ch = task % nchunk, L = lens[s], r0 = row0[size_t(s)];
+      const float* h0 = h0s ? h0s[s] : nullptr;
+      const float *xs = x + r0 * D, *ds = delta + r0 * D, *Bs = B + r0 * N, *Cs = C + r0 * N;
+      const float *os = dout + r0 * D, *zs = z ? z + r0 * D : nullptr;
       const int64_t cbeg = ch * kChunk, cend = std::min(D, cbeg + kChunk);
       std::fill(vB.get(), vB.get() + L * N * NL, 0.0f);
       std::fill(vC.get(), vC.get() + L * N * NL, 0.0f);
@@ -272,28 +287,28 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
         if (h0) Gather(Hs.get(), h0, c0, nc, N, NL);
         else std::fill(Hs.get(), Hs.get() + N * NL, 0.0f);
         std::copy(Hs.get(), Hs.get() + N * NL, b.hs.get());
-        Columns(b.dt.get(), delta, L, D, c0, nc, NL);
-        Columns(b.x.get(), x, L, D, c0, nc, NL);
+        Columns(b.dt.get(), ds, L, D, c0, nc, NL);
+        Columns(b.x.get(), xs, L, D, c0, nc, NL);
         const VF Dv = Dskip ? LoadPart(df, Dskip + c0, nc, NL) : hn::Zero(df);
         for (int64_t t = 0; t < L; ++t)
           hn::Store(hn::Mul(Dv, hn::Load(df, b.x.get() + t * NL)), df, b.y.get() + t * NL);
         // Recompute the states exactly as the forward does (and y, for the gate's gradient).
-        StatePasses(L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), B, C, Hs.get(),
+        StatePasses(L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), Bs, Cs, Hs.get(),
                     Es.get());
         VF dDv = hn::Zero(df);
         for (int64_t t = L - 1; t >= 0; --t) {
           const VF xv = hn::Load(df, b.x.get() + t * NL);
-          const VF go = LoadPart(df, dout + t * D + c0, nc, NL);
+          const VF go = LoadPart(df, os + t * D + c0, nc, NL);
           VF dy = go;
-          if (z) {
+          if (zs) {
             const VF y = hn::Load(df, b.y.get() + t * NL);
-            const VF zv = LoadPart(df, z + t * D + c0, nc, NL);
+            const VF zv = LoadPart(df, zs + t * D + c0, nc, NL);
             const VF sg = Sigmoid(df, zv);
             dy = hn::Mul(go, hn::Mul(zv, sg));
             // silu'(z) = σ(z)·(1 + z·(1 - σ(z)))
             const VF dsilu = hn::Mul(sg, hn::MulAdd(zv, hn::Sub(hn::Set(df, 1.0f), sg), hn::Set(df, 1.0f)));
-            if (dz) StorePart(df, hn::MulAdd(hn::Mul(go, y), dsilu, old(dz + t * D + c0, nc)),
-                              dz + t * D + c0, nc, NL);
+            float* dzs = dz + (r0 + t) * D + c0;
+            if (dz) StorePart(df, hn::MulAdd(hn::Mul(go, y), dsilu, old(dzs, nc)), dzs, nc, NL);
           }
           dDv = hn::MulAdd(dy, xv, dDv);
           hn::Store(dy, df, dyb.get() + t * NL);
@@ -303,38 +318,41 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
         std::fill(dAv.get(), dAv.get() + N * NL, 0.0f);
         int64_t n0 = 0;
         for (; n0 + kG <= N; n0 += kG)
-          GradPass<kG>(n0, L, N, NL, b.At.get(), Hs.get(), Es.get(), b.dt.get(), b.x.get(), dyb.get(), B, C,
+          GradPass<kG>(n0, L, N, NL, b.At.get(), Hs.get(), Es.get(), b.dt.get(), b.x.get(), dyb.get(), Bs, Cs,
                        gdb.get(), gxb.get(), dAv.get(), vB.get(), vC.get());
         for (; n0 < N; ++n0)
-          GradPass<1>(n0, L, N, NL, b.At.get(), Hs.get(), Es.get(), b.dt.get(), b.x.get(), dyb.get(), B, C,
+          GradPass<1>(n0, L, N, NL, b.At.get(), Hs.get(), Es.get(), b.dt.get(), b.x.get(), dyb.get(), Bs, Cs,
                       gdb.get(), gxb.get(), dAv.get(), vB.get(), vC.get());
         for (int64_t t = 0; t < L; ++t) {
-          if (ddelta)
-            StorePart(df, hn::Add(old(ddelta + t * D + c0, nc), hn::Load(df, gdb.get() + t * NL)),
-                      ddelta + t * D + c0, nc, NL);
-          if (dx)
-            StorePart(df, hn::Add(old(dx + t * D + c0, nc), hn::Load(df, gxb.get() + t * NL)),
-                      dx + t * D + c0, nc, NL);
+          const int64_t o = (r0 + t) * D + c0;
+          if (ddelta) StorePart(df, hn::Add(old(ddelta + o, nc), hn::Load(df, gdb.get() + t * NL)), ddelta + o, nc, NL);
+          if (dx) StorePart(df, hn::Add(old(dx + o, nc), hn::Load(df, gxb.get() + t * NL)), dx + o, nc, NL);
         }
-        if (dDskip) StorePart(df, hn::Add(LoadPart(df, dDskip + c0, nc, NL), dDv), dDskip + c0, nc, NL);
+        if (dDskip) StorePart(df, dDv, partD.data() + s * D + c0, nc, NL);
         if (dA)
           for (int64_t n = 0; n < N; ++n)
-            for (int64_t i = 0; i < nc; ++i) dA[(c0 + i) * N + n] += dAv[size_t(n * NL + i)];
+            for (int64_t i = 0; i < nc; ++i) partA[size_t((s * D + c0 + i) * N + n)] = dAv[size_t(n * NL + i)];
       }
+      float* pB = partB.data() + (ch * Lsum + r0) * N;
+      float* pC = partC.data() + (ch * Lsum + r0) * N;
       for (int64_t tn = 0; tn < L * N; ++tn) {
-        partB[size_t((ch * L) * N + tn)] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vB.get() + tn * NL)));
-        partC[size_t((ch * L) * N + tn)] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vC.get() + tn * NL)));
+        pB[tn] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vB.get() + tn * NL)));
+        pC[tn] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vC.get() + tn * NL)));
       }
     }
   }
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t i = 0; dA && i < D * N; ++i) dA[i] += partA[size_t(s * D * N + i)];
+    for (int64_t c = 0; dDskip && c < D; ++c) dDskip[c] += partD[size_t(s * D + c)];
+  }
   if (!acc) {
-    if (dB) std::fill(dB, dB + L * N, 0.0f);
-    if (dC) std::fill(dC, dC + L * N, 0.0f);
+    if (dB) std::fill(dB, dB + Lsum * N, 0.0f);
+    if (dC) std::fill(dC, dC + Lsum * N, 0.0f);
   }
   for (int64_t ch = 0; ch < nchunk; ++ch)
-    for (int64_t tn = 0; tn < L * N; ++tn) {
-      if (dB) dB[tn] += partB[size_t(ch * L * N + tn)];
-      if (dC) dC[tn] += partC[size_t(ch * L * N + tn)];
+    for (int64_t tn = 0; tn < Lsum * N; ++tn) {
+      if (dB) dB[tn] += partB[size_t(ch * Lsum * N + tn)];
+      if (dC) dC[tn] += partC[size_t(ch * Lsum * N + tn)];
     }
 }
 
@@ -372,8 +390,24 @@ void selective_scan_backward(float* dx, float* ddelta, float* dA, float* dB, flo
                              int64_t D, int64_t N, bool accumulate) {
   if (L <= 0 || D <= 0) return;
   if (!accumulate && dz && !z) std::fill(dz, dz + L * D, 0.0f);  // no gate: no gradient
-  HWY_DYNAMIC_DISPATCH(ScanBackward)(dx, ddelta, dA, dB, dC, dDskip, dz, dout, h0, x, delta, A, B,
-                                     C, Dskip, z, L, D, N, accumulate);
+  HWY_DYNAMIC_DISPATCH(ScanBackward)(dx, ddelta, dA, dB, dC, dDskip, dz, dout, h0 ? &h0 : nullptr, x,
+                                     delta, A, B, C, Dskip, z, &L, 1, D, N, accumulate);
+}
+
+void selective_scan_backward_seqs(float* dx, float* ddelta, float* dA, float* dB, float* dC,
+                                  float* dDskip, float* dz, const float* dout, const float* x,
+                                  const float* delta, const float* A, const float* B, const float* C,
+                                  const float* Dskip, const float* z, std::span<const int64_t> lens,
+                                  int64_t D, int64_t N, bool accumulate) {
+  int64_t T = 0;
+  for (int64_t L : lens) {
+    HYMBA_CHECK(L >= 1, "selective_scan_backward_seqs: empty sequence");
+    T += L;
+  }
+  if (T <= 0 || D <= 0) return;
+  if (!accumulate && dz && !z) std::fill(dz, dz + T * D, 0.0f);
+  HWY_DYNAMIC_DISPATCH(ScanBackward)(dx, ddelta, dA, dB, dC, dDskip, dz, dout, nullptr, x, delta, A,
+                                     B, C, Dskip, z, lens.data(), int64_t(lens.size()), D, N, accumulate);
 }
 }  // namespace hymba
 #endif

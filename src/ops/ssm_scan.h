@@ -1,6 +1,7 @@
 // The Mamba-1 selective scan: where the SSM heads' recurrent state is advanced.
 #pragma once
 #include <cstdint>
+#include <span>
 
 namespace hymba {
 
@@ -31,5 +32,16 @@ void selective_scan_backward(float* dx, float* ddelta, float* dA, float* dB, flo
                              const float* x, const float* delta, const float* A, const float* B,
                              const float* C, const float* Dskip, const float* z, int64_t L,
                              int64_t D, int64_t N, bool accumulate = true);
+
+// selective_scan_backward of several sequences lying one after another in the rows (lens[s] rows
+// each, from zero initial states; dx, ..., dB, dC, dout, x, delta, B, C, z cover Σ lens rows), in
+// one parallel region over (sequence, channel chunk) tasks: a training batch's sequences balance
+// across the threads without a fork/join each. dA and dDskip get each sequence's share in order:
+// the same bits as one selective_scan_backward per sequence.
+void selective_scan_backward_seqs(float* dx, float* ddelta, float* dA, float* dB, float* dC,
+                                  float* dDskip, float* dz, const float* dout, const float* x,
+                                  const float* delta, const float* A, const float* B, const float* C,
+                                  const float* Dskip, const float* z, std::span<const int64_t> lens,
+                                  int64_t D, int64_t N, bool accumulate = true);
 
 }  // namespace hymba

@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <string>
 
+#include "base/error.h"
 #include "ops/ssm_scan.h"
 #include "test_util.h"
 
@@ -254,6 +255,51 @@ TEST(SelectiveScan, BackwardOverwriteEqualsAddIntoZeros) {
     };
     EXPECT_EQ(go(false), go(true)) << "gate " << gate;
   }
+}
+
+
+// Several sequences in one call: the same bits as one selective_scan_backward per sequence (dA,
+// dDskip summed over the sequences in order), with and without the gate, adding or overwriting.
+TEST(SelectiveScan, BackwardOfSequencesEqualsOneCallEach) {
+  const int64_t D = 300, N = 16;
+  const std::vector<int64_t> lens = {37, 1, 64, 5};
+  int64_t T = 0;
+  for (int64_t L : lens) T += L;
+  for (bool gate : {true, false})
+    for (bool acc : {true, false}) {
+      ScanIn s = make(T, D, N, gate, 9);  // T rows; each sequence starts from a zero state
+      Rng rng(10);
+      const auto dout = rng.vec(size_t(T * D));
+      auto grads = [&](bool batched) {
+        const float fill = acc ? 0.125f : std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> dx(size_t(T * D), fill), dd = dx, dz = dx, dB(size_t(T * N), fill), dC = dB;
+        std::vector<float> dA(size_t(D * N), 0.25f), dD(size_t(D), 0.5f);
+        const float* zp = gate ? s.z.data() : nullptr;
+        if (batched) {
+          selective_scan_backward_seqs(dx.data(), dd.data(), dA.data(), dB.data(), dC.data(), dD.data(),
+                                       dz.data(), dout.data(), s.x.data(), s.delta.data(), s.A.data(),
+                                       s.B.data(), s.C.data(), s.Dskip.data(), zp, lens, D, N, acc);
+        } else {
+          int64_t r = 0;
+          for (int64_t L : lens) {
+            selective_scan_backward(dx.data() + r * D, dd.data() + r * D, dA.data(), dB.data() + r * N,
+                                    dC.data() + r * N, dD.data(), dz.data() + r * D, dout.data() + r * D,
+                                    nullptr, s.x.data() + r * D, s.delta.data() + r * D, s.A.data(),
+                                    s.B.data() + r * N, s.C.data() + r * N, s.Dskip.data(),
+                                    gate ? zp + r * D : nullptr, L, D, N, acc);
+            r += L;
+          }
+        }
+        for (auto* v : {&dd, &dz, &dB, &dC, &dA, &dD}) dx.insert(dx.end(), v->begin(), v->end());
+        return dx;
+      };
+      EXPECT_EQ(grads(true), grads(false)) << "gate " << gate << " accumulate " << acc;
+    }
+  const std::vector<int64_t> bad = {3, 0};
+  float f = 0;
+  EXPECT_THROW(selective_scan_backward_seqs(&f, &f, &f, &f, &f, &f, &f, &f, &f, &f, &f, &f, &f, &f,
+                                            nullptr, bad, 1, 1),
+               Error);
 }
 
 }  // namespace
