@@ -157,11 +157,19 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
     std::vector<float> h0;
     bool steps = items.size() > 1;  // a decode step: one row per sequence, each with its state
     for (const auto& it : items) steps = steps && it.state && it.n == 1;
+    // (A one-row sequence alone takes the one-step kernel, rounded differently: kept per item.)
+    bool stateless = true;
+    for (const auto& it : items) stateless = stateless && !it.state && it.n > 1;
     if (steps) {
       std::vector<float*> hs;
       for (const auto& it : items) hs.push_back(it.state->ssm[size_t(l)].data());
       selective_scan_forward_steps(a.ssm.data(), hs.data(), xc, delta, A, a.Bn.data(), a.Cn.data(), w.D,
                                    a.z.data(), int64_t(items.size()), D, N);
+    } else if (stateless && items.size() > 1) {  // training: all sequences in one parallel region
+      std::vector<int64_t> lens;
+      for (const auto& it : items) lens.push_back(it.n);
+      selective_scan_forward_seqs(a.ssm.data(), xc, delta, A, a.Bn.data(), a.Cn.data(), w.D, a.z.data(),
+                                  lens, D, N);
     } else {
       r0 = 0;
       for (const auto& it : items) {

@@ -159,39 +159,52 @@ void ScanStep(float* out, float* h, const float* x, const float* delta, const fl
   }
 }
 
-void ScanForward(float* out, float* h, const float* x, const float* delta, const float* A,
-                 const float* B, const float* C, const float* Dskip, const float* z, int64_t L,
-                 int64_t D, int64_t N) {
+// S sequences one after another in the rows (lens[s] each), sequence s from state hs[s] (left as
+// its final state), or from zeros with the final state dropped when hs is null: one parallel
+// region over (sequence, channel block) tasks.
+void ScanForward(float* out, float* const* hs, const float* x, const float* delta, const float* A,
+                 const float* B, const float* C, const float* Dskip, const float* z,
+                 const int64_t* lens, int64_t S, int64_t D, int64_t N) {
   const DF df;
   const int64_t NL = int64_t(hn::Lanes(df));
-  if (L == 1 && N % NL == 0) return ScanStep(out, h, x, delta, A, B, C, Dskip, z, D, N);
+  if (S == 1 && hs && lens[0] == 1 && N % NL == 0)
+    return ScanStep(out, hs[0], x, delta, A, B, C, Dskip, z, D, N);
   const int64_t nblk = (D + NL - 1) / NL;
-  const double work = double(L) * double(D) * double(N);
+  std::vector<int64_t> row0(size_t(S + 1), 0);
+  int64_t Lmax = 0;
+  for (int64_t s = 0; s < S; ++s) row0[size_t(s + 1)] = row0[size_t(s)] + lens[s], Lmax = std::max(Lmax, lens[s]);
+  const double work = double(row0[size_t(S)]) * double(D) * double(N);
 #pragma omp parallel if (work > 65536)
   {
-    Bufs b(L, N, NL);
+    Bufs b(Lmax, N, NL);
 #pragma omp for schedule(static)
-    for (int64_t bi = 0; bi < nblk; ++bi) {
+    for (int64_t task = 0; task < S * nblk; ++task) {
+      const int64_t s = task / nblk, bi = task % nblk, L = lens[s], r0 = row0[size_t(s)];
+      float* h = hs ? hs[s] : nullptr;
       const int64_t c0 = bi * NL, nc = std::min(NL, D - c0);
+      const float *Bs = B + r0 * N, *Cs = C + r0 * N, *zs = z ? z + r0 * D : nullptr;
+      float* os = out + r0 * D;
       Gather(b.At.get(), A, c0, nc, N, NL);
-      Gather(b.hs.get(), h, c0, nc, N, NL);
-      Columns(b.dt.get(), delta, L, D, c0, nc, NL);
-      Columns(b.x.get(), x, L, D, c0, nc, NL);
+      if (h) Gather(b.hs.get(), h, c0, nc, N, NL);
+      else std::fill(b.hs.get(), b.hs.get() + N * NL, 0.0f);
+      Columns(b.dt.get(), delta + r0 * D, L, D, c0, nc, NL);
+      Columns(b.x.get(), x + r0 * D, L, D, c0, nc, NL);
       const VF Dv = Dskip ? LoadPart(df, Dskip + c0, nc, NL) : hn::Zero(df);
       for (int64_t t = 0; t < L; ++t)
         hn::Store(hn::Mul(Dv, hn::Load(df, b.x.get() + t * NL)), df, b.y.get() + t * NL);
-      StatePasses(L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), B, C, nullptr,
+      StatePasses(L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), Bs, Cs, nullptr,
                   nullptr);
       for (int64_t t = 0; t < L; ++t) {
         VF y = hn::Load(df, b.y.get() + t * NL);
-        if (z) {
-          const VF zv = LoadPart(df, z + t * D + c0, nc, NL);
+        if (zs) {
+          const VF zv = LoadPart(df, zs + t * D + c0, nc, NL);
           y = hn::Mul(y, hn::Mul(zv, Sigmoid(df, zv)));
         }
-        StorePart(df, y, out + t * D + c0, nc, NL);
+        StorePart(df, y, os + t * D + c0, nc, NL);
       }
-      for (int64_t n = 0; n < N; ++n)
-        for (int64_t i = 0; i < nc; ++i) h[(c0 + i) * N + n] = b.hs[size_t(n * NL + i)];
+      if (h)
+        for (int64_t n = 0; n < N; ++n)
+          for (int64_t i = 0; i < nc; ++i) h[(c0 + i) * N + n] = b.hs[size_t(n * NL + i)];
     }
   }
 }
@@ -369,7 +382,20 @@ void selective_scan_forward(float* out, float* h, const float* x, const float* d
                             const float* A, const float* B, const float* C, const float* Dskip,
                             const float* z, int64_t L, int64_t D, int64_t N) {
   if (L <= 0 || D <= 0) return;
-  HWY_DYNAMIC_DISPATCH(ScanForward)(out, h, x, delta, A, B, C, Dskip, z, L, D, N);
+  HWY_DYNAMIC_DISPATCH(ScanForward)(out, &h, x, delta, A, B, C, Dskip, z, &L, 1, D, N);
+}
+
+void selective_scan_forward_seqs(float* out, const float* x, const float* delta, const float* A,
+                                 const float* B, const float* C, const float* Dskip, const float* z,
+                                 std::span<const int64_t> lens, int64_t D, int64_t N) {
+  int64_t T = 0;
+  for (int64_t L : lens) {
+    HYMBA_CHECK(L >= 1, "selective_scan_forward_seqs: empty sequence");
+    T += L;
+  }
+  if (T <= 0 || D <= 0) return;
+  HWY_DYNAMIC_DISPATCH(ScanForward)(out, nullptr, x, delta, A, B, C, Dskip, z, lens.data(),
+                                    int64_t(lens.size()), D, N);
 }
 
 void selective_scan_forward_steps(float* out, float* const* hs, const float* x, const float* delta,
@@ -377,10 +403,12 @@ void selective_scan_forward_steps(float* out, float* const* hs, const float* x, 
                                   const float* z, int64_t S, int64_t D, int64_t N) {
   if (S <= 0 || D <= 0) return;
   const auto scan = HWY_DYNAMIC_DISPATCH(ScanForward);
+  static constexpr int64_t kOne = 1;
   // Dynamic: on a loaded machine a descheduled thread's sequences go to the other threads.
 #pragma omp parallel for schedule(dynamic, 1) if (S > 1)
   for (int64_t s = 0; s < S; ++s)
-    scan(out + s * D, hs[s], x + s * D, delta + s * D, A, B + s * N, C + s * N, Dskip, z ? z + s * D : nullptr, 1, D, N);
+    scan(out + s * D, hs + s, x + s * D, delta + s * D, A, B + s * N, C + s * N, Dskip,
+         z ? z + s * D : nullptr, &kOne, 1, D, N);
 }
 
 void selective_scan_backward(float* dx, float* ddelta, float* dA, float* dB, float* dC,

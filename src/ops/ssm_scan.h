@@ -16,6 +16,14 @@ void selective_scan_forward(float* out, float* h, const float* x, const float* d
                             const float* A, const float* B, const float* C, const float* Dskip,
                             const float* z, int64_t L, int64_t D, int64_t N);
 
+// selective_scan_forward of several sequences lying one after another in the rows (lens[s] rows
+// each), each from a zero state, final states dropped (training), in one parallel region over
+// (sequence, channel block) tasks: the same bits as one call per sequence, except for a one-row
+// sequence, which a call of its own computes with the one-step kernel (equal up to rounding).
+void selective_scan_forward_seqs(float* out, const float* x, const float* delta, const float* A,
+                                 const float* B, const float* C, const float* Dskip, const float* z,
+                                 std::span<const int64_t> lens, int64_t D, int64_t N);
+
 // One step (L = 1) of S sequences: row s of out, x, delta, z ([S, D]) and of B, C ([S, N]) with
 // state hs[s]. A decode step's scans are each too small for the channel threading above, so the
 // sequences go to the threads instead; each is computed as selective_scan_forward computes it.

@@ -302,5 +302,34 @@ TEST(SelectiveScan, BackwardOfSequencesEqualsOneCallEach) {
                Error);
 }
 
+
+// Several sequences in one forward call: the same bits as one call per sequence from zero states
+// (a one-row sequence alone takes the one-step kernel: rounded differently, so none here).
+TEST(SelectiveScan, ForwardOfSequencesEqualsOneCallEach) {
+  const int64_t D = 300, N = 16;
+  const std::vector<int64_t> lens = {37, 2, 64, 5};
+  int64_t T = 0;
+  for (int64_t L : lens) T += L;
+  for (bool gate : {true, false}) {
+    ScanIn s = make(T, D, N, gate, 11);
+    const float* zp = gate ? s.z.data() : nullptr;
+    std::vector<float> one(size_t(T * D), std::numeric_limits<float>::quiet_NaN()), each = one;
+    selective_scan_forward_seqs(one.data(), s.x.data(), s.delta.data(), s.A.data(), s.B.data(), s.C.data(),
+                                s.Dskip.data(), zp, lens, D, N);
+    int64_t r = 0;
+    for (int64_t L : lens) {
+      std::vector<float> h(size_t(D * N), 0.0f);
+      selective_scan_forward(each.data() + r * D, h.data(), s.x.data() + r * D, s.delta.data() + r * D,
+                             s.A.data(), s.B.data() + r * N, s.C.data() + r * N, s.Dskip.data(),
+                             gate ? zp + r * D : nullptr, L, D, N);
+      r += L;
+    }
+    EXPECT_EQ(one, each) << "gate " << gate;
+  }
+  const std::vector<int64_t> bad = {0};
+  float f = 0;
+  EXPECT_THROW(selective_scan_forward_seqs(&f, &f, &f, &f, &f, &f, &f, nullptr, bad, 1, 1), Error);
+}
+
 }  // namespace
 }  // namespace hymba
