@@ -2,6 +2,7 @@
 // in_proj output in parallel; their outputs are normalised, averaged and projected back:
 //   y = out_proj((RMSNorm1(attn) + RMSNorm2(ssm)) / 2), then the SwiGLU MLP
 // (or out_proj([RMSNorm1(attn); RMSNorm2(ssm)]) with config "fusion": "concat", Table 9's ablation).
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include "ops/norm.h"
 #include "ops/rope.h"
 #include "ops/ssm_scan.h"
+#include "ops/threads.h"
 
 namespace hymba {
 
@@ -361,13 +363,22 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
     if (dK.empty()) dK.assign(size_t(T * kw), 0.0f), dV.assign(size_t(T * vw), 0.0f);
     AttnShape shape{nq, nkv, c.d_qk, c.d_v, float(1.0 / std::sqrt(double(c.d_qk)))};
     AttnRule rule{p.global ? -1 : c.sliding_window, c.num_memory_tokens};
-    int64_t r0 = 0;
-    for (const auto& it : items) {
+    const int64_t ni = int64_t(items.size()), nt = num_threads();
+    std::vector<int64_t> row0(size_t(ni + 1), 0);
+    int64_t nmax = 0;
+    for (int64_t i = 0; i < ni; ++i)
+      row0[size_t(i + 1)] = row0[size_t(i)] + items[size_t(i)].n, nmax = std::max(nmax, items[size_t(i)].n);
+    // Enough sequences to balance: one thread each (the inner regions then run on one thread; the
+    // backward is independent of the thread count), one fork/join instead of three per sequence;
+    // if all threads' kept probabilities (2·nq·n² floats a call) fit the one call's 64 MiB.
+    const bool by_seq = ni >= 2 * nt && double(nt) * 8.0 * double(nq) * double(nmax) * double(nmax) <= 64.0 * (1 << 20);
+#pragma omp parallel for schedule(dynamic, 1) if (by_seq)
+    for (int64_t i = 0; i < ni; ++i) {
+      const int64_t r0 = row0[size_t(i)], n = items[size_t(i)].n;
       attention_backward(s.dq.data() + r0 * qw, dK.data() + r0 * kw, dV.data() + r0 * vw,
                          s.dattn.data() + r0 * aw, a.q.data() + r0 * qw, Ks + r0 * kw,
                          Vs + r0 * vw, a.attn.data() + r0 * aw, a.lse.data() + r0 * nq,
-                         pos + r0, pos + r0, it.n, it.n, shape, rule);
-      r0 += it.n;
+                         pos + r0, pos + r0, n, n, shape, rule);
     }
     if (c.rope) rope_backward(s.dq.data(), pos, T, nq, c.d_qk, inv_freq_.data());
     put_cols(s.dq.data(), q_col, qw);

@@ -49,12 +49,16 @@ def main():
         MC.make_checkpoint(cfg, ckpt, "f32", seed=11)
         window = cfg.get("sliding_window") or 0
         L = max(20, window + cfg.get("num_memory_tokens", 0) + 6)
-        batch = rng.integers(0, cfg["vocab_size"], size=(2, L + 1)).astype(np.int64)
+        # tiny-hymba: 5 sequences on 2 threads, so the attention backward runs one sequence per
+        # thread (layer_backward does when sequences >= 2 x threads).
+        rows, threads = (5, ["-t", "2"]) if name == "tiny-hymba" else (2, [])
+        batch = rng.integers(0, cfg["vocab_size"], size=(rows, L + 1)).astype(np.int64)
         bfile = os.path.join(ckpt, "batch.npy")
         np.save(bfile, batch)
         eng_out, ref_out = os.path.join(ckpt, "g_eng.safetensors"), os.path.join(ckpt, "g_ref.safetensors")
         spec = ";".join(",".join(map(str, r)) for r in batch)
-        r = subprocess.run([BIN, "grad", "-m", ckpt, "--batch", spec, "-o", eng_out], capture_output=True, text=True)
+        r = subprocess.run([BIN, "grad", "-m", ckpt, "--batch", spec, "-o", eng_out] + threads,
+                           capture_output=True, text=True)
         if r.returncode != 0:
             check(f"{name}: hymba grad", False, r.stderr.strip())
             continue
