@@ -11,30 +11,16 @@
 namespace hymba {
 
 namespace {
-constexpr const char* kModule[kNumSlots] = {"mamba.in_proj",  "mamba.x_proj.0",
-                                            "mamba.dt_proj.0", "mamba.out_proj",
-                                            "moe.experts.0.gate_proj", "moe.experts.0.up_proj",
-                                            "moe.experts.0.down_proj"};
+static_assert(kLayerMatrixModules.size() == kNumSlots, "adapter slots are the layer matrices");
 constexpr const char* kTarget[kNumSlots] = {"in_proj",   "x_proj.0", "dt_proj.0", "out_proj",
                                             "gate_proj", "up_proj",  "down_proj"};
 constexpr const char* kPrefix = "base_model.model.model.layers.";
 }  // namespace
 
-const char* slot_module(Slot s) { return kModule[int(s)]; }
+const char* slot_module(Slot s) { return kLayerMatrixModules[int(s)]; }
 const char* slot_target(Slot s) { return kTarget[int(s)]; }
 
-const MatView& slot_matrix(const LayerWeights& w, Slot s) {
-  switch (s) {
-    case Slot::InProj: return w.in_proj;
-    case Slot::XProj: return w.x_proj;
-    case Slot::DtProj: return w.dt_proj;
-    case Slot::OutProj: return w.out_proj;
-    case Slot::Gate: return w.gate;
-    case Slot::Up: return w.up;
-    case Slot::Down: return w.down;
-  }
-  throw Error("bad adapter slot");
-}
+const MatView& slot_matrix(const LayerWeights& w, Slot s) { return *layer_matrix_ptrs(w)[size_t(s)]; }
 
 std::vector<Slot> parse_targets(const std::string& list) {
   bool on[kNumSlots] = {};
@@ -57,7 +43,7 @@ std::vector<Slot> parse_targets(const std::string& list) {
     for (int s = 0; s < kNumSlots; ++s) {
       const std::string full = kTarget[s];
       const std::string bare = full.substr(0, full.find('.'));
-      if (t == full || t == bare || t == kModule[s]) on[s] = found = true;
+      if (t == full || t == bare || t == kLayerMatrixModules[s]) on[s] = found = true;
     }
     HYMBA_CHECK(found, "unknown adapter target '" + t +
                            "' (in_proj, out_proj, x_proj, dt_proj, gate_proj, up_proj, down_proj, mlp, all)");
@@ -232,7 +218,7 @@ AdapterSet load_peft_adapter(const std::string& dir, const Config& c, const Weig
         for (int s = 0; s < kNumSlots && !ok; ++s)
           for (const char* suf : {".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector",
                                   ".lora_magnitude_vector.weight"})
-            if (rest == std::string(kModule[s]) + suf) {
+            if (rest == std::string(kLayerMatrixModules[s]) + suf) {
               HYMBA_CHECK(l < int(base.layers.size()),
                           st_path + ": tensor " + name + ": the model has only " +
                               std::to_string(base.layers.size()) + " layers");

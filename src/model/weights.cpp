@@ -89,12 +89,11 @@ Weights bind_weights(const Config& c, const std::vector<ParamRef>& data) {
     LayerWeights& L = w.layers[l];
     const std::string pre = "model.layers." + std::to_string(l) + ".";
     L.input_norm = vec(pre + "input_layernorm.weight");
-    L.in_proj = mat(pre + "mamba.in_proj.weight");
+    const auto mats = layer_matrix_ptrs(L);
+    for (size_t i = 0; i < mats.size(); ++i) *mats[i] = mat(pre + kLayerMatrixModules[i] + ".weight");
     L.in_proj_bias = vec(pre + "mamba.in_proj.bias");
     L.conv_w = vec(pre + "mamba.conv1d.weight");
     L.conv_b = vec(pre + "mamba.conv1d.bias");
-    L.x_proj = mat(pre + "mamba.x_proj.0.weight");
-    L.dt_proj = mat(pre + "mamba.dt_proj.0.weight");
     L.dt_bias = vec(pre + "mamba.dt_proj.0.bias");
     L.A_log = vec(pre + "mamba.A_log.0");
     L.D = vec(pre + "mamba.D.0");
@@ -103,12 +102,8 @@ Weights bind_weights(const Config& c, const std::vector<ParamRef>& data) {
     L.C_norm = vec(pre + "mamba.C_layernorm.weight");
     L.pre_avg_norm1 = vec(pre + "mamba.pre_avg_layernorm1.weight");
     L.pre_avg_norm2 = vec(pre + "mamba.pre_avg_layernorm2.weight");
-    L.out_proj = mat(pre + "mamba.out_proj.weight");
     L.out_proj_bias = vec(pre + "mamba.out_proj.bias");
     L.pre_mlp_norm = vec(pre + "pre_moe_layernorm.weight");
-    L.gate = mat(pre + "moe.experts.0.gate_proj.weight");
-    L.up = mat(pre + "moe.experts.0.up_proj.weight");
-    L.down = mat(pre + "moe.experts.0.down_proj.weight");
   }
   return w;
 }
@@ -116,14 +111,13 @@ Weights bind_weights(const Config& c, const std::vector<ParamRef>& data) {
 Checkpoint::~Checkpoint() = default;
 
 namespace {
-// A layer's matrices with their names in the checkpoint after "model.layers.N.".
+// A layer's matrices with their tensor names after "model.layers.N.".
 template <class LW>
 auto layer_matrices(LW& L) {
-  return std::array{std::pair{"mamba.in_proj.weight", &L.in_proj}, std::pair{"mamba.x_proj.0.weight", &L.x_proj},
-                    std::pair{"mamba.dt_proj.0.weight", &L.dt_proj}, std::pair{"mamba.out_proj.weight", &L.out_proj},
-                    std::pair{"moe.experts.0.gate_proj.weight", &L.gate},
-                    std::pair{"moe.experts.0.up_proj.weight", &L.up},
-                    std::pair{"moe.experts.0.down_proj.weight", &L.down}};
+  std::array<std::pair<std::string, decltype(&L.in_proj)>, kLayerMatrixModules.size()> v;
+  const auto ptrs = layer_matrix_ptrs(L);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = {std::string(kLayerMatrixModules[i]) + ".weight", ptrs[i]};
+  return v;
 }
 std::string layer_prefix(size_t l) { return "model.layers." + std::to_string(l) + "."; }
 }  // namespace

@@ -1,6 +1,7 @@
 // Hymba's parameters as views: big matrices stay in the checkpoint's dtype (mmap), the small
 // vectors are F32. Training points the same views into its F32 parameter arena.
 #pragma once
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +37,16 @@ struct LayerWeights {
   const float* pre_mlp_norm = nullptr;  // [H]            pre_moe_layernorm.weight
   MatView gate, up, down;               // moe.experts.0.{gate,up,down}_proj.weight
 };
+
+// The seven matrices of a layer, in one fixed order (adapter slots follow it), with their module
+// paths after "model.layers.N." (the tensor is "<module>.weight").
+inline constexpr std::array<const char*, 7> kLayerMatrixModules = {
+    "mamba.in_proj", "mamba.x_proj.0", "mamba.dt_proj.0", "mamba.out_proj",
+    "moe.experts.0.gate_proj", "moe.experts.0.up_proj", "moe.experts.0.down_proj"};
+template <class LW>  // LayerWeights or const LayerWeights
+auto layer_matrix_ptrs(LW& L) {
+  return std::array{&L.in_proj, &L.x_proj, &L.dt_proj, &L.out_proj, &L.gate, &L.up, &L.down};
+}
 
 struct Weights {
   MatView embed;                  // [V, H] model.embed_tokens.weight
