@@ -221,8 +221,7 @@ void HymbaModel::layer_forward(int l, float* x, std::span<const ForwardItem> ite
   rmsnorm_forward(a.xm.data(), a.rstd_m.data(), x, w.pre_mlp_norm, T, H, eps);
   resize(a.gate, T * F), resize(a.up, T * F);
   if (!in_place) resize(a.act, T * F);
-  linear_forward(l, Slot::Gate, a.gate.data(), a.xm.data(), w.gate, nullptr, T, false, fresh);
-  linear_forward(l, Slot::Up, a.up.data(), a.xm.data(), w.up, nullptr, T, false, fresh);
+  linear_forward2(l, Slot::Gate, Slot::Up, a.gate.data(), a.up.data(), a.xm.data(), w.gate, w.up, T, fresh);
   float* act = in_place ? a.up.data() : a.act.data();
   swiglu_forward(act, a.gate.data(), a.up.data(), T * F);
   linear_forward(l, Slot::Down, x, act, w.down, nullptr, T, true, fresh);

@@ -132,6 +132,17 @@ void HymbaModel::linear_forward(int l, Slot s, float* out, const float* in, cons
   adapted_forward(out, in, W, bias, a, norm.data(), T, accumulate);
 }
 
+void HymbaModel::linear_forward2(int l, Slot s0, Slot s1, float* out0, float* out1, const float* in,
+                                 const MatView& W0, const MatView& W1, int64_t T, bool fresh) {
+  if (adapters_) {
+    linear_forward(l, s0, out0, in, W0, nullptr, T, false, fresh);
+    linear_forward(l, s1, out1, in, W1, nullptr, T, false, fresh);
+    return;
+  }
+  if (tap_) tap_(l, s0, in, T, W0.cols), tap_(l, s1, in, T, W1.cols);
+  matmul_forward2(out0, out1, in, W0, W1, T);
+}
+
 void HymbaModel::linear_backward(int l, Slot s, float* dinp, float* dW, float* dbias,
                                  const float* dout, const float* inp, const MatView& W, int64_t T,
                                  bool accumulate) {

@@ -145,6 +145,10 @@ class HymbaModel {
   // (weights may have changed: every training forward); otherwise they are computed once.
   void linear_forward(int l, Slot s, float* out, const float* in, const MatView& W,
                       const float* bias, int64_t T, bool accumulate, bool fresh);
+  // Two linear layers without bias reading the same input (gate and up): one parallel region at
+  // decode when neither has an adapter; the same values as two linear_forward calls.
+  void linear_forward2(int l, Slot s0, Slot s1, float* out0, float* out1, const float* in,
+                       const MatView& W0, const MatView& W1, int64_t T, bool fresh);
   void linear_backward(int l, Slot s, float* dinp, float* dW, float* dbias, const float* dout,
                        const float* inp, const MatView& W, int64_t T, bool accumulate = true);
 

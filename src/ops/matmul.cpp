@@ -1270,35 +1270,62 @@ void q4_k_subtract_mins(float* out, const float* xs, const MatView& W, int64_t M
               int(KB), 1.0f, out, int(N));
 }
 
-void gemv(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc) {
-  const int64_t N = W.rows, K = W.cols;
+// One GEMV output: out[M, W.rows] (=|+=) in · Wᵀ (+ bias).
+struct GemvJob {
+  float* out;
+  const MatView* W;
+  const float* bias;
+};
+
+// Several GEMVs on the same input (all W of one dtype and width): the activations are quantized
+// once and every job's rows share one parallel region, so a decode step forks and joins once for
+// them (gate and up of the MLP: 32 fewer regions per token on the 1.5B shape).
+void gemv_jobs(const GemvJob* jobs, int njobs, const float* in, int64_t M, bool acc) {
+  const DType dt = jobs[0].W->dtype;
+  const int64_t K = jobs[0].W->cols;
   const int nt = num_threads();
-  const bool q = quantized(W.dtype);
+  const bool q = quantized(dt);
   QActs a{};
   const float* xs = nullptr;
-  if (q) a = quantize_acts(in, M, K, W.dtype == DType::Q4_0);
-  if (W.dtype == DType::Q4_K) xs = act_block_sums(a, M, K);
+  if (q) a = quantize_acts(in, M, K, dt == DType::Q4_0);
+  if (dt == DType::Q4_K) xs = act_block_sums(a, M, K);
   const auto fn = HWY_DYNAMIC_DISPATCH(GemvRange);
   const auto fq = HWY_DYNAMIC_DISPATCH(GemvQRange);
   const auto fk = HWY_DYNAMIC_DISPATCH(GemvQ4KRange);
-  auto run = [&](int64_t n0, int64_t n1) {
-    if (W.dtype == DType::Q4_K) fk(out, a, xs, W.data, bias, M, N, K, n0, n1, acc);
-    else if (q) fq(out, a, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
-    else fn(out, in, W.data, int(W.dtype), W.scales, bias, M, N, K, n0, n1, acc);
+  auto run = [&](const GemvJob& j, int64_t n0, int64_t n1) {
+    const MatView& W = *j.W;
+    const int64_t N = W.rows;
+    if (dt == DType::Q4_K) fk(j.out, a, xs, W.data, j.bias, M, N, K, n0, n1, acc);
+    else if (q) fq(j.out, a, W.data, int(dt), W.scales, j.bias, M, N, K, n0, n1, acc);
+    else fn(j.out, in, W.data, int(dt), W.scales, j.bias, M, N, K, n0, n1, acc);
   };
-  const int64_t tiles = (N + 3) / 4;  // of 4 rows, the tile height
+  int64_t tiles = 0;  // of 4 rows, the tile height
+  for (int i = 0; i < njobs; ++i) tiles += (jobs[i].W->rows + 3) / 4;
   const int use = int(std::max<int64_t>(1, std::min<int64_t>(nt, tiles / 8)));
   if (use == 1) {
-    run(0, N);
+    for (int i = 0; i < njobs; ++i) run(jobs[i], 0, jobs[i].W->rows);
     return;
   }
   // About 8 row ranges per thread, taken dynamically: on a shared machine a descheduled thread's
   // ranges go to the others instead of the others spinning at the barrier. Each output row is
   // one tile's sum whoever computes it, so the result does not depend on the split.
   const int64_t per = std::max<int64_t>(8, tiles / (8 * use)) * 4;
-  const int64_t ranges = (N + per - 1) / per;
+  if (njobs > 8) throw Error("gemv_jobs: at most 8 matrices");
+  int64_t first[8 + 1] = {0};  // range index where job i starts
+  for (int i = 0; i < njobs; ++i) first[i + 1] = first[i] + (jobs[i].W->rows + per - 1) / per;
+  const int64_t ranges = first[njobs];
 #pragma omp parallel for num_threads(use) schedule(dynamic, 1)
-  for (int64_t c = 0; c < ranges; ++c) run(c * per, std::min(N, (c + 1) * per));
+  for (int64_t c = 0; c < ranges; ++c) {
+    int i = 0;
+    while (c >= first[i + 1]) ++i;
+    const int64_t r = c - first[i];
+    run(jobs[i], r * per, std::min(jobs[i].W->rows, (r + 1) * per));
+  }
+}
+
+void gemv(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc) {
+  const GemvJob job{out, &W, bias};
+  gemv_jobs(&job, 1, in, M, acc);
 }
 
 // out = bias (or += bias) so that every sgemm below can run with beta = 1.
@@ -1409,6 +1436,21 @@ void matmul_forward_path(MatmulPath path, float* out, const float* in, const Mat
 void matmul_forward(float* out, const float* in, const MatView& W, const float* bias, int64_t M,
                     bool accumulate) {
   matmul_forward_path(MatmulPath::Auto, out, in, W, bias, M, accumulate);
+}
+
+void matmul_forward2(float* out0, float* out1, const float* in, const MatView& W0, const MatView& W1,
+                     int64_t M) {
+  check_view(W0, "matmul_forward2"), check_view(W1, "matmul_forward2");
+  const bool gemv_both = M > 0 && W0.dtype == W1.dtype && W0.cols == W1.cols && W0.cols > 0 &&
+                         W0.rows > 0 && W1.rows > 0 && M <= matmul_gemv_max_m(W0.dtype);
+  if (!gemv_both) {
+    matmul_forward(out0, in, W0, nullptr, M);
+    matmul_forward(out1, in, W1, nullptr, M);
+    return;
+  }
+  ensure_threads_initialized();
+  const GemvJob jobs[2] = {{out0, &W0, nullptr}, {out1, &W1, nullptr}};
+  gemv_jobs(jobs, 2, in, M, false);
 }
 
 void matmul_backward(float* dinp, float* dW, float* dbias, const float* dout, const float* inp,

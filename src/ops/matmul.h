@@ -25,6 +25,12 @@ struct MatView {
 void matmul_forward(float* out, const float* in, const MatView& W, const float* bias, int64_t M,
                     bool accumulate = false);
 
+// out0 = in · W0ᵀ and out1 = in · W1ᵀ (two matrices reading one input, as the MLP's gate and up),
+// the same values as two matmul_forward calls. At decode (the GEMV path, W0 and W1 of one dtype
+// and width) the input is quantized once and both run in one parallel region.
+void matmul_forward2(float* out0, float* out1, const float* in, const MatView& W0, const MatView& W1,
+                     int64_t M);
+
 // Backward of matmul_forward with F32 weights (training). Each gradient pointer may be null.
 // dinp[M, K] += dout[M, N] · W ;  dW[N, K] += doutᵀ · inp ;  dbias[N] += Σ_m dout[m, :]
 // With accumulate false dinp is overwritten (=; sgemm's beta 0) and needs no zero-fill; the

@@ -15,6 +15,7 @@
 
 #include "base/error.h"
 #include "ops/matmul.h"
+#include "ops/threads.h"
 #include "test_util.h"
 
 namespace hymba {
@@ -171,6 +172,57 @@ TEST(QuantQ8, MatmulMatchesNaiveDoubleOnEveryTarget) {
     SCOPED_TRACE(hwy::TargetName(target));
     check_matmul(DType::Q8);
   }
+}
+
+// matmul_forward2 (gate and up in one parallel region at decode) gives the bits of two
+// matmul_forward calls for every weight type, target, thread count and path (GEMV for small M,
+// two separate products past it), with row counts that end mid-tile and mid-range; mixed
+// dtypes or widths take two separate products.
+TEST(Matmul2, SameBitsAsTwoCallsOnEveryTarget) {
+  TargetGuard guard;
+  const int saved = num_threads();
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    Rng rng(5);
+    const int64_t K = 160;
+    for (DType t : {DType::Q8, DType::Q4_0, DType::Q4_K, DType::BF16, DType::F32}) {
+      std::vector<uint8_t> fb0, fb1;
+      auto make = [&](int64_t N, std::vector<uint8_t>& fb) {
+        if (is_block_quant(t)) return make_quant(t, N, t == DType::Q4_K ? 256 : K, rng);
+        Q8Matrix m;
+        const std::vector<float> f = rng.vec(size_t(N * K));
+        fb.resize(f.size() * dtype_size(t));
+        from_f32(fb.data(), t, f.data(), f.size());
+        m.view = MatView{fb.data(), t, N, K};
+        return m;
+      };
+      const Q8Matrix w0 = make(301, fb0), w1 = make(67, fb1);
+      const int64_t Kw = w0.view.cols;
+      for (int64_t M : {1, 3, 100}) {
+        const std::vector<float> in = rng.vec(size_t(M * Kw));
+        for (int nt : {1, 2}) {
+          set_num_threads(nt);
+          std::vector<float> a0(size_t(M * 301)), a1(size_t(M * 67)), b0(a0.size(), 7.0f), b1(a1.size(), 7.0f);
+          matmul_forward(a0.data(), in.data(), w0.view, nullptr, M);
+          matmul_forward(a1.data(), in.data(), w1.view, nullptr, M);
+          matmul_forward2(b0.data(), b1.data(), in.data(), w0.view, w1.view, M);
+          ASSERT_EQ(0, std::memcmp(a0.data(), b0.data(), a0.size() * sizeof(float))) << dtype_name(t) << " M=" << M;
+          ASSERT_EQ(0, std::memcmp(a1.data(), b1.data(), a1.size() * sizeof(float))) << dtype_name(t) << " M=" << M;
+        }
+      }
+    }
+    // Different dtypes: two separate products.
+    const Q8Matrix q = make_q8(40, 64, rng), r = make_q4_0(24, 64, rng);
+    const std::vector<float> in = rng.vec(64);
+    std::vector<float> a0(40), a1(24), b0(40), b1(24);
+    matmul_forward(a0.data(), in.data(), q.view, nullptr, 1);
+    matmul_forward(a1.data(), in.data(), r.view, nullptr, 1);
+    matmul_forward2(b0.data(), b1.data(), in.data(), q.view, r.view, 1);
+    EXPECT_EQ(a0, b0);
+    EXPECT_EQ(a1, b1);
+  }
+  set_num_threads(saved);
 }
 
 TEST(QuantAct, NearestWithTiesToEvenAndNonFiniteBlocks) {
