@@ -32,6 +32,11 @@ void take_cols(std::vector<float>& dst, const float* src, int64_t T, int64_t str
   for (int64_t t = 0; t < T; ++t)
     std::memcpy(dst.data() + t * w, src + t * stride + c0, size_t(w) * sizeof(float));
 }
+// The inverse: src [T, w] into columns c0..c0+w of dst [T, stride].
+void put_cols(float* dst, int64_t T, int64_t stride, int64_t c0, const float* src, int64_t w) {
+  for (int64_t t = 0; t < T; ++t)
+    std::memcpy(dst + t * stride + c0, src + t * w, size_t(w) * sizeof(float));
+}
 
 // Sizes of one layer's tensors for a batch of T rows (shapes in hymba.h's LayerActs).
 struct Dims {
@@ -282,9 +287,8 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
   const int64_t P = p.in_proj_rows;
   resize(s.dproj, T * P);
   int64_t covered = 0;
-  auto put_cols = [&](const float* src, int64_t c0, int64_t width) {
-    for (int64_t t = 0; t < T; ++t)
-      std::memcpy(s.dproj.data() + t * P + c0, src + t * width, size_t(width) * sizeof(float));
+  auto put_proj = [&](const float* src, int64_t c0, int64_t width) {
+    put_cols(s.dproj.data(), T, P, c0, src, width);
     covered += width;
   };
   int64_t col = 0;
@@ -321,18 +325,15 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
         take_cols(s.raw, a.xdbl.data(), T, XW, c0, width);
         resize(s.draw, T * width);
         rmsnorm_backward(s.draw.data(), gw, dy.data(), s.raw.data(), wn, rstd.data(), T, width, kSet);
-        for (int64_t t = 0; t < T; ++t)
-          std::memcpy(s.dxdbl.data() + t * XW + c0, s.draw.data() + t * width, size_t(width) * sizeof(float));
+        put_cols(s.dxdbl.data(), T, XW, c0, s.draw.data(), width);
       };
       norm_back(0, R, s.ddtn, w.dt_norm, mut(g.dt_norm), a.dt_rstd);
       norm_back(R, N, s.dB, w.B_norm, mut(g.B_norm), a.B_rstd);
       norm_back(R + N, N, s.dC, w.C_norm, mut(g.C_norm), a.C_rstd);
     } else {
-      for (int64_t t = 0; t < T; ++t) {
-        for (int64_t j = 0; j < R; ++j) s.dxdbl[size_t(t * XW + j)] = s.ddtn[size_t(t * R + j)];
-        for (int64_t j = 0; j < N; ++j) s.dxdbl[size_t(t * XW + R + j)] = s.dB[size_t(t * N + j)];
-        for (int64_t j = 0; j < N; ++j) s.dxdbl[size_t(t * XW + R + N + j)] = s.dC[size_t(t * N + j)];
-      }
+      put_cols(s.dxdbl.data(), T, XW, 0, s.ddtn.data(), R);
+      put_cols(s.dxdbl.data(), T, XW, R, s.dB.data(), N);
+      put_cols(s.dxdbl.data(), T, XW, R + N, s.dC.data(), N);
     }
     linear_backward(l, Slot::XProj, s.dxc.data(), mut(g.x_proj), nullptr, s.dxdbl.data(), a.xc.data(),
                     w.x_proj, T);
@@ -345,8 +346,8 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
                              kSet);
       r0 += it.n;
     }
-    put_cols(s.dxs.data(), x_col, D);
-    put_cols(s.dz.data(), z_col, D);
+    put_proj(s.dxs.data(), x_col, D);
+    put_proj(s.dz.data(), z_col, D);
   }
 
   if (p.has_attn) {
@@ -380,11 +381,11 @@ void HymbaModel::layer_backward(int l, float* dx, std::span<const ForwardItem> i
                          pos + r0, pos + r0, n, n, shape, rule);
     }
     if (c.rope) rope_backward(s.dq.data(), pos, T, nq, c.d_qk, inv_freq_.data());
-    put_cols(s.dq.data(), q_col, qw);
+    put_proj(s.dq.data(), q_col, qw);
     if (p.producer()) {  // every consumer (a later layer) has added its share by now
       if (c.rope) rope_backward(dK.data(), pos, T, nkv, c.d_qk, inv_freq_.data());
-      put_cols(dK.data(), kv_col, kw);
-      put_cols(dV.data(), kv_col + kw, vw);
+      put_proj(dK.data(), kv_col, kw);
+      put_proj(dV.data(), kv_col + kw, vw);
     }
   }
   HYMBA_CHECK(covered == P, "layer_backward: the gradient pieces do not tile in_proj's rows");

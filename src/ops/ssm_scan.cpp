@@ -125,6 +125,14 @@ void StatePasses(int64_t L, int64_t N, int64_t NL, const float* At, float* hs, c
   for (; n0 < N; ++n0) StatePass<1>(n0, L, N, NL, At, hs, dtb, xb, yb, B, C, Hs, Es);
 }
 
+// The first row of each of S sequences lying one after another (row0[S] = all rows), and the
+// longest length.
+std::vector<int64_t> RowStarts(const int64_t* lens, int64_t S, int64_t* Lmax) {
+  std::vector<int64_t> row0(size_t(S + 1), 0);
+  for (int64_t s = 0; s < S; ++s) row0[size_t(s + 1)] = row0[size_t(s)] + lens[s], *Lmax = std::max(*Lmax, lens[s]);
+  return row0;
+}
+
 // One token (a decode step): a channel's state h[c, 0..N) is contiguous, so vectorise over n
 // instead of channels: no gather/scatter of the state and no buffers. The state update is the
 // same arithmetic as below (bit-identical states); y is summed over n in a different order.
@@ -170,9 +178,8 @@ void ScanForward(float* out, float* const* hs, const float* x, const float* delt
   if (S == 1 && hs && lens[0] == 1 && N % NL == 0)
     return ScanStep(out, hs[0], x, delta, A, B, C, Dskip, z, D, N);
   const int64_t nblk = (D + NL - 1) / NL;
-  std::vector<int64_t> row0(size_t(S + 1), 0);
   int64_t Lmax = 0;
-  for (int64_t s = 0; s < S; ++s) row0[size_t(s + 1)] = row0[size_t(s)] + lens[s], Lmax = std::max(Lmax, lens[s]);
+  const std::vector<int64_t> row0 = RowStarts(lens, S, &Lmax);
   const double work = double(row0[size_t(S)]) * double(D) * double(N);
 #pragma omp parallel if (work > 65536)
   {
@@ -262,9 +269,8 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
   const int64_t NL = int64_t(hn::Lanes(df));
   // acc false: = instead of += (0 + v rounds as += into zeros does).
   auto old = [&](const float* p, int64_t nc) { return acc ? LoadPart(df, p, nc, NL) : hn::Zero(df); };
-  std::vector<int64_t> row0(size_t(S + 1), 0);
   int64_t Lmax = 0;
-  for (int64_t s = 0; s < S; ++s) row0[size_t(s + 1)] = row0[size_t(s)] + lens[s], Lmax = std::max(Lmax, lens[s]);
+  const std::vector<int64_t> row0 = RowStarts(lens, S, &Lmax);
   const int64_t Lsum = row0[size_t(S)];
   // dB, dC sum over channels: each fixed chunk of channels sums its lanes into its own partial,
   // and the chunks are added in order at the end, whatever the thread count. dA and dDskip sum
@@ -378,6 +384,18 @@ namespace hymba {
 HWY_EXPORT(ScanForward);
 HWY_EXPORT(ScanBackward);
 
+namespace {
+// Σ lens, each of which must be a sequence of at least one row.
+int64_t total_rows(std::span<const int64_t> lens, const char* who) {
+  int64_t T = 0;
+  for (int64_t L : lens) {
+    HYMBA_CHECK(L >= 1, std::string(who) + ": empty sequence");
+    T += L;
+  }
+  return T;
+}
+}  // namespace
+
 void selective_scan_forward(float* out, float* h, const float* x, const float* delta,
                             const float* A, const float* B, const float* C, const float* Dskip,
                             const float* z, int64_t L, int64_t D, int64_t N) {
@@ -388,11 +406,7 @@ void selective_scan_forward(float* out, float* h, const float* x, const float* d
 void selective_scan_forward_seqs(float* out, const float* x, const float* delta, const float* A,
                                  const float* B, const float* C, const float* Dskip, const float* z,
                                  std::span<const int64_t> lens, int64_t D, int64_t N) {
-  int64_t T = 0;
-  for (int64_t L : lens) {
-    HYMBA_CHECK(L >= 1, "selective_scan_forward_seqs: empty sequence");
-    T += L;
-  }
+  const int64_t T = total_rows(lens, "selective_scan_forward_seqs");
   if (T <= 0 || D <= 0) return;
   HWY_DYNAMIC_DISPATCH(ScanForward)(out, nullptr, x, delta, A, B, C, Dskip, z, lens.data(),
                                     int64_t(lens.size()), D, N);
@@ -427,11 +441,7 @@ void selective_scan_backward_seqs(float* dx, float* ddelta, float* dA, float* dB
                                   const float* delta, const float* A, const float* B, const float* C,
                                   const float* Dskip, const float* z, std::span<const int64_t> lens,
                                   int64_t D, int64_t N, bool accumulate) {
-  int64_t T = 0;
-  for (int64_t L : lens) {
-    HYMBA_CHECK(L >= 1, "selective_scan_backward_seqs: empty sequence");
-    T += L;
-  }
+  const int64_t T = total_rows(lens, "selective_scan_backward_seqs");
   if (T <= 0 || D <= 0) return;
   if (!accumulate && dz && !z) std::fill(dz, dz + T * D, 0.0f);
   HWY_DYNAMIC_DISPATCH(ScanBackward)(dx, ddelta, dA, dB, dC, dDskip, dz, dout, nullptr, x, delta, A,
