@@ -267,6 +267,21 @@ TEST(MatmulBf16Gemm, IndependentOfThreadCountNonFiniteStaysInItsRow) {
   }
 }
 
+// matmul_backward's sums in double: rdinp += dout·W, rdW += doutᵀ·inp, rdbias += Σ_m dout.
+void naive_backward_add(std::vector<double>& rdinp, std::vector<double>& rdW, std::vector<double>& rdbias,
+                        const std::vector<float>& dout, const std::vector<float>& inp,
+                        const std::vector<float>& W, int64_t M, int64_t N, int64_t K) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      const double g = dout[size_t(m * N + n)];
+      rdbias[size_t(n)] += g;
+      for (int64_t k = 0; k < K; ++k) {
+        rdinp[size_t(m * K + k)] += g * W[size_t(n * K + k)];
+        rdW[size_t(n * K + k)] += g * inp[size_t(m * K + k)];
+      }
+    }
+}
+
 TEST(Matmul, BackwardMatchesNaiveDouble) {
   Rng rng(11);
   for (int64_t M : {1, 3, 33}) {
@@ -277,15 +292,7 @@ TEST(Matmul, BackwardMatchesNaiveDouble) {
                        dbias = rng.vec(size_t(N));
     std::vector<double> rdinp(dinp.begin(), dinp.end()), rdW(dW.begin(), dW.end()),
         rdbias(dbias.begin(), dbias.end());
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        const double g = dout[size_t(m * N + n)];
-        rdbias[size_t(n)] += g;
-        for (int64_t k = 0; k < K; ++k) {
-          rdinp[size_t(m * K + k)] += g * W[size_t(n * K + k)];
-          rdW[size_t(n * K + k)] += g * inp[size_t(m * K + k)];
-        }
-      }
+    naive_backward_add(rdinp, rdW, rdbias, dout, inp, W, M, N, K);
     // Each pointer null in turn: the others still accumulate.
     for (int skip = -1; skip < 3; ++skip) {
       std::vector<float> a = dinp, b = dW, c = dbias;
@@ -342,15 +349,7 @@ TEST(Matmul, BackwardOverwriteMatchesNaiveDouble) {
     const std::vector<float> dout = rng.vec(size_t(M * N));
     std::vector<float> dinp(size_t(M * K), nan), dW = rng.vec(size_t(N * K)), dbias = rng.vec(size_t(N));
     std::vector<double> rdinp(size_t(M * K), 0.0), rdW(dW.begin(), dW.end()), rdbias(dbias.begin(), dbias.end());
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) {
-        const double g = dout[size_t(m * N + n)];
-        rdbias[size_t(n)] += g;
-        for (int64_t k = 0; k < K; ++k) {
-          rdinp[size_t(m * K + k)] += g * W[size_t(n * K + k)];
-          rdW[size_t(n * K + k)] += g * inp[size_t(m * K + k)];
-        }
-      }
+    naive_backward_add(rdinp, rdW, rdbias, dout, inp, W, M, N, K);
     matmul_backward(dinp.data(), dW.data(), dbias.data(), dout.data(), inp.data(), W.data(), M, N, K,
                     false);
     EXPECT_LT(norm_err(dinp, rdinp), 1e-5) << "dinp M=" << M;
