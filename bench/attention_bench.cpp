@@ -3,6 +3,10 @@
 // A global layer reads the whole cache, a sliding-window layer its 1024-token window plus the 128
 // meta tokens. Like a decode step over many sequences, the calls rotate over enough caches
 // (>= 256 MiB) that each one reads from DRAM. bytes_per_second = the K/V bytes read.
+// BM_AttentionTrain*: one sequence of `hymba bench --train` (configs/bench-10m.json: 288 rows,
+// 4 query heads, 1 K/V head, 64-dim heads, 32 meta tokens), forward with lse and backward;
+// run with OMP_NUM_THREADS=1 for the time of one thread (the training step runs one sequence per
+// thread).
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -63,5 +67,46 @@ void BM_AttentionDecode(benchmark::State& st) {
 BENCHMARK(BM_AttentionDecode)
     ->Args({2048, -1, 1})->Args({8192, -1, 1})->Args({8192, kWindow, 1})->Args({2048, -1, 0})
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// Args: window (-1: a global layer).
+struct TrainShape {
+  static constexpr int64_t L = 288, H = 4, KV = 1, D = 64, kMeta = 32;
+  std::vector<float> q, k, v, out, lse, dout, dq, dk, dv;
+  std::vector<int32_t> pos;
+  TrainShape() : q(size_t(L * H * D)), k(size_t(L * KV * D)), v(size_t(L * KV * D)), out(q.size()),
+                 lse(size_t(L * H)), dout(q.size()), dq(q.size()), dk(k.size()), dv(v.size()), pos(size_t(L)) {
+    for (size_t i = 0; i < q.size(); ++i) q[i] = float(int64_t((i * 7) % 23) - 11) * 0.05f, dout[i] = float(int64_t(i % 13) - 6) * 0.01f;
+    for (size_t i = 0; i < k.size(); ++i) k[i] = float(int64_t((i * 5) % 19) - 9) * 0.05f, v[i] = float(int64_t(i % 17) - 8) * 0.1f;
+    for (int64_t j = 0; j < L; ++j) pos[size_t(j)] = int32_t(j);
+  }
+  void forward(const AttnRule& r) {
+    const KVSegment seg{k.data(), v.data(), DType::F32, pos.data(), L};
+    attention_forward(out.data(), lse.data(), q.data(), pos.data(), L, std::span<const KVSegment>(&seg, 1),
+                      AttnShape{H, KV, D, D, 0.125f}, r);
+  }
+};
+
+void BM_AttentionTrainForward(benchmark::State& st) {
+  TrainShape s;
+  const AttnRule rule{st.range(0), TrainShape::kMeta};
+  for (auto _ : st) {
+    s.forward(rule);
+    benchmark::DoNotOptimize(s.out.data());
+  }
+}
+BENCHMARK(BM_AttentionTrainForward)->Arg(-1)->Arg(128)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+void BM_AttentionTrainBackward(benchmark::State& st) {
+  TrainShape s;
+  const AttnRule rule{st.range(0), TrainShape::kMeta};
+  s.forward(rule);
+  for (auto _ : st) {
+    attention_backward(s.dq.data(), s.dk.data(), s.dv.data(), s.dout.data(), s.q.data(), s.k.data(),
+                       s.v.data(), s.out.data(), s.lse.data(), s.pos.data(), s.pos.data(), TrainShape::L,
+                       TrainShape::L, AttnShape{TrainShape::H, TrainShape::KV, TrainShape::D, TrainShape::D, 0.125f}, rule);
+    benchmark::DoNotOptimize(s.dq.data());
+  }
+}
+BENCHMARK(BM_AttentionTrainBackward)->Arg(-1)->Arg(128)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace

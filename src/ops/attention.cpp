@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <memory>
 #include <vector>
+
+#include <cblas.h>
 
 #include "base/error.h"
 #include "ops/simd.h"
@@ -309,107 +310,138 @@ void attention_backward(float* dq, float* dk, float* dv_out, const float* dout, 
 #pragma omp parallel for schedule(static) if (work > 2e5)
   for (int64_t th = 0; th < Lq * H; ++th) Dm[size_t(th)] = simd::dot(dout + th * dv, out + th * dv, dv);
 
-  // Keys in chunks [k0, k0 + W). For each chunk, pass A computes P and dS of every (query, head)
-  // against its keys, accumulates dq and keeps P and dS transposed, PT[h][j - k0][t] and
-  // dST[h][j - k0][t] (0 where not visible); pass B then reads them for dv = Pᵀ·dout and
-  // dk = dSᵀ·q (recomputing them there took ~30% of the backward). W bounds that memory to
-  // ~kKeep bytes (depends on the shapes only, so the result does not depend on the thread count).
-  constexpr int64_t kTk = 32, kBq = 64;  // pass B: keys per task, queries per block
+  // The six products are sgemm calls on blocks of a K/V head's group: row r = t·G + gi of group
+  // g is query t, head g·G + gi, so a block of queries is one matrix of G times the rows (with one
+  // K/V head q, dout and dq are that matrix already; else packed copies). Measured against the
+  // per-row vector dots this replaced: see docs/RESULTS.md (Training speed).
+  const int64_t GL = Lq * G;
+  std::vector<float> pq, po, pdq;
+  if (KV > 1) {
+    pq.resize(size_t(KV * GL * dqk)), po.resize(size_t(KV * GL * dv)), pdq.assign(size_t(KV * GL * dqk), 0.0f);
+    for (int64_t t = 0; t < Lq; ++t)
+      for (int64_t g = 0; g < KV; ++g) {
+        std::memcpy(&pq[size_t((g * GL + t * G) * dqk)], q + (t * H + g * G) * dqk, size_t(G * dqk) * 4);
+        std::memcpy(&po[size_t((g * GL + t * G) * dv)], dout + (t * H + g * G) * dv, size_t(G * dv) * 4);
+      }
+  }
+  const float* Qg0 = KV > 1 ? pq.data() : q;
+  const float* Og0 = KV > 1 ? po.data() : dout;
+  float* dQg0 = KV > 1 ? pdq.data() : dq;
+
+  // Query blocks of kBq, key blocks of kBk, and how each pair is covered (one table for both
+  // passes, so pass B reads exactly the blocks pass A wrote). A query block's range includes
+  // invalid (< 0) positions, so such rows are never taken as fully visible.
+  constexpr int64_t kBq = 64;
+  const int64_t nqb = (Lq + kBq - 1) / kBq, nkb = (Lk + kBk - 1) / kBk;
+  std::vector<KeyBlock> kblocks;
+  for (int64_t j0 = 0; j0 < Lk; j0 += kBk) kblocks.push_back(make_block(0, kpos, j0, std::min(kBk, Lk - j0)));
+  std::vector<Cover> cover(size_t(nqb * nkb));
+  for (int64_t b = 0; b < nqb; ++b) {
+    const int64_t t0 = b * kBq, t1 = std::min(Lq, t0 + kBq);
+    const int64_t qmin = *std::min_element(qpos + t0, qpos + t1), qmax = *std::max_element(qpos + t0, qpos + t1);
+    for (int64_t u = 0; u < nkb; ++u) cover[size_t(b * nkb + u)] = classify(kblocks[size_t(u)], qmin, qmax, rule);
+  }
+  auto visible_pair = [&](int64_t b, int64_t u) { return cover[size_t(b * nkb + u)] != Cover::None; };
+
+  // Keys in chunks [k0, k0 + W) of whole key blocks. Pass A computes P and dS of every (query,
+  // head) against the chunk's keys into P[g][r][j - k0] and dS[g][r][j - k0] (only visible block
+  // pairs are written and read) and accumulates dq; pass B reads them for dv = Pᵀ·dout and
+  // dk = dSᵀ·q. W bounds that memory to ~kKeep bytes (depends on the shapes only, so the result
+  // does not depend on the thread count; each key's dk and dv sums are the same for any W).
   constexpr double kKeep = 64.0 * (1 << 20);
   const int64_t W = key_chunk > 0 ? (key_chunk + kBk - 1) / kBk * kBk
                                   : std::max<int64_t>(kBk, int64_t(kKeep / (8.0 * double(H) * double(Lq))) / kBk * kBk);
-  const int64_t Wc = std::min(W, (Lk + kBk - 1) / kBk * kBk);
-  std::unique_ptr<float[]> PT(new float[size_t(H * Wc * Lq)]), dST(new float[size_t(H * Wc * Lq)]);
-  const int64_t Tq = std::min(query_tile(G), Lq), R = Tq * G, ntile = (Lq + Tq - 1) / Tq;
-  std::vector<KeyBlock> qblocks;  // pass B's query blocks by position range, to skip invisible ones
-  for (int64_t t0 = 0; t0 < Lq; t0 += kBq) qblocks.push_back(make_block(0, qpos, t0, std::min(kBq, Lq - t0)));
+  const int64_t Wc = std::min(W, nkb * kBk);
+  // The calling thread's buffers, kept between calls (no page faults each call); the workers of
+  // the regions below use them through the pointers.
+  thread_local std::vector<float> P_keep, dS_keep;
+  if (P_keep.size() < size_t(KV * GL * Wc)) P_keep.resize(size_t(KV * GL * Wc)), dS_keep.resize(size_t(KV * GL * Wc));
+  float* const P = P_keep.data();
+  float* const dS = dS_keep.data();
+  auto I = [](int64_t x) { return int(x); };
 
   for (int64_t k0 = 0; k0 < Lk; k0 += Wc) {
-    const int64_t k1 = std::min(Lk, k0 + Wc);
-    std::vector<KeyBlock> kblocks;
-    for (int64_t j0 = k0; j0 < k1; j0 += kBk) kblocks.push_back(make_block(0, kpos, j0, std::min(kBk, k1 - j0)));
+    const int64_t u0 = k0 / kBk, u1 = std::min(nkb, (k0 + Wc) / kBk);
 
-    // Pass A: dq, one task per (query tile, kv head), keys in blocks as in the forward.
+    // Pass A: one task per (kv head, query block), the later (costlier under causality) first.
 #pragma omp parallel for schedule(dynamic, 1) if (work > 2e5)
-    for (int64_t task = 0; task < ntile * KV; ++task) {
-      const int64_t tile = task / KV, g = task % KV;
-      const int64_t t0 = tile * Tq, nt = std::min(Tq, Lq - t0), Rt = nt * G;
-      std::vector<float> Qs(size_t(R * dqk)), Os(size_t(R * dv)), S(size_t(R * kBk)),
-          dP(size_t(R * kBk)), dqacc(size_t(R * dqk), 0.0f), rl(static_cast<size_t>(R)), rD(static_cast<size_t>(R));
-      std::vector<int64_t> rpos(static_cast<size_t>(R));
-      int64_t qmin = INT64_MAX, qmax = INT64_MIN;
-      for (int64_t tq = 0; tq < nt; ++tq) {
-        const int64_t t = t0 + tq;
-        qmin = std::min<int64_t>(qmin, qpos[t]), qmax = std::max<int64_t>(qmax, qpos[t]);
-        std::memcpy(&Qs[size_t(tq * G * dqk)], q + (t * H + g * G) * dqk, size_t(G * dqk) * 4);
-        std::memcpy(&Os[size_t(tq * G * dv)], dout + (t * H + g * G) * dv, size_t(G * dv) * 4);
-        for (int64_t gi = 0; gi < G; ++gi) {
-          const size_t r = size_t(tq * G + gi);
-          rpos[r] = qpos[t], rl[r] = lse[t * H + g * G + gi], rD[r] = Dm[size_t(t * H + g * G + gi)];
+    for (int64_t task = 0; task < KV * nqb; ++task) {
+      const int64_t g = task / nqb, b = nqb - 1 - task % nqb;
+      const int64_t t0 = b * kBq, nt = std::min(kBq, Lq - t0), r0 = t0 * G, nr = nt * G;
+      const float* Qb = Qg0 + (g * GL + r0) * dqk;
+      const float* Ob = Og0 + (g * GL + r0) * dv;
+      float* Pg = P + (g * GL + r0) * Wc;
+      float* dSg = dS + (g * GL + r0) * Wc;
+      for (int64_t ua = u0; ua < u1;) {  // runs of consecutive visible key blocks
+        if (!visible_pair(b, ua)) { ++ua; continue; }
+        int64_t uz = ua + 1;
+        while (uz < u1 && visible_pair(b, uz)) ++uz;
+        const int64_t j0 = kblocks[size_t(ua)].j0, nj = kblocks[size_t(uz - 1)].j0 + kblocks[size_t(uz - 1)].n - j0;
+        const int64_t c0 = j0 - k0;
+        const float* Kb = k + (j0 * KV + g) * dqk;
+        // S = scale · Q Kᵀ into P's place, dP = dout Vᵀ into dS's place, a key block per call:
+        // OpenBLAS's sums depend on the call's N, and these must not depend on the chunk.
+        for (int64_t u = ua; u < uz; ++u) {
+          const KeyBlock& kb = kblocks[size_t(u)];
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, I(nr), I(kb.n), I(dqk), sc, Qb, I(dqk),
+                      k + (kb.j0 * KV + g) * dqk, I(KV * dqk), 0.0f, Pg + (kb.j0 - k0), I(Wc));
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, I(nr), I(kb.n), I(dv), 1.0f, Ob, I(dv),
+                      v + (kb.j0 * KV + g) * dv, I(KV * dv), 0.0f, dSg + (kb.j0 - k0), I(Wc));
         }
+        for (int64_t u = ua; u < uz; ++u) {
+          if (cover[size_t(b * nkb + u)] != Cover::Partial) continue;
+          const KeyBlock& kb = kblocks[size_t(u)];
+          for (int64_t r = 0; r < nr; ++r) {
+            float* Sr = Pg + r * Wc + (kb.j0 - k0);
+            const int64_t i = qpos[t0 + r / G];
+            for (int64_t j = 0; j < kb.n; ++j)
+              if (!visible(i, kpos[kb.j0 + j], rule)) Sr[j] = kNegInf;
+          }
+        }
+        for (int64_t r = 0; r < nr; ++r) {
+          const int64_t th = (t0 + r / G) * H + g * G + r % G;
+          float* Sr = Pg + r * Wc + c0;
+          float* dSr = dSg + r * Wc + c0;
+          const float l = lse[th], D = Dm[size_t(th)];
+          if (l == kNegInf) {  // sees no key
+            std::fill(Sr, Sr + nj, 0.0f), std::fill(dSr, dSr + nj, 0.0f);
+            continue;
+          }
+          simd::exp_sub_sum(Sr, nj, l);  // P
+          for (int64_t j = 0; j < nj; ++j) dSr[j] = Sr[j] * (dSr[j] - D);
+        }
+        // dq += scale · dS K
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, I(nr), I(dqk), I(nj), sc, dSg + c0, I(Wc),
+                    Kb, I(KV * dqk), 1.0f, dQg0 + (g * GL + r0) * dqk, I(dqk));
+        ua = uz;
       }
-      simd::scale(Qs.data(), sc, Rt * dqk);
-      // Row r of this tile's P or dS block (null: zeros) -> its column of PT or dST.
-      auto keep = [&](float* T, const float* Sr, int64_t r, const KeyBlock& b) {
-        const int64_t t = t0 + r / G, h = g * G + r % G;
-        float* col = T + (h * Wc + b.j0 - k0) * Lq + t;
-        for (int64_t j = 0; j < b.n; ++j) col[j * Lq] = Sr ? Sr[j] : 0.0f;
-      };
-      for (const KeyBlock& b : kblocks) {
-        const Cover cover = classify(b, qmin, qmax, rule);
-        if (cover == Cover::None) {
-          for (int64_t r = 0; r < Rt; ++r) keep(PT.get(), nullptr, r, b), keep(dST.get(), nullptr, r, b);
-          continue;
-        }
-        const float* kb = k + (b.j0 * KV + g) * dqk;
-        simd::rows_dot(S.data(), kBk, Qs.data(), dqk, Rt, kb, KV * dqk, DType::F32, b.n, dqk, 1.0f);
-        simd::rows_dot(dP.data(), kBk, Os.data(), dv, Rt, v + (b.j0 * KV + g) * dv, KV * dv,
-                       DType::F32, b.n, dv, 1.0f);
-        for (int64_t r = 0; r < Rt; ++r) {
-          float* Sr = &S[size_t(r * kBk)];
-          if (cover == Cover::Partial)
-            for (int64_t j = 0; j < b.n; ++j)
-              if (!visible(rpos[size_t(r)], kpos[b.j0 + j], rule)) Sr[j] = kNegInf;
-          if (rl[size_t(r)] == kNegInf) std::fill(Sr, Sr + b.n, kNegInf);
-          simd::exp_sub_sum(Sr, b.n, rl[size_t(r)] == kNegInf ? 0.0f : rl[size_t(r)]);  // P
-          keep(PT.get(), Sr, r, b);
-          const float* dPr = &dP[size_t(r * kBk)];
-          for (int64_t j = 0; j < b.n; ++j) Sr[j] *= dPr[j] - rD[size_t(r)];  // dS
-          keep(dST.get(), Sr, r, b);
-        }
-        simd::rows_accum(dqacc.data(), dqk, S.data(), kBk, Rt, kb, KV * dqk, DType::F32, b.n, dqk);
-      }
-      for (int64_t r = 0; r < Rt; ++r)
-        simd::axpy(dq + ((t0 + r / G) * H + g * G + r % G) * dqk, sc, &dqacc[size_t(r * dqk)], dqk);
     }
 
-    // Pass B: dk and dv, one task per (key tile, kv head); each query head of the group in turn.
-    const int64_t nktile = (k1 - k0 + kTk - 1) / kTk;
+    // Pass B: dk and dv, one task per (kv head, key block), over runs of visible query blocks.
 #pragma omp parallel for schedule(dynamic, 1) if (work > 2e5)
-    for (int64_t task = 0; task < nktile * KV; ++task) {
-      const int64_t kt = task / KV, g = task % KV;
-      const int64_t j0 = k0 + kt * kTk, nk = std::min(kTk, k1 - j0);
-      const KeyBlock kb = make_block(0, kpos, j0, nk);
-      if (!kb.any_valid) continue;
-      std::vector<float> dkacc(size_t(kTk * dqk), 0.0f), dvacc(size_t(kTk * dv), 0.0f);
-      for (const KeyBlock& qb : qblocks) {
-        if (!qb.any_valid || classify(kb, qb.pmin, qb.pmax, rule) == Cover::None) continue;
-        const int64_t tq0 = qb.j0, nq = qb.n;
-        for (int64_t gi = 0; gi < G; ++gi) {
-          const int64_t h = g * G + gi;
-          const size_t at = size_t((h * Wc + j0 - k0) * Lq + tq0);
-          simd::rows_accum(dvacc.data(), dv, PT.get() + at, Lq, nk, dout + (tq0 * H + h) * dv, H * dv,
-                           DType::F32, nq, dv);
-          simd::rows_accum(dkacc.data(), dqk, dST.get() + at, Lq, nk, q + (tq0 * H + h) * dqk, H * dqk,
-                           DType::F32, nq, dqk);
-        }
-      }
-      for (int64_t jj = 0; jj < nk; ++jj) {
-        simd::axpy(dk + ((j0 + jj) * KV + g) * dqk, sc, &dkacc[size_t(jj * dqk)], dqk);
-        simd::axpy(dv_out + ((j0 + jj) * KV + g) * dv, 1.0f, &dvacc[size_t(jj * dv)], dv);
+    for (int64_t task = 0; task < KV * (u1 - u0); ++task) {
+      const int64_t g = task / (u1 - u0), u = u0 + task % (u1 - u0);
+      const KeyBlock& kb = kblocks[size_t(u)];
+      const int64_t c0 = kb.j0 - k0;
+      for (int64_t ba = 0; ba < nqb;) {
+        if (!visible_pair(ba, u)) { ++ba; continue; }
+        int64_t bz = ba + 1;
+        while (bz < nqb && visible_pair(bz, u)) ++bz;
+        const int64_t r0 = ba * kBq * G, nr = (std::min(Lq, bz * kBq) - ba * kBq) * G;
+        const float* Pg = P + (g * GL + r0) * Wc + c0;
+        const float* dSg = dS + (g * GL + r0) * Wc + c0;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, I(kb.n), I(dv), I(nr), 1.0f, Pg, I(Wc),
+                    Og0 + (g * GL + r0) * dv, I(dv), 1.0f, dv_out + (kb.j0 * KV + g) * dv, I(KV * dv));
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, I(kb.n), I(dqk), I(nr), sc, dSg, I(Wc),
+                    Qg0 + (g * GL + r0) * dqk, I(dqk), 1.0f, dk + (kb.j0 * KV + g) * dqk, I(KV * dqk));
+        ba = bz;
       }
     }
   }
+  if (KV > 1)
+    for (int64_t t = 0; t < Lq; ++t)
+      for (int64_t g = 0; g < KV; ++g)
+        simd::axpy(dq + (t * H + g * G) * dqk, 1.0f, &pdq[size_t((g * GL + t * G) * dqk)], G * dqk);
 }
 
 }  // namespace hymba

@@ -64,8 +64,10 @@ void attention_forward_batch(std::span<const AttnQuery> items, const AttnShape& 
 
 // Backward for a single F32 segment (training): k[Lk, n_kv, d_qk], v[Lk, n_kv, d_v], kpos[Lk].
 // out and lse as written by the forward. Accumulates (+=) into dq, dk, dv. Keys go in chunks
-// whose attention probabilities are kept (2·n_head·Lq floats per key); key_chunk > 0 sets the
-// chunk (rounded up to 64 keys; tests), 0 picks the largest that keeps ~64 MiB.
+// whose attention probabilities are kept (2·n_head·Lq floats per key, in a buffer of the calling
+// thread kept for its next call); key_chunk > 0 sets the chunk (rounded up to 64 keys; tests), 0
+// picks the largest that keeps ~64 MiB. The products are BLAS sgemm calls on blocks of queries
+// and keys; called from inside an OpenMP parallel region it runs on the calling thread.
 void attention_backward(float* dq, float* dk, float* dv, const float* dout, const float* q,
                         const float* k, const float* v, const float* out, const float* lse,
                         const int32_t* qpos, const int32_t* kpos, int64_t Lq, int64_t Lk,

@@ -372,8 +372,10 @@ TEST(Attention, BackwardFiniteDifferences) {
     AttnRule r;
   };
   for (const Case& c : {Case{2, 2, 8, 16, 13, 0, {-1, 0}}, Case{4, 2, 8, 16, 11, 0, {3, 2}},
-                        Case{5, 1, 7, 5, 9, 20, {2, 0}}, Case{10, 2, 8, 16, 70, 0, {20, 4}}}) {
-    // The large case (several key blocks and key tiles) checks 150 random coordinates per input.
+                        Case{5, 1, 7, 5, 9, 20, {2, 0}}, Case{10, 2, 8, 16, 70, 0, {20, 4}},
+                        Case{4, 1, 16, 12, 150, 3, {40, 8}}}) {
+    // The large cases (several key and query blocks; the last with one K/V head, whose q, dout and
+    // dq the backward reads in place) check 150 random coordinates per input.
     const size_t sample = c.L > 40 ? 150 : 0;
     const AttnShape s = shape(c.H, c.KV, c.dqk, c.dv);
     const int64_t L = c.L;
