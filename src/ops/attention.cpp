@@ -44,6 +44,24 @@ KeyBlock make_block(int64_t seg, const int32_t* pos, int64_t j0, int64_t n) {
 
 enum class Cover { None, Full, Partial };
 
+// Sets the scores of keys the query does not see to -inf: S[(tq·G + gi)·lds + j] for queries at
+// qp[tq] (tq < nt, each with G rows) and keys at kp[j] (j < n). The rule is evaluated once per
+// query and key, not per head row.
+void mask_block(float* S, int64_t lds, const int32_t* qp, int64_t nt, int64_t G, const int32_t* kp,
+                int64_t n, const AttnRule& r) {
+  float lim[64];
+  for (int64_t tq = 0; tq < nt; ++tq) {
+    for (int64_t j0 = 0; j0 < n; j0 += 64) {
+      const int64_t nj = std::min<int64_t>(64, n - j0);
+      for (int64_t j = 0; j < nj; ++j) lim[j] = visible(qp[tq], kp[j0 + j], r) ? INFINITY : -INFINITY;
+      for (int64_t gi = 0; gi < G; ++gi) {
+        float* Sr = S + (tq * G + gi) * lds + j0;
+        for (int64_t j = 0; j < nj; ++j) Sr[j] = std::min(Sr[j], lim[j]);
+      }
+    }
+  }
+}
+
 // How the keys of b are visible to queries with positions in [qmin, qmax].
 Cover classify(const KeyBlock& b, int64_t qmin, int64_t qmax, const AttnRule& r) {
   if (!b.any_valid || b.pmin > qmax) return Cover::None;
@@ -83,6 +101,13 @@ void stream_block(const KeyBlock& b, std::span<const KVSegment> segs, int64_t kw
 // key row is read once for Tq·G query rows.
 int64_t query_tile(int64_t G) { return std::max<int64_t>(1, 24 / G); }
 
+// Prefill and training: with at least this many query rows (queries x GQA group) per K/V head,
+// a tile of ~kGemmRows rows takes F32 key blocks as two sgemm calls (S = Q·Kᵀ, acc += P·V)
+// instead of the per-row vector kernels: the forward of a sequence of `hymba bench --train`
+// takes 0.66x the time (docs/RESULTS.md, Training speed). Decode (few rows) keeps the vector
+// kernels; such items split their keys only below 4 tiles (training's 288 rows: 5 tiles).
+constexpr int64_t kGemmRows = 256, kGemmMinRows = 128;
+
 }  // namespace
 
 namespace {
@@ -93,6 +118,7 @@ namespace {
 struct ItemPlan {
   std::vector<KeyBlock> blocks;
   int64_t Tq = 0, R = 0, ntile = 0, nsplit = 1;
+  bool gemm = false;  // F32 blocks as sgemm calls on tiles of ~kGemmRows rows
   int64_t task0 = 0;   // its first task (tile-major, then split)
   int64_t merge0 = 0;  // its first merge unit (tile, head) when nsplit > 1
   size_t part0 = 0;    // its partial results' first row in the pool
@@ -101,7 +127,6 @@ struct ItemPlan {
 // A thread's working buffers, sized once per call for the largest tile.
 struct Scratch {
   std::vector<float> Qs, S, acc, m, l;
-  std::vector<int64_t> rpos;
 };
 
 }  // namespace
@@ -132,10 +157,13 @@ void attention_forward_batch(std::span<const AttnQuery> items, const AttnShape& 
     p.task0 = ntask, p.merge0 = nmerge, p.part0 = nparts;
     if (a.Lq <= 0) continue;
     const int64_t U = int64_t(p.blocks.size());
-    p.Tq = std::min(query_tile(G), a.Lq), p.R = p.Tq * G, p.ntile = (a.Lq + p.Tq - 1) / p.Tq;
+    p.gemm = a.Lq * G >= kGemmMinRows;
+    p.Tq = std::min(p.gemm ? std::max<int64_t>(1, kGemmRows / G) : query_tile(G), a.Lq);
+    p.R = p.Tq * G, p.ntile = (a.Lq + p.Tq - 1) / p.Tq;
     // Few query tiles (decode): also split the keys so every core has work. Partial results
     // merge in a fixed order.
-    if (p.ntile < 16 && U > 1) p.nsplit = std::min<int64_t>(U, (16 + p.ntile - 1) / p.ntile);
+    const int64_t min_tiles = p.gemm ? 4 : 16;
+    if (p.ntile < min_tiles && U > 1) p.nsplit = std::min<int64_t>(U, (min_tiles + p.ntile - 1) / p.ntile);
     ntask += p.ntile * p.nsplit;
     if (p.nsplit > 1) nmerge += p.ntile * KV, nparts += size_t(p.ntile * KV * p.nsplit * p.R);
     Rmax = std::max(Rmax, p.R);
@@ -179,7 +207,6 @@ void attention_forward_batch(std::span<const AttnQuery> items, const AttnShape& 
       qmin = std::min<int64_t>(qmin, a.qpos[t]), qmax = std::max<int64_t>(qmax, a.qpos[t]);
       for (int64_t g = 0; g < KV; ++g)
         std::memcpy(&sc.Qs[size_t((g * R + tq * G) * dq)], a.q + (t * H + g * G) * dq, size_t(G * dq) * 4);
-      for (int64_t gi = 0; gi < G; ++gi) sc.rpos[size_t(tq * G + gi)] = a.qpos[t];
     }
     for (int64_t g = 0; g < KV; ++g) simd::scale(&sc.Qs[size_t(g * R * dq)], shape.scale, Rt * dq);  // scores come out scaled
 
@@ -194,13 +221,16 @@ void attention_forward_batch(std::span<const AttnQuery> items, const AttnShape& 
         float* m = sc.m.data() + g * R;
         float* l = sc.l.data() + g * R;
         float* S = sc.S.data();
-        simd::rows_dot(S, kBk, &sc.Qs[size_t(g * R * dq)], dq, Rt,
-                       row_ptr(sg.k, sg.dtype, (b.j0 * KV + g) * dq), KV * dq, sg.dtype, b.n, dq,
-                       1.0f);
-        if (cover == Cover::Partial)
-          for (int64_t r = 0; r < Rt; ++r)
-            for (int64_t j = 0; j < b.n; ++j)
-              if (!visible(sc.rpos[size_t(r)], sg.pos[b.j0 + j], rule)) S[r * kBk + j] = kNegInf;
+        const bool gemm = p.gemm && sg.dtype == DType::F32;
+        if (gemm)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(Rt), int(b.n), int(dq), 1.0f,
+                      &sc.Qs[size_t(g * R * dq)], int(dq), static_cast<const float*>(sg.k) + (b.j0 * KV + g) * dq,
+                      int(KV * dq), 0.0f, S, int(kBk));
+        else
+          simd::rows_dot(S, kBk, &sc.Qs[size_t(g * R * dq)], dq, Rt,
+                         row_ptr(sg.k, sg.dtype, (b.j0 * KV + g) * dq), KV * dq, sg.dtype, b.n, dq,
+                         1.0f);
+        if (cover == Cover::Partial) mask_block(S, kBk, a.qpos + t0, nt, G, sg.pos + b.j0, b.n, rule);
         // Online softmax: rescale the running sum and accumulator when the max grows.
         for (int64_t r = 0; r < Rt; ++r) {
           float* Sr = S + r * kBk;
@@ -217,8 +247,13 @@ void attention_forward_batch(std::span<const AttnQuery> items, const AttnShape& 
           }
           l[r] += simd::exp_sub_sum(Sr, b.n, mnew);
         }
-        simd::rows_accum(acc, dv, S, kBk, Rt, row_ptr(sg.v, sg.dtype, (b.j0 * KV + g) * dv),
-                         KV * dv, sg.dtype, b.n, dv);
+        if (gemm)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(Rt), int(dv), int(b.n), 1.0f, S,
+                      int(kBk), static_cast<const float*>(sg.v) + (b.j0 * KV + g) * dv, int(KV * dv),
+                      1.0f, acc, int(dv));
+        else
+          simd::rows_accum(acc, dv, S, kBk, Rt, row_ptr(sg.v, sg.dtype, (b.j0 * KV + g) * dv),
+                           KV * dv, sg.dtype, b.n, dv);
       }
     }
     for (int64_t g = 0; g < KV; ++g) {
@@ -274,7 +309,7 @@ void attention_forward_batch(std::span<const AttnQuery> items, const AttnShape& 
 #pragma omp parallel if (work > 2e5)
   {
     Scratch sc;
-    sc.Qs.resize(size_t(KV * Rmax * dq)), sc.S.resize(size_t(Rmax * kBk)), sc.rpos.resize(size_t(Rmax));
+    sc.Qs.resize(size_t(KV * Rmax * dq)), sc.S.resize(size_t(Rmax * kBk));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntask; ++task) {
       const int64_t it = owner(task, false);
@@ -391,12 +426,7 @@ void attention_backward(float* dq, float* dk, float* dv_out, const float* dout, 
         for (int64_t u = ua; u < uz; ++u) {
           if (cover[size_t(b * nkb + u)] != Cover::Partial) continue;
           const KeyBlock& kb = kblocks[size_t(u)];
-          for (int64_t r = 0; r < nr; ++r) {
-            float* Sr = Pg + r * Wc + (kb.j0 - k0);
-            const int64_t i = qpos[t0 + r / G];
-            for (int64_t j = 0; j < kb.n; ++j)
-              if (!visible(i, kpos[kb.j0 + j], rule)) Sr[j] = kNegInf;
-          }
+          mask_block(Pg + (kb.j0 - k0), Wc, qpos + t0, nt, G, kpos + kb.j0, kb.n, rule);
         }
         for (int64_t r = 0; r < nr; ++r) {
           const int64_t th = (t0 + r / G) * H + g * G + r % G;

@@ -181,7 +181,9 @@ TEST(Attention, ForwardSegmentsShuffledEmptySlotsMidChunk) {
   Rng rng(2);
   const int64_t H = 10, KV = 2, dqk = 8, dv = 16;
   const AttnShape s = shape(H, KV, dqk, dv);
-  const int64_t past = 150, Lq = 23;  // queries at positions past .. past + Lq - 1
+  const int64_t past = 150;  // queries at positions past .. past + Lq - 1
+  // Lq 40: 200 query rows per K/V head, the F32 segment's blocks as sgemm calls (kGemmMinRows).
+  for (int64_t Lq : {23, 40})
   for (AttnRule r : {AttnRule{-1, 0}, AttnRule{40, 6}, AttnRule{3, 4}}) {
     const int64_t total = past + Lq;
     auto k = rng.vec(size_t(total * KV * dqk), -2, 2);
@@ -229,7 +231,8 @@ TEST(Attention, ForwardSegmentsShuffledEmptySlotsMidChunk) {
     std::swap(segs[0], segs[3]);  // the chunk first: segment order must not matter
 
     char what[64];
-    std::snprintf(what, sizeof what, "4 segments window%ld always%ld", long(r.window), long(r.n_always));
+    std::snprintf(what, sizeof what, "4 segments Lq%ld window%ld always%ld", long(Lq), long(r.window),
+                  long(r.n_always));
     expect_matches_reference(q, qpos, segs, s, r, what);
 
     const Result a = run(q, qpos, segs, s, r);
