@@ -92,6 +92,31 @@ BENCHMARK(BM_GemvM1Q8)
     ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
     ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMicrosecond);
 
+// The same shapes with Q4_0 weights (18-byte blocks of 32), from DRAM as a q4_0 decode reads them.
+void BM_GemvM1Q4(benchmark::State& st) {
+  const int64_t N = st.range(0), K = st.range(1);
+  const size_t bytes = size_t(N * K / kQ4Block) * sizeof(BlockQ4_0);
+  const size_t count = std::max<size_t>(2, (size_t(256) << 20) / bytes + 1);
+  std::vector<std::vector<BlockQ4_0>> q(count, std::vector<BlockQ4_0>(size_t(N * K / kQ4Block)));
+  std::vector<float> f(size_t(N * K));
+  for (size_t c = 0; c < count; ++c) {
+    for (size_t i = 0; i < f.size(); ++i) f[i] = float((i * 7 + c) % 17) * 0.01f - 0.08f;
+    quantize_q4_0(q[c].data(), f.data(), N * K);
+  }
+  std::vector<float> in(static_cast<size_t>(K), 0.01f), out(static_cast<size_t>(N));
+  size_t c = 0;
+  for (auto _ : st) {
+    const MatView W{q[c].data(), DType::Q4_0, N, K};
+    matmul_forward(out.data(), in.data(), W, nullptr, 1);
+    benchmark::DoNotOptimize(out.data());
+    c = (c + 1) % count;
+  }
+  st.SetBytesProcessed(int64_t(st.iterations()) * int64_t(bytes));
+}
+BENCHMARK(BM_GemvM1Q4)
+    ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+
 void BM_GemvM1_L3(benchmark::State& st) {
   run_forward(st, st.range(0), st.range(1), 1, MatmulPath::Auto, false);
 }
