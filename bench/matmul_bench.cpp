@@ -66,53 +66,37 @@ BENCHMARK(BM_GemvM1)
     ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
     ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMicrosecond);
 
-// The same shapes with Q8 weights (int8 + an F32 scale per 32), as `--quantize q8` decodes.
-void BM_GemvM1Q8(benchmark::State& st) {
+// The same shapes with quantized weights from DRAM, as a decode reads them: Q8 (int8 + an F32
+// scale per 32, `--quantize q8`) and Q4_0 (18-byte blocks of 32).
+void run_gemv_m1_quant(benchmark::State& st, DType dt) {
   const int64_t N = st.range(0), K = st.range(1);
-  const size_t bytes = size_t(N * K) * (1 + sizeof(float) / kQ8Block);
+  const bool q8 = dt == DType::Q8;
+  const size_t code_bytes = q8 ? size_t(N * K) : size_t(N * K / kQ4Block) * sizeof(BlockQ4_0);
+  const size_t bytes = code_bytes + (q8 ? size_t(N * K / kQ8Block) * sizeof(float) : 0);
   const size_t count = std::max<size_t>(2, (size_t(256) << 20) / bytes + 1);
-  std::vector<std::vector<int8_t>> q(count, std::vector<int8_t>(size_t(N * K)));
-  std::vector<std::vector<float>> sc(count, std::vector<float>(size_t(N * K / kQ8Block)));
+  std::vector<std::vector<uint8_t>> q(count, std::vector<uint8_t>(code_bytes));
+  std::vector<std::vector<float>> sc(count, std::vector<float>(q8 ? size_t(N * K / kQ8Block) : 0));
   std::vector<float> f(size_t(N * K));
   for (size_t c = 0; c < count; ++c) {
     for (size_t i = 0; i < f.size(); ++i) f[i] = float((i * 7 + c) % 17) * 0.01f - 0.08f;
-    quantize_q8(q[c].data(), sc[c].data(), f.data(), N * K);
+    if (q8) quantize_q8(reinterpret_cast<int8_t*>(q[c].data()), sc[c].data(), f.data(), N * K);
+    else quantize_q4_0(reinterpret_cast<BlockQ4_0*>(q[c].data()), f.data(), N * K);
   }
   std::vector<float> in(static_cast<size_t>(K), 0.01f), out(static_cast<size_t>(N));
   size_t c = 0;
   for (auto _ : st) {
-    const MatView W{q[c].data(), DType::Q8, N, K, sc[c].data()};
+    const MatView W{q[c].data(), dt, N, K, q8 ? sc[c].data() : nullptr};
     matmul_forward(out.data(), in.data(), W, nullptr, 1);
     benchmark::DoNotOptimize(out.data());
     c = (c + 1) % count;
   }
   st.SetBytesProcessed(int64_t(st.iterations()) * int64_t(bytes));
 }
+void BM_GemvM1Q8(benchmark::State& st) { run_gemv_m1_quant(st, DType::Q8); }
+void BM_GemvM1Q4(benchmark::State& st) { run_gemv_m1_quant(st, DType::Q4_0); }
 BENCHMARK(BM_GemvM1Q8)
     ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
     ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMicrosecond);
-
-// The same shapes with Q4_0 weights (18-byte blocks of 32), from DRAM as a q4_0 decode reads them.
-void BM_GemvM1Q4(benchmark::State& st) {
-  const int64_t N = st.range(0), K = st.range(1);
-  const size_t bytes = size_t(N * K / kQ4Block) * sizeof(BlockQ4_0);
-  const size_t count = std::max<size_t>(2, (size_t(256) << 20) / bytes + 1);
-  std::vector<std::vector<BlockQ4_0>> q(count, std::vector<BlockQ4_0>(size_t(N * K / kQ4Block)));
-  std::vector<float> f(size_t(N * K));
-  for (size_t c = 0; c < count; ++c) {
-    for (size_t i = 0; i < f.size(); ++i) f[i] = float((i * 7 + c) % 17) * 0.01f - 0.08f;
-    quantize_q4_0(q[c].data(), f.data(), N * K);
-  }
-  std::vector<float> in(static_cast<size_t>(K), 0.01f), out(static_cast<size_t>(N));
-  size_t c = 0;
-  for (auto _ : st) {
-    const MatView W{q[c].data(), DType::Q4_0, N, K};
-    matmul_forward(out.data(), in.data(), W, nullptr, 1);
-    benchmark::DoNotOptimize(out.data());
-    c = (c + 1) % count;
-  }
-  st.SetBytesProcessed(int64_t(st.iterations()) * int64_t(bytes));
-}
 BENCHMARK(BM_GemvM1Q4)
     ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
