@@ -92,7 +92,8 @@ struct Bufs {
 };
 
 // Advances states n0..n0+G-1 (hs, in place) over t < L, y[t] += Σ_n C[t,n]·h[n] in n order; with
-// Hs / Es, also stores every state h_t (Hs[(t+1)·N·NL + n·NL]) and exp(delta·A) (Es[t·N·NL + ..]).
+// Hs / Es (the backward's buffers of this group only, G·NL floats per t), also stores the initial
+// and every later state (h_t at Hs[(t+1)·G·NL + k·NL]) and exp(delta·A) (Es[t·G·NL + k·NL]).
 template <int G>
 HWY_INLINE void StatePass(int64_t n0, int64_t L, int64_t N, int64_t NL, const float* At, float* hs,
                           const float* dtb, const float* xb, float* yb, const float* B,
@@ -100,6 +101,8 @@ HWY_INLINE void StatePass(int64_t n0, int64_t L, int64_t N, int64_t NL, const fl
   const DF df;
   VF h[G], Av[G];
   for (int k = 0; k < G; ++k) h[k] = hn::Load(df, hs + (n0 + k) * NL), Av[k] = hn::Load(df, At + (n0 + k) * NL);
+  if (Hs)
+    for (int k = 0; k < G; ++k) hn::Store(h[k], df, Hs + k * NL);
   for (int64_t t = 0; t < L; ++t) {
     const VF dt = hn::Load(df, dtb + t * NL);
     const VF dx = hn::Mul(dt, hn::Load(df, xb + t * NL));
@@ -109,8 +112,8 @@ HWY_INLINE void StatePass(int64_t n0, int64_t L, int64_t N, int64_t NL, const fl
       h[k] = hn::MulAdd(a, h[k], hn::Mul(dx, hn::Set(df, B[t * N + n0 + k])));
       y = hn::MulAdd(h[k], hn::Set(df, C[t * N + n0 + k]), y);
       if (Hs) {
-        hn::Store(h[k], df, Hs + ((t + 1) * N + n0 + k) * NL);
-        hn::Store(a, df, Es + (t * N + n0 + k) * NL);
+        hn::Store(h[k], df, Hs + ((t + 1) * G + k) * NL);
+        hn::Store(a, df, Es + (t * G + k) * NL);
       }
     }
     hn::Store(y, df, yb + t * NL);
@@ -119,10 +122,10 @@ HWY_INLINE void StatePass(int64_t n0, int64_t L, int64_t N, int64_t NL, const fl
 }
 
 void StatePasses(int64_t L, int64_t N, int64_t NL, const float* At, float* hs, const float* dtb,
-                 const float* xb, float* yb, const float* B, const float* C, float* Hs, float* Es) {
+                 const float* xb, float* yb, const float* B, const float* C) {
   int64_t n0 = 0;
-  for (; n0 + kG <= N; n0 += kG) StatePass<kG>(n0, L, N, NL, At, hs, dtb, xb, yb, B, C, Hs, Es);
-  for (; n0 < N; ++n0) StatePass<1>(n0, L, N, NL, At, hs, dtb, xb, yb, B, C, Hs, Es);
+  for (; n0 + kG <= N; n0 += kG) StatePass<kG>(n0, L, N, NL, At, hs, dtb, xb, yb, B, C, nullptr, nullptr);
+  for (; n0 < N; ++n0) StatePass<1>(n0, L, N, NL, At, hs, dtb, xb, yb, B, C, nullptr, nullptr);
 }
 
 // The first row of each of S sequences lying one after another (row0[S] = all rows), and the
@@ -199,8 +202,7 @@ void ScanForward(float* out, float* const* hs, const float* x, const float* delt
       const VF Dv = Dskip ? LoadPart(df, Dskip + c0, nc, NL) : hn::Zero(df);
       for (int64_t t = 0; t < L; ++t)
         hn::Store(hn::Mul(Dv, hn::Load(df, b.x.get() + t * NL)), df, b.y.get() + t * NL);
-      StatePasses(L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), Bs, Cs, nullptr,
-                  nullptr);
+      StatePasses(L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), Bs, Cs);
       for (int64_t t = 0; t < L; ++t) {
         VF y = hn::Load(df, b.y.get() + t * NL);
         if (zs) {
@@ -216,17 +218,20 @@ void ScanForward(float* out, float* const* hs, const float* x, const float* delt
   }
 }
 
-// The backward of states n0..n0+G-1 over t = L-1..0, from the recomputed states Hs and factors
-// Es; dy[t] is dLoss/dy. Adds their terms to gd[t] (ddelta), gx[t] (dx), dAv[n], and the per-lane
-// dB, dC partials vB, vC [t·N·NL + n·NL].
+// The backward of states n0..n0+G-1 over t = L-1..0, from the group's recomputed states Hs and
+// factors Es (StatePass's layout); dy[t] is dLoss/dy. Adds their terms to gd[t] (ddelta), gx[t]
+// (dx), dAv[n], and the group's per-lane dB, dC partials vB, vC [t·G·NL + k·NL] (Es's layout).
 template <int G>
 HWY_INLINE void GradPass(int64_t n0, int64_t L, int64_t N, int64_t NL, const float* At,
                          const float* Hs, const float* Es, const float* dtb, const float* xb,
                          const float* dyb, const float* B, const float* C, float* gdb, float* gxb,
                          float* dAv, float* vB, float* vC) {
   const DF df;
-  VF dh[G], dA[G];
-  for (int k = 0; k < G; ++k) dh[k] = hn::Zero(df), dA[k] = hn::Load(df, dAv + (n0 + k) * NL);
+  VF dh[G], dA[G], An[G], hcur[G];
+  for (int k = 0; k < G; ++k) {
+    dh[k] = hn::Zero(df), dA[k] = hn::Load(df, dAv + (n0 + k) * NL), An[k] = hn::Load(df, At + (n0 + k) * NL);
+    hcur[k] = hn::Load(df, Hs + (L * G + k) * NL);
+  }
   for (int64_t t = L - 1; t >= 0; --t) {
     const VF dt = hn::Load(df, dtb + t * NL);
     const VF xv = hn::Load(df, xb + t * NL);
@@ -235,22 +240,21 @@ HWY_INLINE void GradPass(int64_t n0, int64_t L, int64_t N, int64_t NL, const flo
     VF gd = hn::Load(df, gdb + t * NL);
     VF gx = hn::Load(df, gxb + t * NL);
     for (int k = 0; k < G; ++k) {
-      const int64_t n = n0 + k, o = (t * N + n) * NL;
+      const int64_t n = n0 + k, o = (t * G + k) * NL;
       const VF Bn = hn::Set(df, B[t * N + n]);
-      const VF An = hn::Load(df, At + n * NL);
       const VF a = hn::Load(df, Es + o);
       const VF hprev = hn::Load(df, Hs + o);
-      const VF hcur = hn::Load(df, Hs + o + N * NL);
-      hn::Store(hn::MulAdd(dy, hcur, hn::Load(df, vC + o)), df, vC + o);
+      hn::Store(hn::MulAdd(dy, hcur[k], hn::Load(df, vC + o)), df, vC + o);
       const VF g = hn::MulAdd(dy, hn::Set(df, C[t * N + n]), dh[k]);
       const VF gah = hn::Mul(g, hn::Mul(a, hprev));  // dh·∂h/∂(delta·A)
-      gd = hn::MulAdd(gah, An, gd);
+      gd = hn::MulAdd(gah, An[k], gd);
       const VF gB = hn::Mul(g, Bn);
       gd = hn::MulAdd(gB, xv, gd);
       dA[k] = hn::MulAdd(gah, dt, dA[k]);
       hn::Store(hn::MulAdd(g, dtx, hn::Load(df, vB + o)), df, vB + o);
       gx = hn::MulAdd(gB, dt, gx);
       dh[k] = hn::Mul(g, a);
+      hcur[k] = hprev;
     }
     hn::Store(gd, df, gdb + t * NL);
     hn::Store(gx, df, gxb + t * NL);
@@ -283,13 +287,18 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
 #pragma omp parallel if (work > 65536)
   {
     Bufs b(Lmax, N, NL);
-    auto Hs = hwy::AllocateAligned<float>(size_t((Lmax + 1) * N * NL));  // states h_{-1}..h_{L-1}
-    auto Es = hwy::AllocateAligned<float>(size_t(Lmax * N * NL));        // exp(delta_t·A)
+    // One state group's recomputed states and factors at a time (kG·NL floats per t, ~74 KB at
+    // L = 288): with the group's dB, dC partials they stay in L2, where all N states' (~600 KB
+    // with vB, vC) did not. The arithmetic is the same, in the same order.
+    auto Hs = hwy::AllocateAligned<float>(size_t((Lmax + 1) * kG * NL));  // states h_{-1}..h_{L-1}
+    auto Es = hwy::AllocateAligned<float>(size_t(Lmax * kG * NL));        // exp(delta_t·A)
     auto dyb = hwy::AllocateAligned<float>(size_t(Lmax * NL));
     auto gdb = hwy::AllocateAligned<float>(size_t(Lmax * NL));
     auto gxb = hwy::AllocateAligned<float>(size_t(Lmax * NL));
+    auto dsb = hwy::AllocateAligned<float>(size_t(Lmax * NL));  // silu'(z)
     auto dAv = hwy::AllocateAligned<float>(size_t(N * NL));
-    auto vB = hwy::AllocateAligned<float>(size_t(Lmax * N * NL));  // per-lane dB, dC partials
+    // Per-lane dB, dC partials, state group by group: group n0 (G states) at n0·L·NL, [t·G·NL + k·NL].
+    auto vB = hwy::AllocateAligned<float>(size_t(Lmax * N * NL));
     auto vC = hwy::AllocateAligned<float>(size_t(Lmax * N * NL));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < S * nchunk; ++task) {
@@ -303,31 +312,26 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
       for (int64_t c0 = cbeg; c0 < cend; c0 += NL) {
         const int64_t nc = std::min(NL, cend - c0);
         Gather(b.At.get(), A, c0, nc, N, NL);
-        if (h0) Gather(Hs.get(), h0, c0, nc, N, NL);
-        else std::fill(Hs.get(), Hs.get() + N * NL, 0.0f);
-        std::copy(Hs.get(), Hs.get() + N * NL, b.hs.get());
+        if (h0) Gather(b.hs.get(), h0, c0, nc, N, NL);
+        else std::fill(b.hs.get(), b.hs.get() + N * NL, 0.0f);
         Columns(b.dt.get(), ds, L, D, c0, nc, NL);
         Columns(b.x.get(), xs, L, D, c0, nc, NL);
         const VF Dv = Dskip ? LoadPart(df, Dskip + c0, nc, NL) : hn::Zero(df);
         for (int64_t t = 0; t < L; ++t)
           hn::Store(hn::Mul(Dv, hn::Load(df, b.x.get() + t * NL)), df, b.y.get() + t * NL);
-        // Recompute the states exactly as the forward does (and y, for the gate's gradient).
-        StatePasses(L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), Bs, Cs, Hs.get(),
-                    Es.get());
+        // dy does not depend on y (only dz does, below, once y is complete).
         VF dDv = hn::Zero(df);
         for (int64_t t = L - 1; t >= 0; --t) {
           const VF xv = hn::Load(df, b.x.get() + t * NL);
           const VF go = LoadPart(df, os + t * D + c0, nc, NL);
           VF dy = go;
           if (zs) {
-            const VF y = hn::Load(df, b.y.get() + t * NL);
             const VF zv = LoadPart(df, zs + t * D + c0, nc, NL);
             const VF sg = Sigmoid(df, zv);
             dy = hn::Mul(go, hn::Mul(zv, sg));
             // silu'(z) = σ(z)·(1 + z·(1 - σ(z)))
-            const VF dsilu = hn::Mul(sg, hn::MulAdd(zv, hn::Sub(hn::Set(df, 1.0f), sg), hn::Set(df, 1.0f)));
-            float* dzs = dz + (r0 + t) * D + c0;
-            if (dz) StorePart(df, hn::MulAdd(hn::Mul(go, y), dsilu, old(dzs, nc)), dzs, nc, NL);
+            hn::Store(hn::Mul(sg, hn::MulAdd(zv, hn::Sub(hn::Set(df, 1.0f), sg), hn::Set(df, 1.0f))), df,
+                      dsb.get() + t * NL);
           }
           dDv = hn::MulAdd(dy, xv, dDv);
           hn::Store(dy, df, dyb.get() + t * NL);
@@ -335,13 +339,28 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
           hn::Store(hn::Mul(dy, Dv), df, gxb.get() + t * NL);
         }
         std::fill(dAv.get(), dAv.get() + N * NL, 0.0f);
+        // Per state group: recompute its states exactly as the forward does (adding to y in the
+        // forward's n order), then its backward.
         int64_t n0 = 0;
-        for (; n0 + kG <= N; n0 += kG)
+        for (; n0 + kG <= N; n0 += kG) {
+          StatePass<kG>(n0, L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), Bs, Cs, Hs.get(),
+                        Es.get());
           GradPass<kG>(n0, L, N, NL, b.At.get(), Hs.get(), Es.get(), b.dt.get(), b.x.get(), dyb.get(), Bs, Cs,
-                       gdb.get(), gxb.get(), dAv.get(), vB.get(), vC.get());
-        for (; n0 < N; ++n0)
+                       gdb.get(), gxb.get(), dAv.get(), vB.get() + n0 * L * NL, vC.get() + n0 * L * NL);
+        }
+        for (; n0 < N; ++n0) {
+          StatePass<1>(n0, L, N, NL, b.At.get(), b.hs.get(), b.dt.get(), b.x.get(), b.y.get(), Bs, Cs, Hs.get(),
+                       Es.get());
           GradPass<1>(n0, L, N, NL, b.At.get(), Hs.get(), Es.get(), b.dt.get(), b.x.get(), dyb.get(), Bs, Cs,
-                      gdb.get(), gxb.get(), dAv.get(), vB.get(), vC.get());
+                      gdb.get(), gxb.get(), dAv.get(), vB.get() + n0 * L * NL, vC.get() + n0 * L * NL);
+        }
+        if (zs && dz)
+          for (int64_t t = L - 1; t >= 0; --t) {
+            const VF go = LoadPart(df, os + t * D + c0, nc, NL);
+            const VF y = hn::Load(df, b.y.get() + t * NL);
+            float* dzs = dz + (r0 + t) * D + c0;
+            StorePart(df, hn::MulAdd(hn::Mul(go, y), hn::Load(df, dsb.get() + t * NL), old(dzs, nc)), dzs, nc, NL);
+          }
         for (int64_t t = 0; t < L; ++t) {
           const int64_t o = (r0 + t) * D + c0;
           if (ddelta) StorePart(df, hn::Add(old(ddelta + o, nc), hn::Load(df, gdb.get() + t * NL)), ddelta + o, nc, NL);
@@ -354,9 +373,14 @@ void ScanBackward(float* dx, float* ddelta, float* dA, float* dB, float* dC, flo
       }
       float* pB = partB.data() + (ch * Lsum + r0) * N;
       float* pC = partC.data() + (ch * Lsum + r0) * N;
-      for (int64_t tn = 0; tn < L * N; ++tn) {
-        pB[tn] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vB.get() + tn * NL)));
-        pC[tn] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, vC.get() + tn * NL)));
+      for (int64_t n0 = 0, G = kG; n0 < N; n0 += G) {
+        if (n0 + kG > N) G = 1;
+        const float *gB = vB.get() + n0 * L * NL, *gC = vC.get() + n0 * L * NL;
+        for (int64_t t = 0; t < L; ++t)
+          for (int64_t k = 0; k < G; ++k) {
+            pB[t * N + n0 + k] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, gB + (t * G + k) * NL)));
+            pC[t * N + n0 + k] = hn::GetLane(hn::SumOfLanes(df, hn::Load(df, gC + (t * G + k) * NL)));
+          }
       }
     }
   }

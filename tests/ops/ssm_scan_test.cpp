@@ -162,7 +162,8 @@ TEST(SelectiveScan, StepsEqualEachSequenceAlone) {
 }
 
 // Backward against central differences of the double forward, loss = Σ dout · out, through
-// x, delta, A, B, C, Dskip, z; with and without h0 and the gate.
+// x, delta, A, B, C, Dskip, z; with and without h0 and the gate; N = 6: a group of 4 states
+// and 2 single ones.
 TEST(SelectiveScan, BackwardFiniteDifferences) {
   struct Case {
     int64_t L, D, N;
@@ -170,7 +171,8 @@ TEST(SelectiveScan, BackwardFiniteDifferences) {
     size_t sample;  // 0 = every coordinate
   };
   for (const Case& c : {Case{7, 5, 3, true, true, 0}, Case{6, 19, 16, true, false, 0},
-                        Case{5, 11, 4, false, true, 0}, Case{40, 300, 16, true, true, 60}}) {
+                        Case{5, 11, 4, false, true, 0},
+                        Case{9, 13, 6, true, true, 0}, Case{40, 300, 16, true, true, 60}}) {
     ScanIn s = make(c.L, c.D, c.N, c.gate, uint64_t(c.D));
     Rng rng(99);
     const auto dout = rng.vec(size_t(c.L * c.D));
