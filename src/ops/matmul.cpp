@@ -285,16 +285,29 @@ void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, Pai
 
 // d_w·d_x·Σ w·x of block b of weight row r and activation row j, in scalar code: the portable
 // targets' whole sum, and the 512-bit kernel's odd last block.
+// Block b of Q4_0 row r (KB blocks per row) in the plain or the x8 layout: F16 scale, code bytes.
+HWY_INLINE const uint8_t* Q4BlockAt(const void* wp, bool x8, int64_t KB, int64_t r, int64_t b, uint16_t* d) {
+  const auto* w = static_cast<const uint8_t*>(wp);
+  if (x8) {
+    std::memcpy(d, q4_0x8_scale(w, KB, r, b), 2);
+    return q4_0x8_codes(w, KB, r, b);
+  }
+  const BlockQ4_0& blk = reinterpret_cast<const BlockQ4_0*>(w)[r * KB + b];
+  *d = blk.d;
+  return blk.qs;
+}
+// x8: wp is the matrix (r the absolute row), as Q4BlockAt.
 HWY_INLINE float BlockTermScalar(const QActs& a, const void* wp, bool q4, const float* sc, int64_t K,
-                                 int64_t r, int64_t j, int64_t b) {
+                                 int64_t r, int64_t j, int64_t b, bool x8 = false) {
   const int64_t KB = K / kQ8Block;
   const int8_t* xq = a.q + j * K + b * kQ8Block;
   int32_t isum = 0;
   float dw;
   if (q4) {
-    const BlockQ4_0& blk = static_cast<const BlockQ4_0*>(wp)[r * KB + b];
-    for (int i = 0; i < 16; ++i) isum += ((blk.qs[i] & 15) - 8) * xq[i] + ((blk.qs[i] >> 4) - 8) * xq[i + 16];
-    dw = f16_to_f32(blk.d);
+    uint16_t d;
+    const uint8_t* qs = Q4BlockAt(wp, x8, KB, r, b, &d);
+    for (int i = 0; i < 16; ++i) isum += ((qs[i] & 15) - 8) * xq[i] + ((qs[i] >> 4) - 8) * xq[i + 16];
+    dw = f16_to_f32(d);
   } else {
     const int8_t* wr = static_cast<const int8_t*>(wp) + r * K + b * kQ8Block;
     for (int i = 0; i < kQ8Block; ++i) isum += wr[i] * xq[i];
@@ -360,6 +373,70 @@ HWY_INLINE void TileQ4Pairs(float* out, int64_t N, const QActs& a, const BlockQ4
     for (int r = 0; r < R; ++r) step(KB / 2, r, false);
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < MC; ++j) StoreSum(out, N, r, j, HSum(acc[r][j]), bias, accumulate);
+}
+// Q4_0 in the x8 layout (src/ops/quant.h): rows h0..h0+RH-1 of a tile of 8 × MC activation rows.
+// Per row and pair the same operations as TileQ4Pairs (the same bits), but the tile is one
+// contiguous stream, one load gives 4 rows' scales (times the activation scales in one multiply,
+// then one in-lane permute per row), and a row's two blocks of codes are one load.
+HWY_INLINE __m256 Lane4(__m256 v, int r) {  // [v_r x4 | v_4+r x4]
+  switch (r & 3) {
+    case 0: return _mm256_permute_ps(v, 0x00);
+    case 1: return _mm256_permute_ps(v, 0x55);
+    case 2: return _mm256_permute_ps(v, 0xAA);
+    default: return _mm256_permute_ps(v, 0xFF);
+  }
+}
+constexpr int64_t kQ4x8Prefetch = 1024;  // bytes ahead in the tile's stream
+template <int RH, int MC>
+HWY_INLINE void TileQ4x8(float* out, int64_t N, const QActs& a, const uint8_t* tile, int h0, int64_t K,
+                         const float* bias, bool accumulate) {
+  const int64_t KP = K / kQ8Block / 2;
+  constexpr int G = RH / 4;  // groups of 4 rows' scales
+  __m256 acc[RH][MC];
+  for (int r = 0; r < RH; ++r)
+    for (int j = 0; j < MC; ++j) acc[r][j] = _mm256_setzero_ps();
+  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  for (int64_t i = 0; i < KP; ++i) {
+    const uint8_t* g = tile + i * kQ4x8Step;
+    if (h0 == 0)
+      for (int64_t o = 0; o < kQ4x8Step; o += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(g + kQ4x8Prefetch + o), _MM_HINT_T0);
+    __m256 s[G][MC];
+    for (int q = 0; q < G; ++q) {
+      const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g + 16 * (h0 / 4 + q))));
+      for (int j = 0; j < MC; ++j) s[q][j] = _mm256_mul_ps(d, _mm256_loadu_ps(a.p[j * KP + i].d));
+    }
+    for (int r = 0; r < RH; ++r) {
+      const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 4 * kQ4x8Rows + 32 * (h0 + r)));
+      const __m256i lo = _mm256_and_si256(qs, low4), hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), low4);
+      for (int j = 0; j < MC; ++j) {
+        const PairQ4& x = a.p[j * KP + i];
+        const __m256i t = _mm256_sub_epi16(
+            _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.lo))),
+                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.hi)))),
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.c)));
+        acc[r][j] = _mm256_fmadd_ps(Lane4(s[r / 4][j], r), _mm256_cvtepi32_ps(_mm256_madd_epi16(t, ones)), acc[r][j]);
+      }
+    }
+  }
+  for (int r = 0; r < RH; ++r)
+    for (int j = 0; j < MC; ++j) StoreSum(out, N, r, j, HSum(acc[r][j]), bias, accumulate);
+}
+// Rows [n0, n1) (multiples of 8) of the x8 layout: a tile's 8 rows at once for one activation row,
+// in two halves of 4 for two (16 accumulators would not fit the registers).
+template <int MC>
+HWY_INLINE void RowsQ4x8(float* out, int64_t N, const QActs& a, const void* w, int64_t K, const float* bias,
+                         int64_t n0, int64_t n1, bool acc) {
+  const int64_t tile_bytes = kQ4x8Rows * (K / kQ8Block) * int64_t(sizeof(BlockQ4_0));
+  for (int64_t n = n0; n < n1; n += kQ4x8Rows) {
+    const uint8_t* tile = static_cast<const uint8_t*>(w) + n / kQ4x8Rows * tile_bytes;
+    if constexpr (MC == 1) {
+      TileQ4x8<8, 1>(out + n, N, a, tile, 0, K, bias ? bias + n : nullptr, acc);
+    } else {
+      TileQ4x8<4, MC>(out + n, N, a, tile, 0, K, bias ? bias + n : nullptr, acc);
+      TileQ4x8<4, MC>(out + n + 4, N, a, tile, 4, K, bias ? bias + n + 4 : nullptr, acc);
+    }
+  }
 }
 // Q8: R weight rows × MC activation rows; weights loaded once per block and used MC times.
 template <int R, int MC>
@@ -521,11 +598,31 @@ HWY_INLINE void RowsQ512(float* out, int64_t N, const QActs& a, const int8_t* xp
 #endif
 
 // Rows [n0, n1) of out = act · Wᵀ for Q8/Q4_0 W; blocks of 32 rows outside, as GemvRangeT.
+// x8: Q4_0 in the x8 layout, n0 and n1 multiples of 8.
 void GemvQRange(float* out, const QActs& a, const void* w, int dtype, const float* sc, const float* bias,
-                int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1, bool acc) {
+                int64_t M, int64_t N, int64_t K, int64_t n0, int64_t n1, bool acc, bool x8) {
   const bool q4 = DType(dtype) == DType::Q4_0;
   const int64_t KB = K / kQ8Block;
   constexpr int64_t kBlock = 32;
+  if (x8) {
+#if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3
+    for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
+      const int64_t b1 = std::min(n1, b0 + kBlock);
+      int64_t m = 0;
+      auto at = [&](int64_t m) { return QActs{a.q + m * K, a.d + m * KB, a.p + m * ((KB + 1) / 2)}; };
+      for (; m + 2 <= M; m += 2) RowsQ4x8<2>(out + m * N, N, at(m), w, K, bias, b0, b1, acc);
+      if (m < M) RowsQ4x8<1>(out + m * N, N, at(m), w, K, bias, b0, b1, acc);
+    }
+#else  // the portable block sums (no pairs here: VNNI's and the scalar targets' activations)
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t j = 0; j < M; ++j) {
+        float s = 0.0f;
+        for (int64_t b = 0; b < KB; ++b) s += BlockTermScalar(a, w, true, nullptr, K, n, j, b, true);
+        StoreSum(out, N, int(n), int(j), s, bias, acc);
+      }
+#endif
+    return;
+  }
 #if HWY_TARGET == HWY_AVX3_DL
   {  // each thread prepares its own copy of the permuted activations (M·K bytes, cheap)
     static thread_local std::vector<int8_t> xp;
@@ -721,7 +818,7 @@ HWY_INLINE bool GemmUnsignedW(int kind) {
 // Q4_K: d·sc of each sub-block, its mins are left to the caller); the padding blocks of the last
 // group get zero codes and zero scales.
 HWY_INLINE void DecodeRowG(uint8_t* codes, float* dw, const void* w, int kind, const float* sc,
-                           int64_t KB, int64_t NG, bool uw, int64_t row) {
+                           int64_t KB, int64_t NG, bool uw, int64_t row, bool x8) {
   const uint8_t* wk = kind == kGemmQ4_K ? static_cast<const uint8_t*>(w) + row * q4_k_row_bytes(KB * kQ4KSub) : nullptr;
   for (int64_t b = 0; b < KB; ++b) {
     uint8_t* dst = codes + (b / kG) * kGroupBytes + (b % kG) * 4;  // dword v at dst + v·4kG
@@ -738,10 +835,11 @@ HWY_INLINE void DecodeRowG(uint8_t* codes, float* dw, const void* w, int kind, c
       q4_k_scale_min(blk.scales, j, &s6, &m6);
       dw[b] = f16_to_f32(blk.d) * float(s6);
     } else if (kind == kGemmQ4_0) {
-      const BlockQ4_0& blk = static_cast<const BlockQ4_0*>(w)[row * KB + b];
+      uint16_t d16;
+      const uint8_t* qs = Q4BlockAt(w, x8, KB, row, b, &d16);
       for (int i = 0; i < 4; ++i) {
         uint32_t x;
-        std::memcpy(&x, blk.qs + 4 * i, 4);
+        std::memcpy(&x, qs + 4 * i, 4);
         uint32_t lo = x & 0x0F0F0F0Fu, hi = (x >> 4) & 0x0F0F0F0Fu;
         if (!uw) {  // c - 8 per byte: c + 0x78 never carries, and ^0x80 makes it two's complement
           lo = (lo + 0x78787878u) ^ 0x80808080u;
@@ -750,7 +848,7 @@ HWY_INLINE void DecodeRowG(uint8_t* codes, float* dw, const void* w, int kind, c
         std::memcpy(dst + i * 4 * kG, &lo, 4);
         std::memcpy(dst + (4 + i) * 4 * kG, &hi, 4);
       }
-      dw[b] = f16_to_f32(blk.d);
+      dw[b] = f16_to_f32(d16);
     } else {
       const int8_t* src = static_cast<const int8_t*>(w) + (row * KB + b) * kQ8Block;
       for (int v = 0; v < 8; ++v) {
@@ -957,7 +1055,7 @@ HWY_INLINE uint8_t* Scratch(hwy::AlignedFreeUniquePtr<uint8_t[]>& p, size_t& cap
 
 template <bool UW>
 void GemmQT(float* out, const int8_t* q, const float* d, const void* w, int kind, const float* sc,
-            const float* bias, int64_t M, int64_t N, int64_t K, bool accumulate, int nt) {
+            const float* bias, int64_t M, int64_t N, int64_t K, bool accumulate, int nt, bool x8) {
   const int64_t KB = K / kQ8Block, NG = (KB + kG - 1) / kG;
   const int64_t cs = NG * kGroupBytes, ds = NG * kG;
   // Activations in the group layout: codes [M, cs], scales and inits [M, ds].
@@ -989,7 +1087,7 @@ void GemmQT(float* out, const int8_t* q, const float* d, const void* w, int kind
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < panels; ++p) {
       const int64_t n0 = p * np, rows = std::min(np, N - n0);
-      for (int64_t r = 0; r < rows; ++r) DecodeRowG(wc + r * cs, wd + r * ds, w, kind, sc, KB, NG, UW, n0 + r);
+      for (int64_t r = 0; r < rows; ++r) DecodeRowG(wc + r * cs, wd + r * ds, w, kind, sc, KB, NG, UW, n0 + r, x8);
       for (int64_t m0 = 0; m0 < M; m0 += MA) {
         const int ma = int(std::min(MA, M - m0));
         for (int64_t r0 = 0; r0 < rows; r0 += RW)
@@ -1005,11 +1103,12 @@ void GemmQT(float* out, const int8_t* q, const float* d, const void* w, int kind
 // out[M, N] (=|+=) act · Wᵀ (+ bias) for Q8/Q4_0/Q4_K W and the 8-bit activations q, d of
 // quantize_act_q8 (natural layout), on up to nt threads (rows of W split between them). For Q4_K
 // without the min terms (the caller subtracts them).
+// x8: Q4_0 in the x8 layout.
 void GemmQ(float* out, const int8_t* q, const float* d, const void* w, int dtype, const float* sc,
-           const float* bias, int64_t M, int64_t N, int64_t K, bool accumulate, int nt) {
+           const float* bias, int64_t M, int64_t N, int64_t K, bool accumulate, int nt, bool x8) {
   const int kind = DType(dtype) == DType::Q4_K ? kGemmQ4_K : DType(dtype) == DType::Q4_0 ? kGemmQ4_0 : kGemmQ8;
-  if (GemmUnsignedW(kind)) GemmQT<true>(out, q, d, w, kind, sc, bias, M, N, K, accumulate, nt);
-  else GemmQT<false>(out, q, d, w, kind, sc, bias, M, N, K, accumulate, nt);
+  if (GemmUnsignedW(kind)) GemmQT<true>(out, q, d, w, kind, sc, bias, M, N, K, accumulate, nt, x8);
+  else GemmQT<false>(out, q, d, w, kind, sc, bias, M, N, K, accumulate, nt, x8);
 }
 
 
@@ -1158,6 +1257,9 @@ int64_t GemvMaxM(bool quantized, bool bf16) {
   return 64;
 }
 
+// Where the decode GEMV has its fast x8 kernel (TileQ4x8) and the loader should repack Q4_0.
+bool Q4x8Preferred() { return HWY_TARGET == HWY_AVX2; }
+
 template <typename T>
 void WidenT(float* dst, const T* src, int64_t n) {
   const DF df;
@@ -1201,6 +1303,7 @@ HWY_EXPORT(GemmBF16);
 HWY_EXPORT(QuantizeActs);
 HWY_EXPORT(GemvMaxM);
 HWY_EXPORT(Widen);
+HWY_EXPORT(Q4x8Preferred);
 
 namespace {
 
@@ -1215,6 +1318,8 @@ void check_view(const MatView& W, const char* what) {
     throw Error(std::string(what) + ": Q4_0 weights need a width that is a multiple of " +
                 std::to_string(kQ4Block));
   if (!W.data && W.rows > 0 && W.cols > 0) throw Error(std::string(what) + ": null weight data");
+  if (W.x8 && (W.dtype != DType::Q4_0 || !q4_0x8_fits(W.rows, W.cols)))
+    throw Error(std::string(what) + ": the x8 layout is for Q4_0 with rows a multiple of 8 and cols of 64");
   if (W.dtype == DType::Q8 && (W.cols % kQ8Block != 0 || (!W.scales && W.rows > 0)))
     throw Error(std::string(what) + ": Q8 weights need scales and a width that is a multiple of " +
                 std::to_string(kQ8Block));
@@ -1300,7 +1405,7 @@ void gemv_jobs(const GemvJob* jobs, int njobs, const float* in, int64_t M, bool 
     const MatView& W = *j.W;
     const int64_t N = W.rows;
     if (dt == DType::Q4_K) fk(j.out, a, xs, W.data, j.bias, M, N, K, n0, n1, acc);
-    else if (q) fq(j.out, a, W.data, int(dt), W.scales, j.bias, M, N, K, n0, n1, acc);
+    else if (q) fq(j.out, a, W.data, int(dt), W.scales, j.bias, M, N, K, n0, n1, acc, W.x8);
     else fn(j.out, in, W.data, int(dt), W.scales, j.bias, M, N, K, n0, n1, acc);
   };
   int64_t tiles = 0;  // of 4 rows, the tile height
@@ -1313,7 +1418,7 @@ void gemv_jobs(const GemvJob* jobs, int njobs, const float* in, int64_t M, bool 
   // About 8 row ranges per thread, taken dynamically: on a shared machine a descheduled thread's
   // ranges go to the others instead of the others spinning at the barrier. Each output row is
   // one tile's sum whoever computes it, so the result does not depend on the split.
-  const int64_t per = std::max<int64_t>(8, tiles / (8 * use)) * 4;
+  const int64_t per = (std::max<int64_t>(8, tiles / (8 * use)) * 4 + 7) / 8 * 8;  // whole x8 tiles
   if (njobs > 8) throw Error("gemv_jobs: at most 8 matrices");
   int64_t first[8 + 1] = {0};  // range index where job i starts
   for (int i = 0; i < njobs; ++i) first[i + 1] = first[i] + (jobs[i].W->rows + per - 1) / per;
@@ -1370,7 +1475,7 @@ void blas(float* out, const float* in, const MatView& W, const float* bias, int6
     return;
   if (quantized(W.dtype)) {  // int8 GEMM on the 8-bit activations of the GEMV path: one result
     const QActs a = quantize_acts(in, M, K, false);
-    HWY_DYNAMIC_DISPATCH(GemmQ)(out, a.q, a.d, W.data, int(W.dtype), W.scales, bias, M, N, K, acc, num_threads());
+    HWY_DYNAMIC_DISPATCH(GemmQ)(out, a.q, a.d, W.data, int(W.dtype), W.scales, bias, M, N, K, acc, num_threads(), W.x8);
     if (W.dtype == DType::Q4_K) q4_k_subtract_mins(out, act_block_sums(a, M, K), W, M);
     return;
   }
@@ -1412,6 +1517,8 @@ int64_t matmul_gemv_max_m(DType t) {
   if (t == DType::F32) return 16;
   return HWY_DYNAMIC_DISPATCH(GemvMaxM)(quantized(t), t == DType::BF16);
 }
+
+bool matmul_q4_0x8_preferred() { return HWY_DYNAMIC_DISPATCH(Q4x8Preferred)(); }
 
 bool matmul_bf16_gemm() {
   if (!bf16_gemm_allowed()) return false;
@@ -1481,6 +1588,21 @@ void matrow_to_f32(float* dst, const MatView& W, int64_t row) {
   if (row < 0 || row >= W.rows)
     throw Error("matrow_to_f32: row " + std::to_string(row) + " out of range [0, " +
                 std::to_string(W.rows) + ")");
+  if (W.x8) {  // (code - 8)·d per element: the same values as the plain layout's Widen
+    const int64_t KB = W.cols / kQ4Block;
+    for (int64_t b = 0; b < KB; ++b) {
+      const auto* w = static_cast<const uint8_t*>(W.data);
+      uint16_t d;
+      std::memcpy(&d, q4_0x8_scale(w, KB, row, b), 2);
+      const uint8_t* qs = q4_0x8_codes(w, KB, row, b);
+      const float df = f16_to_f32(d);
+      for (int i = 0; i < 16; ++i) {
+        dst[b * kQ4Block + i] = df * float((qs[i] & 15) - 8);
+        dst[b * kQ4Block + 16 + i] = df * float((qs[i] >> 4) - 8);
+      }
+    }
+    return;
+  }
   const char* src = static_cast<const char*>(W.data) + size_t(row) * quant_row_stride(W.dtype, W.cols);
   if (W.dtype == DType::F32) std::memcpy(dst, src, size_t(W.cols) * sizeof(float));
   else if (W.dtype == DType::Q4_K) dequantize_q4_k(dst, reinterpret_cast<const uint8_t*>(src), W.cols);

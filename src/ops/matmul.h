@@ -14,6 +14,9 @@ struct MatView {
   DType dtype = DType::F32;
   int64_t rows = 0, cols = 0;
   const float* scales = nullptr;  // Q8 only: [rows, cols / kQ8Block]
+  // Q4_0 only: the blocks in the x8 layout (rows interleaved in tiles of 8, repack_q4_0x8 in
+  // src/ops/quant.h), as the loader stores Q4_0 matrices where matmul_q4_0x8_preferred().
+  bool x8 = false;
 };
 
 // out[M, N] = in[M, K] · Wᵀ (+ bias[N] if bias) ; N = W.rows, K = W.cols.
@@ -57,5 +60,9 @@ int64_t matmul_gemv_max_m(DType t);
 // True where the Blas path of BF16 weights is the bf16 GEMM (AVX512-BF16 on the dispatched target,
 // and not turned off by HYMBA_BF16_GEMM=0 in the environment), i.e. rounds its activations to bf16.
 bool matmul_bf16_gemm();
+// True where the dispatched target's decode GEMV has its fast kernel for Q4_0 in the x8 layout
+// (AVX2). Every path reads the x8 layout on every target (same results as the plain layout);
+// elsewhere it is merely slower than the plain one.
+bool matmul_q4_0x8_preferred();
 
 }  // namespace hymba

@@ -113,6 +113,21 @@ void quantize_q4_0(BlockQ4_0* out, const float* x, int64_t n, const float* impor
   }
 }
 
+bool q4_0x8_fits(int64_t rows, int64_t cols) {
+  return rows > 0 && rows % kQ4x8Rows == 0 && cols > 0 && cols % (2 * kQ4Block) == 0;
+}
+
+void repack_q4_0x8(uint8_t* dst, const BlockQ4_0* src, int64_t rows, int64_t cols) {
+  HYMBA_CHECK(q4_0x8_fits(rows, cols), "repack_q4_0x8: needs rows a multiple of 8 and cols of 64");
+  const int64_t KB = cols / kQ4Block;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t b = 0; b < KB; ++b) {
+      const BlockQ4_0& blk = src[r * KB + b];
+      std::memcpy(const_cast<uint8_t*>(q4_0x8_scale(dst, KB, r, b)), &blk.d, 2);
+      std::memcpy(const_cast<uint8_t*>(q4_0x8_codes(dst, KB, r, b)), blk.qs, 16);
+    }
+}
+
 void dequantize_q4_0(float* x, const BlockQ4_0* b, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     const BlockQ4_0& k = b[i / kQ4Block];

@@ -53,6 +53,25 @@ void dequantize_q8(float* x, const int8_t* q, const float* scales, int64_t n);
 void quantize_q4_0(BlockQ4_0* out, const float* x, int64_t n, const float* importance = nullptr);
 void dequantize_q4_0(float* x, const BlockQ4_0* b, int64_t n);
 
+// Q4_0 "x8" layout: the blocks of 8 consecutive rows interleaved (llama.cpp's block_q4_0x8 idea),
+// so that the decode GEMV reads one contiguous stream per tile of 8 rows and gets 4 rows' scales
+// with one load. Per tile and pair of blocks (2i, 2i+1), kQ4x8Step bytes: 16 F16 scales as two
+// groups of 8, [rows 4g..4g+3 of block 2i | the same rows of block 2i+1], then each row's 32
+// code bytes [qs of 2i | qs of 2i+1]. The same bytes as the plain layout (quant_matrix_bytes);
+// only the order differs. Needs rows a multiple of 8 and cols a multiple of 64.
+constexpr int64_t kQ4x8Rows = 8;
+constexpr int64_t kQ4x8Step = 2 * kQ4x8Rows * int64_t(sizeof(BlockQ4_0));  // 288
+bool q4_0x8_fits(int64_t rows, int64_t cols);
+// src [rows, cols / 32] plain blocks -> dst in the x8 layout (quant_matrix_bytes(Q4_0, rows, cols)).
+void repack_q4_0x8(uint8_t* dst, const BlockQ4_0* src, int64_t rows, int64_t cols);
+// Block b of row r (KB = cols / 32 blocks per row) in the x8 layout: its F16 scale and 16 code bytes.
+inline const uint8_t* q4_0x8_scale(const uint8_t* w, int64_t KB, int64_t r, int64_t b) {
+  return w + ((r / kQ4x8Rows) * (KB / 2) + b / 2) * kQ4x8Step + 2 * (8 * (r % 8 / 4) + 4 * (b % 2) + r % 4);
+}
+inline const uint8_t* q4_0x8_codes(const uint8_t* w, int64_t KB, int64_t r, int64_t b) {
+  return w + ((r / kQ4x8Rows) * (KB / 2) + b / 2) * kQ4x8Step + 4 * kQ4x8Rows + 32 * (r % 8) + 16 * (b % 2);
+}
+
 constexpr int64_t kQ4KBlock = 256;  // a super-block
 constexpr int64_t kQ4KSub = 32;     // a sub-block: one scale and min
 struct BlockQ4_K {

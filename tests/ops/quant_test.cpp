@@ -493,3 +493,103 @@ TEST(QuantQ4_0, MatmulMatchesNaiveDoubleOnEveryTarget) {
 
 }  // namespace
 }  // namespace hymba
+
+namespace hymba {
+namespace {
+
+// The x8 layout (rows interleaved in tiles of 8, src/ops/quant.h): a permutation of the plain
+// layout's bytes; matmul_forward (GEMV and GEMM paths) and matrow_to_f32 read it on every target.
+// It gives the plain layout's bits where the two run the same operations: the AVX2/AVX3 pair
+// kernel, the scalar targets and the GEMM on all; the naive double bound everywhere.
+TEST(QuantQ4_0x8, PermutationOfThePlainBytes) {
+  EXPECT_TRUE(q4_0x8_fits(16, 128));
+  EXPECT_FALSE(q4_0x8_fits(12, 128));  // rows not a multiple of 8
+  EXPECT_FALSE(q4_0x8_fits(16, 96));   // an odd number of blocks per row
+  const int64_t N = 24, K = 192, KB = K / kQ4Block;
+  const size_t bytes = quant_matrix_bytes(DType::Q4_0, N, K);
+  std::vector<int> hits(bytes, 0);
+  const std::vector<uint8_t> buf(bytes);
+  const uint8_t* base = buf.data();
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t b = 0; b < KB; ++b) {
+      for (int i = 0; i < 2; ++i) ++hits[size_t(q4_0x8_scale(base, KB, r, b) - base) + size_t(i)];
+      for (int i = 0; i < 16; ++i) ++hits[size_t(q4_0x8_codes(base, KB, r, b) - base) + size_t(i)];
+    }
+  for (size_t i = 0; i < bytes; ++i) ASSERT_EQ(hits[i], 1) << "byte " << i;
+  Rng rng(3);
+  const Q8Matrix w = make_q4_0(N, K, rng);
+  std::vector<uint8_t> x(bytes);
+  repack_q4_0x8(x.data(), reinterpret_cast<const BlockQ4_0*>(w.q.data()), N, K);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t b = 0; b < KB; ++b) {
+      const BlockQ4_0& blk = reinterpret_cast<const BlockQ4_0*>(w.q.data())[r * KB + b];
+      ASSERT_EQ(0, std::memcmp(q4_0x8_scale(x.data(), KB, r, b), &blk.d, 2));
+      ASSERT_EQ(0, std::memcmp(q4_0x8_codes(x.data(), KB, r, b), blk.qs, 16));
+    }
+  EXPECT_THROW(repack_q4_0x8(x.data(), reinterpret_cast<const BlockQ4_0*>(w.q.data()), 12, K), Error);
+  std::vector<float> out(16), in(96);
+  MatView bad{x.data(), DType::Q4_0, 12, 64};
+  bad.x8 = true;
+  EXPECT_THROW(matmul_forward(out.data(), in.data(), bad, nullptr, 1), Error);
+  MatView q8{x.data(), DType::Q8, 8, 64, reinterpret_cast<const float*>(x.data())};
+  q8.x8 = true;
+  EXPECT_THROW(matmul_forward(out.data(), in.data(), q8, nullptr, 1), Error);
+}
+
+TEST(QuantQ4_0x8, MatmulMatchesNaiveDoubleAndThePlainLayoutOnEveryTarget) {
+  TargetGuard guard;
+  const int saved = num_threads();
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    // Same bits as the plain layout on the GEMV too, except AVX3_DL (its 512-bit kernel reads the
+    // plain layout only; the x8 layout takes the scalar block sums there).
+    const bool same_gemv = target != HWY_AVX3_DL;
+    Rng rng(9);
+    for (auto [N, K] : std::vector<std::pair<int64_t, int64_t>>{{8, 64}, {40, 128}, {304, 1600}, {24, 5504}}) {
+      const Q8Matrix w = make_q4_0(N, K, rng);
+      std::vector<uint8_t> xb(w.q.size());
+      repack_q4_0x8(xb.data(), reinterpret_cast<const BlockQ4_0*>(w.q.data()), N, K);
+      MatView x8{xb.data(), DType::Q4_0, N, K};
+      x8.x8 = true;
+      std::vector<float> row(static_cast<size_t>(K)), prow(static_cast<size_t>(K));
+      for (int64_t r : {int64_t(0), N / 2 + 1, N - 1}) {
+        matrow_to_f32(row.data(), x8, r);
+        matrow_to_f32(prow.data(), w.view, r);
+        ASSERT_EQ(row, prow) << "row " << r;
+      }
+      for (int64_t M : {1, 2, 3, 5, 16, 17, 40}) {
+        const std::vector<float> in = rng.vec(size_t(M * K)), bias = rng.vec(size_t(N)), init = rng.vec(size_t(M * N));
+        std::vector<int8_t> aq(in.size());
+        std::vector<float> ad(in.size() / kQ8Block);
+        quantize_act_q8(aq.data(), ad.data(), in.data(), M * K);
+        for (MatmulPath path : {MatmulPath::Gemv, MatmulPath::Blas}) {
+          for (int nt : {1, 2}) {
+            set_num_threads(nt);
+            const bool use_bias = nt == 2, accumulate = M % 2 == 1;
+            std::vector<float> out = accumulate ? init : std::vector<float>(size_t(M * N), 123.0f), plain = out;
+            matmul_forward_path(path, out.data(), in.data(), x8, use_bias ? bias.data() : nullptr, M, accumulate);
+            matmul_forward_path(path, plain.data(), in.data(), w.view, use_bias ? bias.data() : nullptr, M, accumulate);
+            if (path == MatmulPath::Blas || same_gemv)
+              ASSERT_EQ(0, std::memcmp(out.data(), plain.data(), out.size() * sizeof(float)))
+                  << "M=" << M << " N=" << N << " K=" << K << " path=" << int(path) << " nt=" << nt;
+            std::vector<double> ref(size_t(M * N));
+            for (int64_t m = 0; m < M; ++m)
+              for (int64_t n = 0; n < N; ++n) {
+                double s = accumulate ? double(init[size_t(m * N + n)]) : 0.0;
+                if (use_bias) s += bias[size_t(n)];
+                for (int64_t k = 0; k < K; ++k)
+                  s += double(ad[size_t((m * K + k) / kQ8Block)]) * aq[size_t(m * K + k)] * w.exact[size_t(n * K + k)];
+                ref[size_t(m * N + n)] = s;
+              }
+            EXPECT_LT(norm_err(out, ref), 1e-5) << "M=" << M << " N=" << N << " K=" << K << " path=" << int(path);
+          }
+        }
+      }
+    }
+  }
+  set_num_threads(saved);
+}
+
+}  // namespace
+}  // namespace hymba
