@@ -7,6 +7,7 @@
 #include "base/error.h"
 #include "io/files.h"
 #include "io/safetensors.h"
+#include "ops/matmul.h"
 #include "ops/quant.h"
 
 namespace hymba {
@@ -166,6 +167,35 @@ ParamRef quantized_ref(Checkpoint& ck, const std::string& dir, const std::string
 }
 }  // namespace
 
+namespace {
+// The layers' Q4_0 matrices read into memory -> the x8 layout the decode GEMV streams fastest
+// (src/ops/quant.h), all in one buffer; the file's copy of each is dropped once repacked. (The
+// head is q8_0 in our folders; a mapped file keeps the plain layout, see LoadOptions.)
+void repack_q4_0x8_matrices(Checkpoint& ck) {
+  std::vector<MatView*> ms;
+  size_t total = 0;
+  for (auto& L : ck.weights.layers)
+    for (auto [name, m] : layer_matrices(L))
+      if (m->data && m->dtype == DType::Q4_0 && !m->x8 && q4_0x8_fits(m->rows, m->cols)) {
+        ms.push_back(m);
+        total += quant_matrix_bytes(DType::Q4_0, m->rows, m->cols);
+      }
+  if (ms.empty()) return;
+  HugeBuffer& buf = ck.q_store.emplace_back(total);
+  std::vector<size_t> at(ms.size());
+  for (size_t i = 1; i < ms.size(); ++i) at[i] = at[i - 1] + quant_matrix_bytes(DType::Q4_0, ms[i - 1]->rows, ms[i - 1]->cols);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < ms.size(); ++i) {
+    MatView& m = *ms[i];
+    repack_q4_0x8(buf.data() + at[i], static_cast<const BlockQ4_0*>(m.data), m.rows, m.cols);
+    ck.file->release_pages(m.data, quant_matrix_bytes(DType::Q4_0, m.rows, m.cols));
+    m.data = buf.data() + at[i];
+    m.x8 = true;
+  }
+  buf.make_read_only();
+}
+}  // namespace
+
 std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOptions& io) {
   auto ck = std::make_unique<Checkpoint>();
   ck->config = load_config(dir + "/config.json");
@@ -223,6 +253,7 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOp
     }
   }
   ck->weights = bind_weights(c, refs);
+  if (!io.mmap && matmul_q4_0x8_preferred()) repack_q4_0x8_matrices(*ck);
   const TensorInfo* head = c.tie_word_embeddings ? ck->file->find("lm_head.weight") : nullptr;
   if (head && head->dtype == DType::U8) {  // a tied head quantized apart from the embedding
     const ParamRef r = quantized_ref(*ck, dir, "lm_head.weight", *head, c.vocab_size, c.hidden_size);

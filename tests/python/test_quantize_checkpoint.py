@@ -9,7 +9,8 @@ For q8_0, q4_0 and q4_k, on random checkpoints in the official layout:
 - this file decodes the blocks from the file's bytes by the layouts' definitions (numpy, no code
   of the engine), puts them in the float64 reference model, and `hymba logits -m OUT` equals it
   within 1e-3 * max|logit|; the unquantized reference differs by far more (the check can fail);
-- `--quantize TYPE` at load gives exactly the logits of the quantized folder (one rule);
+- `--quantize TYPE` at load gives exactly the logits of the quantized folder (one rule), and so
+  does the folder mapped (`--mmap`: the file's layout) rather than read (q4_0 repacked);
 - `hymba quantize --report` on the bundled model: perplexity of both models, mean KL(bf16 || q)
   and top-1 agreement equal what the float64 reference computes with the decoded blocks;
 - bad input is refused with a clear error: an existing -o, an unknown --type, a quantized source,
@@ -164,6 +165,11 @@ def main():
                 at_load, err = logits(src, ids, work, ["--quantize", fmt])
                 RES.check(f"{name} {fmt}: --quantize at load == the quantized folder",
                           at_load is not None and np.array_equal(at_load, got), err)
+                # Mapped, the matrices keep the file's layout; read into memory, q4_0 ones are
+                # repacked for the AVX2 GEMV (rows interleaved by 8, src/ops/quant.h): same logits.
+                mapped, err = logits(out, ids, work, ["--mmap"])
+                RES.check(f"{name} {fmt}: --mmap == read into memory",
+                          mapped is not None and np.array_equal(mapped, got), err)
                 # A quantized folder is not quantized again.
                 r2 = U.run(["quantize", "-m", out, "-o", out + "-again", "--type", fmt])
                 RES.check(f"{name} {fmt}: Reject a quantized source", r2.returncode == 1 and "already quantized" in r2.stderr,
