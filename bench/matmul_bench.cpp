@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "base/dtype.h"
+#include "io/safetensors.h"
 #include "ops/matmul.h"
 #include "ops/peak.h"
 #include "ops/quant.h"
@@ -99,6 +100,39 @@ BENCHMARK(BM_GemvM1Q8)
     ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GemvM1Q4)
     ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
+    ->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+// Q4_0 GEMV of the decode shapes in the plain layout and the x8 one the loader gives it on AVX2
+// (rows interleaved by 8, src/ops/quant.h), both from 2 MiB huge pages as loaded weights are.
+// Args: N, K, x8 (0 or 1).
+void BM_GemvQ4Layout(benchmark::State& st) {
+  const int64_t N = st.range(0), K = st.range(1);
+  const bool x8 = st.range(2) != 0;
+  const size_t bytes = quant_matrix_bytes(DType::Q4_0, N, K);
+  const size_t count = std::max<size_t>(2, (size_t(256) << 20) / bytes + 1);
+  HugeBuffer all(count * bytes);
+  std::vector<float> f(size_t(N * K));
+  for (size_t i = 0; i < f.size(); ++i) f[i] = float((i * 7) % 17) * 0.01f - 0.08f;
+  std::vector<BlockQ4_0> plain(size_t(N * K / kQ4Block));
+  quantize_q4_0(plain.data(), f.data(), N * K);  // every copy the same bytes (only the reads matter)
+  for (size_t c = 0; c < count; ++c) {
+    if (x8) repack_q4_0x8(all.data() + c * bytes, plain.data(), N, K);
+    else std::memcpy(all.data() + c * bytes, plain.data(), bytes);
+  }
+  std::vector<float> in(static_cast<size_t>(K)), out(static_cast<size_t>(N));
+  for (int64_t k = 0; k < K; ++k) in[size_t(k)] = float((k * 5) % 11) * 0.01f - 0.05f;
+  size_t c = 0;
+  for (auto _ : st) {
+    MatView W{all.data() + c * bytes, DType::Q4_0, N, K};
+    W.x8 = x8;
+    matmul_forward(out.data(), in.data(), W, nullptr, 1);
+    benchmark::DoNotOptimize(out.data());
+    c = (c + 1) % count;
+  }
+  st.SetBytesProcessed(int64_t(st.iterations()) * int64_t(bytes));
+}
+BENCHMARK(BM_GemvQ4Layout)
+    ->ArgsProduct({{8960}, {1600}, {0, 1}})->ArgsProduct({{1600}, {5504}, {0, 1}})
     ->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 void BM_GemvM1_L3(benchmark::State& st) {
