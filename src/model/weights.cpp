@@ -167,34 +167,40 @@ ParamRef quantized_ref(Checkpoint& ck, const std::string& dir, const std::string
 }
 }  // namespace
 
-namespace {
-// The layers' Q4_0 matrices read into memory -> the x8 layout the decode GEMV streams fastest
-// (src/ops/quant.h), all in one buffer; the file's copy of each is dropped once repacked. (The
-// head is q8_0 in our folders; a mapped file keeps the plain layout, see LoadOptions.)
-void repack_q4_0x8_matrices(Checkpoint& ck) {
+int repack_q4_0x8_matrices(Checkpoint& ck) {
+  if (!matmul_q4_0x8_preferred()) return 0;
   std::vector<MatView*> ms;
+  std::vector<HugeBuffer*> owner;  // the q_store buffer holding the matrix, or null (in the file)
   size_t total = 0;
   for (auto& L : ck.weights.layers)
-    for (auto [name, m] : layer_matrices(L))
-      if (m->data && m->dtype == DType::Q4_0 && !m->x8 && q4_0x8_fits(m->rows, m->cols)) {
-        ms.push_back(m);
-        total += quant_matrix_bytes(DType::Q4_0, m->rows, m->cols);
-      }
-  if (ms.empty()) return;
-  HugeBuffer& buf = ck.q_store.emplace_back(total);
+    for (auto [name, m] : layer_matrices(L)) {
+      if (!m->data || m->dtype != DType::Q4_0 || m->x8 || !q4_0x8_fits(m->rows, m->cols)) continue;
+      HugeBuffer* o = nullptr;
+      for (auto& b : ck.q_store)
+        if (b.data() == m->data) o = &b;
+      if (!o && (!ck.file || ck.file->mapped())) continue;  // a mapped file keeps its layout
+      ms.push_back(m);
+      owner.push_back(o);
+      total += quant_matrix_bytes(DType::Q4_0, m->rows, m->cols);
+    }
+  if (ms.empty()) return 0;
+  HugeBuffer buf(total);
   std::vector<size_t> at(ms.size());
   for (size_t i = 1; i < ms.size(); ++i) at[i] = at[i - 1] + quant_matrix_bytes(DType::Q4_0, ms[i - 1]->rows, ms[i - 1]->cols);
 #pragma omp parallel for schedule(dynamic, 1)
   for (size_t i = 0; i < ms.size(); ++i) {
     MatView& m = *ms[i];
     repack_q4_0x8(buf.data() + at[i], static_cast<const BlockQ4_0*>(m.data), m.rows, m.cols);
-    ck.file->release_pages(m.data, quant_matrix_bytes(DType::Q4_0, m.rows, m.cols));
+    if (owner[i]) *owner[i] = HugeBuffer();  // the plain copy quantize_weights made
+    else ck.file->release_pages(m.data, quant_matrix_bytes(DType::Q4_0, m.rows, m.cols));
     m.data = buf.data() + at[i];
     m.x8 = true;
   }
   buf.make_read_only();
+  ck.q_store.push_back(std::move(buf));
+  return int(ms.size());
 }
-}  // namespace
+
 
 std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOptions& io) {
   auto ck = std::make_unique<Checkpoint>();
@@ -253,7 +259,7 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOp
     }
   }
   ck->weights = bind_weights(c, refs);
-  if (!io.mmap && matmul_q4_0x8_preferred()) repack_q4_0x8_matrices(*ck);
+  repack_q4_0x8_matrices(*ck);
   const TensorInfo* head = c.tie_word_embeddings ? ck->file->find("lm_head.weight") : nullptr;
   if (head && head->dtype == DType::U8) {  // a tied head quantized apart from the embedding
     const ParamRef r = quantized_ref(*ck, dir, "lm_head.weight", *head, c.vocab_size, c.hidden_size);

@@ -92,6 +92,13 @@ std::unique_ptr<Checkpoint> load_checkpoint(const std::string& dir, const LoadOp
 // Every matrix view of `w` with its tensor name (the head as "lm_head.weight" even when tied).
 std::vector<std::pair<std::string, const MatView*>> named_matrices(const Weights& w);
 
+// Q4_0 layer matrices held in this process's memory (a file read into memory, or quantized at
+// load) -> the x8 layout of src/ops/quant.h, where the dispatched decode GEMV streams it fastest
+// (matmul_q4_0x8_preferred(): AVX2); each one's previous copy is dropped. Matrices in a mapped file
+// keep its layout. load_checkpoint calls it; so does the engine after quantizing at load (not
+// `hymba quantize`: files are written in the plain layout). Returns how many were repacked.
+int repack_q4_0x8_matrices(Checkpoint& ck);
+
 // A MatView of quantized bytes (Q8: planar codes then scales; Q4_0/Q4_K: blocks; src/ops/quant.h).
 MatView quantized_view(const void* data, DType t, int64_t rows, int64_t cols);
 

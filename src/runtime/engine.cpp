@@ -11,7 +11,10 @@ namespace hymba {
 namespace {
 std::unique_ptr<Checkpoint> prepared(std::unique_ptr<Checkpoint> ck, const EngineOptions& o) {
   HYMBA_CHECK(ck != nullptr, "Engine: no checkpoint");
-  if (o.quantize != DType::F32) quantize_weights(*ck, o.quantize, o.imatrix.get());
+  if (o.quantize != DType::F32) {
+    quantize_weights(*ck, o.quantize, o.imatrix.get());
+    repack_q4_0x8_matrices(*ck);
+  }
   return ck;
 }
 }  // namespace

@@ -8,6 +8,8 @@
 #include <filesystem>
 
 #include "io/safetensors.h"
+#include "model/weights.h"
+#include "ops/quant.h"
 #include "model/init.h"
 #include "runtime/engine.h"
 
@@ -85,6 +87,42 @@ TEST(LoadModes, SameLogitsWithAndWithoutMmapAndQuantize) {
   }
   // And the quantization did happen (so the release of the stored copies was exercised).
   EXPECT_NE(logits({}, false), logits({}, true));
+}
+
+// Quantized at load to q4_0, the layer matrices whose shape fits are repacked to the x8 layout
+// where the decode GEMV prefers it (AVX2), the others keep the plain one; every product is the
+// same bits as without the repack (one GEMV row and a prefill-sized GEMM).
+TEST(LoadModes, Q4_0RepackedForTheGemvGivesTheSameProducts) {
+  auto cfg = nlohmann::json::parse(kConfig);
+  cfg["hidden_size"] = 64, cfg["intermediate_size"] = 96;  // gate/up [96, 64] fit, down [64, 96] not
+  const std::string dir = model_dir() + "-q4";
+  init_checkpoint(config_from_json(cfg), dir, 7, DType::BF16);
+  auto a = load_checkpoint(dir, {.mmap = true, .mlock = false});
+  auto b = load_checkpoint(dir, {.mmap = true, .mlock = false});
+  quantize_weights(*a, DType::Q4_0);
+  quantize_weights(*b, DType::Q4_0);
+  const bool pref = matmul_q4_0x8_preferred();
+  EXPECT_EQ(repack_q4_0x8_matrices(*b) > 0, pref);  // a keeps the plain layout
+  const auto ma = named_matrices(a->weights), mb = named_matrices(b->weights);
+  ASSERT_EQ(ma.size(), mb.size());
+  int repacked = 0, plain = 0;
+  for (size_t i = 0; i < ma.size(); ++i) {
+    const MatView &p = *ma[i].second, &q = *mb[i].second;
+    ASSERT_EQ(ma[i].first, mb[i].first);
+    const bool fits = q.dtype == DType::Q4_0 && q4_0x8_fits(q.rows, q.cols);
+    EXPECT_EQ(q.x8, pref && fits) << ma[i].first;
+    repacked += q.x8, plain += q.dtype == DType::Q4_0 && !q.x8;
+    for (int64_t M : {1, 20}) {
+      std::vector<float> in(size_t(M * q.cols)), x(size_t(M * q.rows)), y(x.size());
+      for (size_t k = 0; k < in.size(); ++k) in[k] = float(int(k * 37 % 23) - 11) * 0.05f;
+      matmul_forward(x.data(), in.data(), p, nullptr, M);
+      matmul_forward(y.data(), in.data(), q, nullptr, M);
+      EXPECT_EQ(x, y) << ma[i].first << " M=" << M;
+    }
+  }
+  EXPECT_GT(plain, 0);  // down_proj [64, 96]: 3 blocks per row
+  if (pref) EXPECT_GT(repacked, 0);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace hymba
