@@ -330,6 +330,17 @@ HWY_INLINE float HSum(__m256 v) {
   const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
   return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
 }
+// Two Q4_0 blocks' 32 code bytes (low nibbles: block b, high: b+1) dotted with the activations of
+// PairQ4, as 8 F32 partial sums (the scales not applied). Both maddubs results add in int16.
+HWY_INLINE __m256 PairSums(__m256i qs, const PairQ4& x) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  const __m256i lo = _mm256_and_si256(qs, low4), hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), low4);
+  const __m256i t = _mm256_sub_epi16(
+      _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.lo))),
+                       _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.hi)))),
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.c)));
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(t, _mm256_set1_epi16(1)));
+}
 // Q4_0: R weight rows × MC activation rows, two blocks per step. One 256-bit load holds both
 // blocks' nibbles, the low and high nibbles meet the activations of PairQ4, and both maddubs
 // results add in int16 (|Σ| ≤ 2·2·15·127 + 4064), so per two blocks there is one widening
@@ -341,7 +352,6 @@ HWY_INLINE void TileQ4Pairs(float* out, int64_t N, const QActs& a, const BlockQ4
   __m256 acc[R][MC];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < MC; ++j) acc[r][j] = _mm256_setzero_ps();
-  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
   // Blocks b and b+1 of row r (b+1 absent: zeros, and nothing past the row is read).
   auto step = [&](int64_t i, int r, bool two) HWY_ATTR {
@@ -350,7 +360,6 @@ HWY_INLINE void TileQ4Pairs(float* out, int64_t N, const QActs& a, const BlockQ4
     const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[0].qs));
     const __m128i q1 = two ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[1].qs)) : _mm_setzero_si128();
     const __m256i qs = _mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1);
-    const __m256i lo = _mm256_and_si256(qs, low4), hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), low4);
     // d_b is word 0 of the block, d_b+1 word 1 of the 16 bytes from byte 16 of the pair.
     const __m128i h = two ? _mm_blend_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)),
                                             _mm_loadu_si128(reinterpret_cast<const __m128i*>(
@@ -359,12 +368,7 @@ HWY_INLINE void TileQ4Pairs(float* out, int64_t N, const QActs& a, const BlockQ4
     const __m256 dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_cvtph_ps(h)), spread);
     for (int j = 0; j < MC; ++j) {
       const PairQ4& x = a.p[j * KP + i];
-      const __m256i t = _mm256_sub_epi16(
-          _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.lo))),
-                           _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.hi)))),
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.c)));
-      acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_loadu_ps(x.d)),
-                                  _mm256_cvtepi32_ps(_mm256_madd_epi16(t, ones)), acc[r][j]);
+      acc[r][j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_loadu_ps(x.d)), PairSums(qs, x), acc[r][j]);
     }
   };
   for (int64_t i = 0; i < KB / 2; ++i)
@@ -395,7 +399,6 @@ HWY_INLINE void TileQ4x8(float* out, int64_t N, const QActs& a, const uint8_t* t
   __m256 acc[RH][MC];
   for (int r = 0; r < RH; ++r)
     for (int j = 0; j < MC; ++j) acc[r][j] = _mm256_setzero_ps();
-  const __m256i low4 = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
   for (int64_t i = 0; i < KP; ++i) {
     const uint8_t* g = tile + i * kQ4x8Step;
     if (h0 == 0)
@@ -408,15 +411,8 @@ HWY_INLINE void TileQ4x8(float* out, int64_t N, const QActs& a, const uint8_t* t
     }
     for (int r = 0; r < RH; ++r) {
       const __m256i qs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 4 * kQ4x8Rows + 32 * (h0 + r)));
-      const __m256i lo = _mm256_and_si256(qs, low4), hi = _mm256_and_si256(_mm256_srli_epi16(qs, 4), low4);
-      for (int j = 0; j < MC; ++j) {
-        const PairQ4& x = a.p[j * KP + i];
-        const __m256i t = _mm256_sub_epi16(
-            _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.lo))),
-                             _mm256_maddubs_epi16(hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.hi)))),
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.c)));
-        acc[r][j] = _mm256_fmadd_ps(Lane4(s[r / 4][j], r), _mm256_cvtepi32_ps(_mm256_madd_epi16(t, ones)), acc[r][j]);
-      }
+      for (int j = 0; j < MC; ++j)
+        acc[r][j] = _mm256_fmadd_ps(Lane4(s[r / 4][j], r), PairSums(qs, a.p[j * KP + i]), acc[r][j]);
     }
   }
   for (int r = 0; r < RH; ++r)

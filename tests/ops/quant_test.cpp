@@ -123,6 +123,23 @@ Q8Matrix make_quant(DType t, int64_t N, int64_t K, Rng& rng) {
   return t == DType::Q8 ? make_q8(N, K, rng) : t == DType::Q4_0 ? make_q4_0(N, K, rng) : make_q4_k(N, K, rng);
 }
 
+// The product on the 8-bit activations (aq, ad from quantize_act_q8) in double:
+// [init +] [bias +] Σ_k ad·aq·w, w the dequantized weights [N, K].
+std::vector<double> ref_on_q8_acts(const std::vector<int8_t>& aq, const std::vector<float>& ad,
+                                   const std::vector<double>& w, const float* init, const float* bias,
+                                   int64_t M, int64_t N, int64_t K) {
+  std::vector<double> ref(size_t(M * N));
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = init ? double(init[m * N + n]) : 0.0;
+      if (bias) s += bias[n];
+      for (int64_t k = 0; k < K; ++k)
+        s += double(ad[size_t((m * K + k) / kQ8Block)]) * aq[size_t(m * K + k)] * w[size_t(n * K + k)];
+      ref[size_t(m * N + n)] = s;
+    }
+  return ref;
+}
+
 void check_matmul(DType t) {
   Rng rng(42);
   std::vector<std::pair<int64_t, int64_t>> shapes = {{37, 128}, {129, 32}, {5, 64}, {11, 96}, {301, 1600}};
@@ -147,15 +164,8 @@ void check_matmul(DType t) {
           const bool use_bias = variant & 1, accumulate = variant & 2;
           std::vector<float> out = accumulate ? init : std::vector<float>(size_t(M * N), 123.0f);
           matmul_forward_path(path, out.data(), in.data(), w.view, use_bias ? bias.data() : nullptr, M, accumulate);
-          std::vector<double> ref(size_t(M * N));
-          for (int64_t m = 0; m < M; ++m)
-            for (int64_t n = 0; n < N; ++n) {
-              double s = accumulate ? double(init[size_t(m * N + n)]) : 0.0;
-              if (use_bias) s += bias[size_t(n)];
-              for (int64_t k = 0; k < K; ++k)
-                s += double(ad[size_t((m * K + k) / kQ8Block)]) * aq[size_t(m * K + k)] * w.exact[size_t(n * K + k)];
-              ref[size_t(m * N + n)] = s;
-            }
+          const std::vector<double> ref = ref_on_q8_acts(aq, ad, w.exact, accumulate ? init.data() : nullptr,
+                                                         use_bias ? bias.data() : nullptr, M, N, K);
           // F32 sums of up to 1600 products: ~1e-6 relative; a wrong scale index gives ~1e-1.
           EXPECT_LT(norm_err(out, ref), 1e-5) << "M=" << M << " N=" << N << " K=" << K
                                               << " path=" << int(path) << " variant=" << variant;
@@ -573,15 +583,8 @@ TEST(QuantQ4_0x8, MatmulMatchesNaiveDoubleAndThePlainLayoutOnEveryTarget) {
             if (path == MatmulPath::Blas || same_gemv)
               ASSERT_EQ(0, std::memcmp(out.data(), plain.data(), out.size() * sizeof(float)))
                   << "M=" << M << " N=" << N << " K=" << K << " path=" << int(path) << " nt=" << nt;
-            std::vector<double> ref(size_t(M * N));
-            for (int64_t m = 0; m < M; ++m)
-              for (int64_t n = 0; n < N; ++n) {
-                double s = accumulate ? double(init[size_t(m * N + n)]) : 0.0;
-                if (use_bias) s += bias[size_t(n)];
-                for (int64_t k = 0; k < K; ++k)
-                  s += double(ad[size_t((m * K + k) / kQ8Block)]) * aq[size_t(m * K + k)] * w.exact[size_t(n * K + k)];
-                ref[size_t(m * N + n)] = s;
-              }
+            const std::vector<double> ref = ref_on_q8_acts(aq, ad, w.exact, accumulate ? init.data() : nullptr,
+                                                           use_bias ? bias.data() : nullptr, M, N, K);
             EXPECT_LT(norm_err(out, ref), 1e-5) << "M=" << M << " N=" << N << " K=" << K << " path=" << int(path);
           }
         }
