@@ -283,8 +283,6 @@ void QuantizeActs(const float* x, int64_t M, int64_t K, int8_t* q, float* d, Pai
     }
 }
 
-// d_w·d_x·Σ w·x of block b of weight row r and activation row j, in scalar code: the portable
-// targets' whole sum, and the 512-bit kernel's odd last block.
 // Block b of Q4_0 row r (KB blocks per row) in the plain or the x8 layout: F16 scale, code bytes.
 HWY_INLINE const uint8_t* Q4BlockAt(const void* wp, bool x8, int64_t KB, int64_t r, int64_t b, uint16_t* d) {
   const auto* w = static_cast<const uint8_t*>(wp);
@@ -296,7 +294,9 @@ HWY_INLINE const uint8_t* Q4BlockAt(const void* wp, bool x8, int64_t KB, int64_t
   *d = blk.d;
   return blk.qs;
 }
-// x8: wp is the matrix (r the absolute row), as Q4BlockAt.
+// d_w·d_x·Σ w·x of block b of weight row r and activation row j, in scalar code: the portable
+// targets' whole sum, and the 512-bit kernel's odd last block. x8: wp is the matrix (r the
+// absolute row), as Q4BlockAt.
 HWY_INLINE float BlockTermScalar(const QActs& a, const void* wp, bool q4, const float* sc, int64_t K,
                                  int64_t r, int64_t j, int64_t b, bool x8 = false) {
   const int64_t KB = K / kQ8Block;
@@ -1584,18 +1584,14 @@ void matrow_to_f32(float* dst, const MatView& W, int64_t row) {
   if (row < 0 || row >= W.rows)
     throw Error("matrow_to_f32: row " + std::to_string(row) + " out of range [0, " +
                 std::to_string(W.rows) + ")");
-  if (W.x8) {  // (code - 8)·d per element: the same values as the plain layout's Widen
+  if (W.x8) {  // each block gathered back into a plain one: the same values as the plain layout's
     const int64_t KB = W.cols / kQ4Block;
+    const auto* w = static_cast<const uint8_t*>(W.data);
     for (int64_t b = 0; b < KB; ++b) {
-      const auto* w = static_cast<const uint8_t*>(W.data);
-      uint16_t d;
-      std::memcpy(&d, q4_0x8_scale(w, KB, row, b), 2);
-      const uint8_t* qs = q4_0x8_codes(w, KB, row, b);
-      const float df = f16_to_f32(d);
-      for (int i = 0; i < 16; ++i) {
-        dst[b * kQ4Block + i] = df * float((qs[i] & 15) - 8);
-        dst[b * kQ4Block + 16 + i] = df * float((qs[i] >> 4) - 8);
-      }
+      BlockQ4_0 blk;
+      std::memcpy(&blk.d, q4_0x8_scale(w, KB, row, b), sizeof(blk.d));
+      std::memcpy(blk.qs, q4_0x8_codes(w, KB, row, b), sizeof(blk.qs));
+      dequantize_q4_0(dst + b * kQ4Block, &blk, kQ4Block);
     }
     return;
   }
