@@ -179,7 +179,7 @@ void run_train(const Opts& o) {
   }
   if (o.json) {
     nlohmann::json j = {{"config", cfg_path}, {"parameters", a.numel()}, {"threads", num_threads()},
-                        {"batch", B}, {"seq_len", L}, {"meta_tokens", M}, {"steps", o.steps},
+                        {"batch", B}, {"seq_len", L}, {"meta_tokens", M}, {"steps", o.steps}, {"blas_core", blas_core()},
                         {"tokens_per_s", tps}, {"step_seconds", sec}, {"matmul_gflop_s", gflops},
                         {"machine_sgemm_gflop_s", peak}, {"first_loss", first_loss},
                         {"torch_tokens_per_s", torch_tps},
@@ -188,8 +188,8 @@ void run_train(const Opts& o) {
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
-  std::printf("train: %s, %lld params, batch %lld x %lld tokens (+%lld meta rows), %d threads\n",
-              cfg_path.c_str(), (long long)a.numel(), (long long)B, (long long)L, (long long)M, num_threads());
+  std::printf("train: %s, %lld params, batch %lld x %lld tokens (+%lld meta rows), %d threads, OpenBLAS %s\n",
+              cfg_path.c_str(), (long long)a.numel(), (long long)B, (long long)L, (long long)M, num_threads(), blas_core());
   std::printf("hymba.cpp   %9.1f tok/s  (%.3f s/step)  matmul %.1f GFLOP/s", tps, sec, gflops);
   if (peak > 0) std::printf(" = %.2f of sgemm peak (%.1f GFLOP/s)", gflops / peak, peak);
   std::printf("\n  FLOPs/step = 6 x (layer matrix params x B(L+M) + V*H x B*L); attention/scan not counted\n");
@@ -465,15 +465,15 @@ void run(const Opts& o) {
       jr.push_back(x);
     }
     nlohmann::json j = {{"model", what}, {"params", params}, {"weight_bytes_per_token", wbytes},
-                        {"threads", num_threads()}, {"openmp_waiting", openmp_waiting()},
+                        {"threads", num_threads()}, {"openmp_waiting", openmp_waiting()}, {"blas_core", blas_core()},
                         {"cache_type", o.cache_type}, {"quantize", o.quantize}, {"load", load_how}, {"load_s", load_s}, {"huge_page_mib", huge_mib},
                         {"machine_read_gb_s", peak_bw}, {"machine_sgemm_gflop_s", peak_gemm},
                         {"peak_rss_mib", peak_rss_mib()}, {"rows", jr}};
     std::printf("%s\n", j.dump(2).c_str());
     return;
   }
-  std::printf("model: %s, %lld params, %.0f MiB of weights read per decode step, %d threads (%s), cache %s, quantize %s\n",
-              what.c_str(), (long long)params, double(wbytes) / 1048576.0, num_threads(), openmp_waiting().c_str(),
+  std::printf("model: %s, %lld params, %.0f MiB of weights read per decode step, %d threads (%s), OpenBLAS %s, cache %s, quantize %s\n",
+              what.c_str(), (long long)params, double(wbytes) / 1048576.0, num_threads(), openmp_waiting().c_str(), blas_core(),
               o.cache_type.c_str(), o.quantize.c_str());
   std::printf("load: %s in %.2f s (%.0f MiB on 2 MiB pages)\n", load_how.c_str(), load_s, huge_mib);
   if (!o.no_peaks)

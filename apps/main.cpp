@@ -10,6 +10,7 @@
 
 #include "base/error.h"
 #include "command.h"
+#include "ops/threads.h"
 
 namespace hymba::cli {
 std::vector<Command>& registry() {
@@ -27,16 +28,25 @@ namespace {
 // them set. A user's OMP_WAIT_POLICY or GOMP_SPINCOUNT always wins.
 constexpr const char* kSpinCount = "3000";
 
-void set_openmp_waiting(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
-  if (setenv("GOMP_SPINCOUNT", kSpinCount, 1) != 0) return;
-  execv("/proc/self/exe", argv);  // returns only on failure: then run on with libgomp's default,
-  unsetenv("GOMP_SPINCOUNT");      // and say so (bench prints the setting; child processes inherit it)
+// OpenBLAS, too, picks its kernels before main: on a CPU model it does not know it takes its SSE3
+// ones (blas_core_override, src/ops/threads.h). Both settings go into one re-execution.
+void set_openmp_waiting_and_blas_core(char** argv) {
+  const bool wait = !std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT");
+  const char* core = hymba::blas_core_override();
+  if (!wait && !core) return;
+  if (wait && setenv("GOMP_SPINCOUNT", kSpinCount, 1) != 0) return;
+  if (core && setenv("OPENBLAS_CORETYPE", core, 1) != 0) {
+    if (wait) unsetenv("GOMP_SPINCOUNT");
+    return;
+  }
+  execv("/proc/self/exe", argv);  // returns only on failure: then run on with the defaults,
+  if (wait) unsetenv("GOMP_SPINCOUNT");  // and say so (bench prints the settings; child processes
+  if (core) unsetenv("OPENBLAS_CORETYPE");  // inherit them)
 }
 }  // namespace
 
 int main(int argc, char** argv) {
-  set_openmp_waiting(argv);
+  set_openmp_waiting_and_blas_core(argv);
   // Every forward/backward allocates its activations afresh; by default glibc hands large blocks
   // back to the kernel on free, and the next step page-faults them in again (1.6x slower
   // training, `hymba bench --train`). Keep freed memory in the process instead.

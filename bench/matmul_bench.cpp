@@ -280,7 +280,9 @@ int main(int argc, char** argv) {
       break;
     }
   benchmark::Initialize(&argc, argv);
-  std::printf("threads %d, OpenBLAS %s\n", num_threads(), blas_threading());
+  std::printf("threads %d, OpenBLAS %s, %s kernels\n", num_threads(), blas_threading(), blas_core());
+  if (const char* core = blas_core_override())  // the CLI re-executes itself with it; this does not
+    std::printf("OpenBLAS fell back to its SSE3 kernels: run with OPENBLAS_CORETYPE=%s\n", core);
   std::printf("peak: sgemm 1024^3 %.1f GFLOP/s, DRAM read %.1f GB/s\n", measure_sgemm_gflops(500),
               measure_read_bandwidth_gbs(500));
   std::fflush(stdout);

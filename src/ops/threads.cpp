@@ -9,11 +9,14 @@
 #include <set>
 #include <string>
 
+#include <hwy/targets.h>
+
 // Declared here rather than through cblas.h so that the code does not depend on which
 // OpenBLAS variant's header directory is on the include path.
 extern "C" {
 void openblas_set_num_threads(int num_threads);
 int openblas_get_parallel(void);
+char* openblas_get_corename(void);
 }
 
 namespace hymba {
@@ -81,6 +84,18 @@ const char* blas_threading() {
     case 2: return "openmp";
   }
   return "unknown";
+}
+
+const char* blas_core() { return openblas_get_corename(); }
+
+const char* blas_core_override() {
+  if (std::getenv("OPENBLAS_CORETYPE")) return nullptr;
+  const char* core = openblas_get_corename();
+  if (!core || std::string(core) != "Prescott") return nullptr;
+  const int64_t t = hwy::SupportedTargets();
+  if (t & HWY_AVX3) return "SkylakeX";
+  if (t & HWY_AVX2) return "Haswell";
+  return nullptr;
 }
 
 }  // namespace hymba

@@ -38,6 +38,18 @@ def main():
     d = U.run(["bench", "-p", "0", "-n", "1", "--no-peaks", "--json"], env=env)
     R.check("default OpenMP waiting: short spins", d.returncode == 0 and
             json.loads(d.stdout).get("openmp_waiting") == "GOMP_SPINCOUNT=3000", (d.stdout + d.stderr)[-200:])
+    # Nor does it run on OpenBLAS's SSE3 fallback kernels on a CPU with AVX2 that OpenBLAS does not
+    # know (blas_core_override, src/ops/threads.h); a user's OPENBLAS_CORETYPE wins.
+    env = {k: v for k, v in env.items() if k != "OPENBLAS_CORETYPE"}
+    c = U.run(["bench", "-p", "0", "-n", "1", "--no-peaks", "--json"], env=env)
+    with open("/proc/cpuinfo") as f:
+        avx2 = " avx2 " in f.read()
+    core = json.loads(c.stdout).get("blas_core") if c.returncode == 0 else None
+    R.check("OpenBLAS kernels not the SSE3 fallback on an AVX2 CPU", c.returncode == 0 and core and
+            (core != "Prescott" or not avx2), f"{core}, avx2 {avx2}")
+    p = U.run(["bench", "-p", "0", "-n", "1", "--no-peaks", "--json"], env={**env, "OPENBLAS_CORETYPE": "Prescott"})
+    R.check("the user's OPENBLAS_CORETYPE wins", p.returncode == 0 and json.loads(p.stdout).get("blas_core") == "Prescott",
+            (p.stdout + p.stderr)[-200:])
     u = U.run(["bench", "-p", "0", "-n", "1", "--no-peaks"], env={**env, "OMP_WAIT_POLICY": "passive"})
     R.check("the user's OMP_WAIT_POLICY wins", u.returncode == 0 and "threads (OMP_WAIT_POLICY=passive)" in u.stdout,
             u.stdout[:300])
