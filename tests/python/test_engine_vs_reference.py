@@ -129,9 +129,13 @@ def test_bf16_gemm_long_prompt():
     random tiny models that moves the logits by up to ~10% of max|logit| (the SSM's dt and the
     attention amplify one activation ulp), far past the 1e-3 of test_random_checkpoints, so the
     engine is compared with a reference that rounds the same inputs (one forward, --mode
-    stateless, so every row takes the GEMM): the bound of 8-bit activations (testlib), since a
-    value on a rounding boundary may round either way in float32 vs float64. And the rounding
-    must be visible: the unrounded reference is farther off than the bound allows."""
+    stateless, so every row takes the GEMM). A value on a rounding boundary may round either way
+    in float32 vs float64, and the SSM state carries such a flip to every later position (tiny-mqa
+    on an Emerald Rapids: exact up to position 4, then ~2e-3 * max|logit| everywhere after), so
+    no share of positions within 1e-3 holds on every CPU. Instead, position by position, the
+    engine must be closer to the rounded reference than the unrounded reference is (>= 90% of
+    positions, median distance <= half; an engine that skipped the rounding would be exactly as
+    far as the unrounded one), every position within 2e-2 * max|logit|, and the rounding visible."""
     import testlib as U
     probe = os.path.join(WORK, "bf16-probe.npy")
     for name in ("tiny-hymba", "tiny-mqa", "baseline-mamba"):
@@ -153,8 +157,15 @@ def test_bf16_gemm_long_prompt():
             check(f"{name} bf16 120 tokens: F32 activations (no bf16 GEMM on this CPU)", e_full <= TOL["bf16"] * scale,
                   f"max abs err {e_full:.3e}")
             continue
-        ok, msg, e, bound = U.close_with_8bit_activations(got, rounded)
-        check(f"{name} bf16 120 tokens: engine vs reference with bf16 activations", ok, msg)
+        e_pos = np.abs(got - rounded).max(-1)
+        d_pos = np.abs(full - rounded).max(-1)
+        e, bound = float(e_pos.max()), 2e-2 * scale
+        closer = float((e_pos < d_pos).mean())
+        ratio = float(np.median(e_pos) / max(np.median(d_pos), 1e-30))
+        check(f"{name} bf16 120 tokens: engine vs reference with bf16 activations",
+              e <= bound and closer >= 0.9 and ratio <= 0.5,
+              f"max abs err {e:.3e} (bound {bound:.3e}); closer to the rounded reference than the unrounded one "
+              f"at {closer:.0%} of positions (>= 90%), median distance ratio {ratio:.2f} (<= 0.5)")
         d = float(np.abs(full - rounded).max())
         check(f"{name} bf16 120 tokens: the rounding is visible", d > 2 * e and d > TOL["bf16"] * scale,
               f"unrounded vs rounded reference {d:.3e}, engine vs rounded {e:.3e}")
