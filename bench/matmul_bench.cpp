@@ -206,26 +206,28 @@ BENCHMARK(BM_GemmQ4K)->Arg(8)->Arg(16)->Arg(32)->Arg(64)->Arg(512)->UseRealTime(
 BENCHMARK(BM_GemvQ8)->Arg(1)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GemmQ8)->Arg(1)->Arg(4)->Arg(8)->Arg(16)->Arg(32)->Arg(64)->Arg(512)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
-// Prefill M = 512 with bf16 weights at the Hymba-1.5B shapes [N, K]: the bf16 GEMM (vdpbf16ps,
-// where the CPU has AVX512-BF16) against widen + sgemm, the path it replaces.
+// Prefill M = 512 with bf16 weights at the Hymba-1.5B shapes [N, K]: the default bf16 GEMM, its
+// two packed kernels forced (vdpbf16ps where the CPU has AVX512-BF16; F32 FMAs on AVX-512), and
+// widen + OpenBLAS sgemm (the AVX2 path).
 void BM_Prefill512BF16(benchmark::State& st) {
   run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Blas, false);
 }
-void BM_Prefill512BF16Packed(benchmark::State& st) {  // the packed outer-product kernel
-  run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Bf16Packed, false);
+void BM_Prefill512BF16Dot(benchmark::State& st) {
+  run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Bf16Dot, false);
+}
+void BM_Prefill512BF16F32(benchmark::State& st) {
+  run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Bf16F32, false);
 }
 void BM_Prefill512Sgemm(benchmark::State& st) {
   run_forward(st, st.range(0), st.range(1), 512, MatmulPath::Sgemm, false);
 }
-BENCHMARK(BM_Prefill512BF16)
-    ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
-    ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_Prefill512BF16Packed)
-    ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
-    ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_Prefill512Sgemm)
-    ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})
-    ->Args({32001, 1600})->UseRealTime()->Unit(benchmark::kMillisecond);
+#define HYMBA_PREFILL_SHAPES \
+  ->Args({8960, 1600})->Args({1600, 3200})->Args({5504, 1600})->Args({1600, 5504})->Args({32001, 1600}) \
+  ->UseRealTime()->Unit(benchmark::kMillisecond)
+BENCHMARK(BM_Prefill512BF16) HYMBA_PREFILL_SHAPES;
+BENCHMARK(BM_Prefill512BF16Dot) HYMBA_PREFILL_SHAPES;
+BENCHMARK(BM_Prefill512BF16F32) HYMBA_PREFILL_SHAPES;
+BENCHMARK(BM_Prefill512Sgemm) HYMBA_PREFILL_SHAPES;
 // The GEMV/GEMM crossover for bf16: [8960, 1600], M = arg (GEMV: BM_Gemv above).
 void BM_GemmBF16(benchmark::State& st) {
   run_forward(st, 8960, 1600, st.range(0), MatmulPath::Blas, true);

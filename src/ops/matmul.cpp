@@ -1108,16 +1108,17 @@ void GemmQ(float* out, const int8_t* q, const float* d, const void* w, int dtype
 }
 
 
-// ---- BF16 GEMM for bf16 weights times many activation rows (prefill) with AVX-512 BF16's
-// vdpbf16ps: each of 16 F32 lanes += a[2i]·b[2i] + a[2i+1]·b[2i+1] (the bf16 products are exact;
-// the sums round to nearest-even in F32; bf16 denormals read as zero). The activations are
-// rounded to bf16 once per call (nearest-even, f32_to_bf16), as llama.cpp does for BF16 weights,
-// and zero-padded to whole 32-element chunks. Inner products: weight and activation rows are both
-// contiguous in K, so the weights need no packing (a row's partial last chunk is a masked,
-// zero-filled load). A panel of weight rows (~256 KiB, L2) serves all activation rows in RW x MA
-// register tiles; each output is one tile's sum, so the result does not depend on the thread
-// split. Other targets, and AVX3_DL CPUs without AVX512-BF16, return false: the caller widens the
-// weights to F32 for sgemm instead.
+// ---- GEMMs for bf16 weights times many activation rows (prefill), both packed outer-product
+// kernels of bf16_gemm_packed-inl.h (64-column blocks of W repacked per K block into L1, 6 x 64
+// register tiles, column blocks handed to threads dynamically, each output summed by one thread in
+// K order: the same bits for any thread count):
+// - dot: AVX-512 BF16's vdpbf16ps (each of 16 F32 lanes += a[2i]·b[2i] + a[2i+1]·b[2i+1]; the bf16
+//   products are exact, the sums round to nearest-even, bf16 denormals read as zero) on activations
+//   rounded to bf16 once per call (nearest-even, as llama.cpp does for BF16 weights), zero-padded
+//   to an even K;
+// - otherwise F32 FMAs on the F32 activations, the weights widened while packed (sgemm's products).
+// Returns 2 (dot), 1 (F32) or 0 where neither runs (other targets: the caller widens the weights
+// for sgemm). dot without AVX512-BF16 runs the F32 kernel.
 #if HWY_TARGET == HWY_AVX3_DL
 HWY_INLINE __m512 Dpbf16(__m512 acc, __m512i a, __m512i b) {
   // Inline asm, like vpdpbusd above: this Highway's AVX3_DL target string has no avx512bf16
@@ -1137,103 +1138,49 @@ HWY_INLINE void RoundRowBf16(uint16_t* dst, const float* x, int64_t K, int64_t K
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k), _mm512_cvtepi32_epi16(h));
   }
 }
-// {Σa, Σb, Σc, Σd} of four vectors.
-HWY_INLINE __m128 Sum4(__m512 a, __m512 b, __m512 c, __m512 d) {
-  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));  // a02 b02 a13 b13 per 128 bits
-  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
-  const __m512 x = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
-                                 _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));  // a b c d per 128 bits
-  const __m256 y = _mm256_add_ps(_mm512_castps512_ps256(x), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
-  return _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1));
-}
 #include "ops/bf16_gemm_packed-inl.h"
-
-constexpr int kBfRW = 6, kBfMA = 4;  // RW·MA accumulators + MA + 1 of 32 registers
-constexpr int64_t kBfPanelBytes = int64_t(256) << 10;  // of weight rows, kept in L2 (1 MiB on Zen 4)
-
-// out[j, r] (=|+=) Σ_k a[j, k]·w[r, k] (+ bias[r]) for RW weight rows (stride K) and MA
-// activation rows (stride Kp).
-template <int RW, int MA>
-HWY_INLINE void Bf16Tile(float* out, int64_t N, const uint16_t* w, int64_t K, const uint16_t* a, int64_t Kp,
-                         const float* bias, bool accumulate) {
-  __m512 acc[RW][MA];
-  for (int r = 0; r < RW; ++r)
-    for (int j = 0; j < MA; ++j) acc[r][j] = _mm512_setzero_ps();
-  auto step = [&](int64_t k, __mmask32 mask) {
-    __m512i av[MA];
-    for (int j = 0; j < MA; ++j) av[j] = _mm512_loadu_si512(a + j * Kp + k);
-    for (int r = 0; r < RW; ++r) {
-      const __m512i wv = _mm512_maskz_loadu_epi16(mask, w + r * K + k);
-      for (int j = 0; j < MA; ++j) acc[r][j] = Dpbf16(acc[r][j], wv, av[j]);
-    }
-  };
-  int64_t k = 0;
-  for (; k + 32 <= K; k += 32) step(k, ~__mmask32(0));
-  if (k < K) step(k, __mmask32((uint64_t(1) << (K - k)) - 1));
-  for (int r = 0; r < RW; ++r) {
-    if constexpr (MA == 4) {  // the 4 sums of a row at once: 13 shuffles/adds instead of 4 x 8
-      float s[4];
-      _mm_storeu_ps(s, Sum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3]));
-      for (int j = 0; j < 4; ++j) StoreSum(out, N, r, j, s[j], bias, accumulate);
-    } else {
-      for (int j = 0; j < MA; ++j) StoreSum(out, N, r, j, _mm512_reduce_add_ps(acc[r][j]), bias, accumulate);
-    }
-  }
-}
 #endif
 
-// packed: the packed outer-product kernel (bf16_gemm_packed-inl.h) instead of Bf16Tile.
-bool GemmBF16(float* out, const float* in, const void* wv, const float* bias, int64_t M, int64_t N, int64_t K,
-              bool accumulate, int nt, bool packed) {
+int GemmBF16(float* out, const float* in, const void* wv, const float* bias, int64_t M, int64_t N, int64_t K,
+             bool accumulate, int nt, bool dot) {
 #if HWY_TARGET == HWY_AVX3_DL
   static const bool has_bf16 = __builtin_cpu_supports("avx512bf16");
-  if (!has_bf16) return false;
+  dot = dot && has_bf16;
   const uint16_t* w = static_cast<const uint16_t*>(wv);
+  const int64_t blocks = (N + kBpNR - 1) / kBpNR;
+  const int use = int(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
+  if (!dot) {
+#pragma omp parallel num_threads(use)
+    {
+      static thread_local hwy::AlignedFreeUniquePtr<uint8_t[]> pbuf;
+      static thread_local size_t pcap = 0;
+      float* bp = reinterpret_cast<float*>(Scratch(pbuf, pcap, size_t(kFpKC * kBpNR * 4)));
+      // Dynamic, as GemmQT: a descheduled thread's blocks go to the other threads.
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t j = 0; j < blocks; ++j)
+        GemmF32PackedColumns(out, in, w, bias, M, N, K, j * kBpNR, std::min(kBpNR, N - j * kBpNR), accumulate, bp);
+    }
+    return 1;
+  }
   const int64_t Kp = (K + 31) / 32 * 32;
   static thread_local hwy::AlignedFreeUniquePtr<uint8_t[]> abuf;
   static thread_local size_t acap = 0;
   uint16_t* ab = reinterpret_cast<uint16_t*>(Scratch(abuf, acap, size_t(M * Kp) * 2));
-  if (packed) {
-    const int64_t blocks = (N + kBpNR - 1) / kBpNR;
-    const int use = int(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
-#pragma omp parallel num_threads(use)
-    {
-#pragma omp for schedule(static)
-      for (int64_t m = 0; m < M; ++m) RoundRowBf16(ab + m * Kp, in + m * K, K, Kp);
-      static thread_local hwy::AlignedFreeUniquePtr<uint8_t[]> pbuf;
-      static thread_local size_t pcap = 0;
-      uint32_t* bp = reinterpret_cast<uint32_t*>(Scratch(pbuf, pcap, size_t(kBpKC / 2 * kBpNR * 4)));
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t j = 0; j < blocks; ++j)
-        GemmBf16PackedColumns(out, ab, Kp, w, bias, M, N, K, j * kBpNR, std::min(kBpNR, N - j * kBpNR),
-                              accumulate, bp);
-    }
-    return true;
-  }
-  constexpr int64_t RW = kBfRW, MA = kBfMA;
-  const int64_t np = std::max<int64_t>(RW, kBfPanelBytes / (2 * K) / RW * RW);
-  const int64_t panels = (N + np - 1) / np;
-  const int use = int(std::max<int64_t>(1, std::min<int64_t>(nt, panels)));
 #pragma omp parallel num_threads(use)
   {
 #pragma omp for schedule(static)
     for (int64_t m = 0; m < M; ++m) RoundRowBf16(ab + m * Kp, in + m * K, K, Kp);
-    // Dynamic, as GemmQT: a descheduled thread's panels go to the other threads.
+    static thread_local hwy::AlignedFreeUniquePtr<uint8_t[]> pbuf;
+    static thread_local size_t pcap = 0;
+    uint32_t* bp = reinterpret_cast<uint32_t*>(Scratch(pbuf, pcap, size_t(kBpKC / 2 * kBpNR * 4)));
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t n0 = p * np, rows = std::min(np, N - n0);
-      for (int64_t m0 = 0; m0 < M; m0 += MA)
-        for (int64_t r0 = 0; r0 < rows; r0 += RW)
-          WithTile<RW, MA>(int(std::min(RW, rows - r0)), int(std::min(MA, M - m0)), [&]<int R, int A>() {
-            Bf16Tile<R, A>(out + m0 * N + n0 + r0, N, w + (n0 + r0) * K, K, ab + m0 * Kp, Kp,
-                           bias ? bias + n0 + r0 : nullptr, accumulate);
-          });
-    }
+    for (int64_t j = 0; j < blocks; ++j)
+      GemmBf16PackedColumns(out, ab, Kp, w, bias, M, N, K, j * kBpNR, std::min(kBpNR, N - j * kBpNR), accumulate, bp);
   }
-  return true;
+  return 2;
 #else
-  (void)out, (void)in, (void)wv, (void)bias, (void)M, (void)N, (void)K, (void)accumulate, (void)nt, (void)packed;
-  return false;
+  (void)out, (void)in, (void)wv, (void)bias, (void)M, (void)N, (void)K, (void)accumulate, (void)nt, (void)dot;
+  return 0;
 #endif
 }
 
@@ -1446,29 +1393,28 @@ float prepare_out(float* out, const float* bias, int64_t M, int64_t N, bool accu
   return 1.0f;
 }
 
-// HYMBA_BF16_GEMM=0 in the environment keeps BF16 prefill on F32 activations (widen + sgemm):
-// results that match a float64 reference of the unrounded model, at the old speed.
-// HYMBA_BF16_GEMM=packed makes the packed outer-product kernel the bf16 GEMM of the Blas path
-// (not yet measured against the inner-product one on an AVX512-BF16 CPU; MatmulPath::Bf16Packed).
-enum class Bf16GemmMode { Off, Tile, Packed };
-Bf16GemmMode bf16_gemm_mode() {
-  static const Bf16GemmMode mode = [] {
+// Whether BF16 prefill multiplies with vdpbf16ps (activations rounded to bf16) or F32 FMAs:
+// vdpbf16ps only where it out-runs the F32 FMA. A loop of 24 independent accumulators issues one
+// vdpbf16ps zmm per 2 cycles on Intel Emerald Rapids against 2 vfmadd231ps zmm per cycle (half
+// the FLOPs: docs/RESULTS.md, 2026-12-08), at the FMA's rate on Zen 4 (twice the FLOPs), so: AMD
+// CPUs. HYMBA_BF16_GEMM=1 in the environment forces vdpbf16ps, =0 F32 activations.
+bool bf16_dot_wanted() {
+  static const bool dot = [] {
     const char* e = std::getenv("HYMBA_BF16_GEMM");
-    if (e && std::strcmp(e, "0") == 0) return Bf16GemmMode::Off;
-    if (e && std::strcmp(e, "packed") == 0) return Bf16GemmMode::Packed;
-    return Bf16GemmMode::Tile;
+    if (e && std::strcmp(e, "0") == 0) return false;
+    if (e && std::strcmp(e, "1") == 0) return true;
+    return bool(__builtin_cpu_is("amd"));
   }();
-  return mode;
+  return dot;
 }
-bool bf16_gemm_allowed() { return bf16_gemm_mode() != Bf16GemmMode::Off; }
 
 void blas(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc,
           MatmulPath path) {
   const int64_t N = W.rows, K = W.cols;
-  const bool packed = path == MatmulPath::Bf16Packed || bf16_gemm_mode() == Bf16GemmMode::Packed;
-  if (W.dtype == DType::BF16 && path != MatmulPath::Sgemm && bf16_gemm_allowed() &&
-      HWY_DYNAMIC_DISPATCH(GemmBF16)(out, in, W.data, bias, M, N, K, acc, num_threads(), packed))
-    return;
+  if (W.dtype == DType::BF16 && path != MatmulPath::Sgemm) {
+    const bool dot = path == MatmulPath::Bf16Dot || (path != MatmulPath::Bf16F32 && bf16_dot_wanted());
+    if (HWY_DYNAMIC_DISPATCH(GemmBF16)(out, in, W.data, bias, M, N, K, acc, num_threads(), dot)) return;
+  }
   if (quantized(W.dtype)) {  // int8 GEMM on the 8-bit activations of the GEMV path: one result
     const QActs a = quantize_acts(in, M, K, false);
     HWY_DYNAMIC_DISPATCH(GemmQ)(out, a.q, a.d, W.data, int(W.dtype), W.scales, bias, M, N, K, acc, num_threads(), W.x8);
@@ -1516,13 +1462,17 @@ int64_t matmul_gemv_max_m(DType t) {
 
 bool matmul_q4_0x8_preferred() { return HWY_DYNAMIC_DISPATCH(Q4x8Preferred)(); }
 
-bool matmul_bf16_gemm() {
-  if (!bf16_gemm_allowed()) return false;
+Bf16Kernel matmul_bf16_kernel(MatmulPath path) {
+  if (path == MatmulPath::Sgemm) return Bf16Kernel::Sgemm;
+  const bool dot = path == MatmulPath::Bf16Dot || (path != MatmulPath::Bf16F32 && bf16_dot_wanted());
   float out = 0.0f;
   const float in[2] = {1.0f, 1.0f};
   const uint16_t w[2] = {0x3f80, 0x3f80};  // 1.0 in bf16
-  return HWY_DYNAMIC_DISPATCH(GemmBF16)(&out, in, w, nullptr, 1, 1, 2, false, 1, false);
+  const int k = HWY_DYNAMIC_DISPATCH(GemmBF16)(&out, in, w, nullptr, 1, 1, 2, false, 1, dot);
+  return k == 2 ? Bf16Kernel::Dot : k == 1 ? Bf16Kernel::F32 : Bf16Kernel::Sgemm;
 }
+
+bool matmul_bf16_gemm() { return matmul_bf16_kernel(MatmulPath::Blas) == Bf16Kernel::Dot; }
 
 void matmul_forward_path(MatmulPath path, float* out, const float* in, const MatView& W,
                          const float* bias, int64_t M, bool accumulate) {

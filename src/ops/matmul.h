@@ -23,7 +23,7 @@ struct MatView {
 // With accumulate, out += instead of =. BF16/F16 weights are widened on the fly (activations stay
 // F32); Q8/Q4_0 weights multiply 8-bit activations (quantize_act_q8) in integers. Small M
 // (decode) runs a bandwidth-bound GEMV; larger M BLAS sgemm, or for Q8/Q4_0 an int8 GEMM, or for
-// BF16 on AVX512-BF16 CPUs a bf16 GEMM on activations rounded to bf16 (see MatmulPath).
+// BF16 on AVX-512 CPUs a packed GEMM (on AMD with activations rounded to bf16; see MatmulPath).
 // Threaded internally; must not be called from inside an OpenMP parallel region.
 void matmul_forward(float* out, const float* in, const MatView& W, const float* bias, int64_t M,
                     bool accumulate = false);
@@ -45,20 +45,24 @@ void matmul_backward(float* dinp, float* dW, float* dbias, const float* dout, co
 void matrow_to_f32(float* dst, const MatView& W, int64_t row);
 
 // Which kernel matmul_forward uses: Auto picks GEMV for M <= matmul_gemv_max_m(W.dtype), else
-// BLAS: the int8 GEMM for Q8/Q4_0 weights; for BF16 weights the bf16 GEMM (vdpbf16ps, activations
-// rounded to bf16) where the CPU has AVX512-BF16 (matmul_bf16_gemm()), else the weights widened
-// to F32 for sgemm. Sgemm forces that widen + sgemm path (= Blas for the other dtypes).
-// Bf16Packed is Blas with the bf16 GEMM's packed outer-product kernel (HYMBA_BF16_GEMM=packed
-// makes it Blas's; the default is the inner-product kernel until the two are measured on an
-// AVX512-BF16 CPU). Forcing a path is for tests and benchmarks; all give the same result up to
-// rounding.
-enum class MatmulPath { Auto, Gemv, Blas, Sgemm, Bf16Packed };
+// BLAS: the int8 GEMM for Q8/Q4_0 weights; for BF16 weights on AVX-512 (Highway's AVX3_DL target)
+// a packed GEMM, with vdpbf16ps on activations rounded to bf16 where that instruction out-runs the
+// F32 FMA (AMD; HYMBA_BF16_GEMM=1 forces it where the CPU has AVX512-BF16), else with F32 FMAs on
+// the weights widened while packed (Intel; HYMBA_BF16_GEMM=0 forces it); on other targets the
+// weights widened to F32 for OpenBLAS sgemm. Sgemm forces that widen + sgemm path (= Blas for the
+// other dtypes); Bf16Dot / Bf16F32 force the vdpbf16ps / F32 packed kernel where it exists (else
+// as Blas / Sgemm). Forcing a path is for tests and benchmarks; all give the same result up to
+// rounding (and the bf16 rounding of the activations under vdpbf16ps).
+enum class MatmulPath { Auto, Gemv, Blas, Sgemm, Bf16Dot, Bf16F32 };
 void matmul_forward_path(MatmulPath path, float* out, const float* in, const MatView& W,
                          const float* bias, int64_t M, bool accumulate = false);
 // Largest M that Auto sends to the GEMV kernel (crossover measured, see matmul.cpp).
 int64_t matmul_gemv_max_m(DType t);
-// True where the Blas path of BF16 weights is the bf16 GEMM (AVX512-BF16 on the dispatched target,
-// and not turned off by HYMBA_BF16_GEMM=0 in the environment), i.e. rounds its activations to bf16.
+// The kernel that a path's BF16 GEMM (M above the GEMV's) runs on this CPU and dispatched target.
+enum class Bf16Kernel { Sgemm, F32, Dot };
+Bf16Kernel matmul_bf16_kernel(MatmulPath path);
+// True where the Blas path of BF16 weights is the vdpbf16ps GEMM, i.e. rounds its activations to
+// bf16 (see above).
 bool matmul_bf16_gemm();
 // True where the dispatched target's decode GEMV has its fast kernel for Q4_0 in the x8 layout
 // (AVX2). Every path reads the x8 layout on every target (same results as the plain layout);

@@ -1,5 +1,6 @@
-// The packed bf16 GEMM kernel (src/ops/bf16_gemm_packed-inl.h) on any x86 CPU: its AVX-512
-// intrinsics (vdpbf16ps included) emulated by SIMDe, against a naive double product. Checks the
+// The packed bf16-weight GEMM kernels (src/ops/bf16_gemm_packed-inl.h: vdpbf16ps and F32) on any
+// x86 CPU: their AVX-512 intrinsics (vdpbf16ps included) emulated by SIMDe, against a naive double
+// product. Checks the
 // packing (16 x 16 transposes, K blocks, odd K, column tails), the register tile's row tails,
 // bias / accumulate, and that a block's sums continue across K blocks. Built only where SIMDe's
 // headers are installed (libsimde-dev); on AVX512-BF16 CPUs MatmulBf16Gemm.* run the real kernel.
@@ -44,6 +45,23 @@ inline void _mm512_mask_storeu_ps(float* p, __mmask16 k, __m512 x) {
     if ((k >> i) & 1) p[i] = v[i];
 }
 #endif
+#ifndef _mm256_maskz_loadu_epi16
+inline __m256i _mm256_maskz_loadu_epi16(__mmask16 k, const void* p) {
+  uint16_t v[16] = {};
+  for (int i = 0; i < 16; ++i)
+    if ((k >> i) & 1) std::memcpy(&v[i], static_cast<const char*>(p) + 2 * i, 2);
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v));
+}
+#endif
+#ifndef _mm512_cvtepu16_epi32
+inline __m512i _mm512_cvtepu16_epi32(__m256i x) {
+  uint16_t v[16];
+  uint32_t r[16];
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(v), x);
+  for (int i = 0; i < 16; ++i) r[i] = v[i];
+  return _mm512_loadu_si512(r);
+}
+#endif
 inline __m512 Dpbf16(__m512 acc, __m512i a, __m512i b) {
   simde__m512bh x, y;
   std::memcpy(&x, &a, sizeof x);
@@ -65,6 +83,41 @@ double from_bf16(uint16_t h) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+}
+
+// bias[N] and out[M, N] (init: a copy) for a mode: 2 accumulates onto random values; else out
+// starts as 1e30, which must be overwritten.
+struct OutCase {
+  std::vector<float> bias, out, init;
+};
+OutCase make_out(std::mt19937& gen, int64_t M, int64_t N, int mode) {
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  OutCase c{std::vector<float>(size_t(N)), std::vector<float>(size_t(M * N)), {}};
+  for (auto& x : c.bias) x = dist(gen);
+  for (auto& x : c.out) x = mode == 2 ? dist(gen) : 1e30f;
+  c.init = c.out;
+  return c;
+}
+
+// out[m, n] against Σ_k term(m, n, k) in double (+ bias for mode >= 1, + init for mode 2), within
+// the F32 rounding of `sums` sequential sums plus the initial value and bias: (sums + 8) ulps of
+// Σ|terms|.
+template <typename Term>
+void ExpectNaive(const std::vector<float>& out, const std::vector<float>& init, const std::vector<float>& bias,
+                 int mode, int64_t M, int64_t N, int64_t K, int64_t sums, Term term) {
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0, mag = 0;
+      if (mode) s += bias[size_t(n)], mag += std::fabs(bias[size_t(n)]);
+      if (mode == 2) s += init[size_t(m * N + n)], mag += std::fabs(init[size_t(m * N + n)]);
+      for (int64_t k = 0; k < K; ++k) {
+        const double t = term(m, n, k);
+        s += t, mag += std::fabs(t);
+      }
+      const double tol = double(sums + 8) * 0x1p-24 * mag;
+      ASSERT_LE(std::fabs(out[size_t(m * N + n)] - s), tol)
+          << "M=" << M << " N=" << N << " K=" << K << " mode=" << mode << " m=" << m << " n=" << n;
+    }
 }
 
 TEST(Bf16GemmPackedEmul, Transpose16x16) {
@@ -98,30 +151,45 @@ TEST(Bf16GemmPackedEmul, MatchesNaiveDouble) {
           for (int64_t m = 0; m < M; ++m)
             for (int64_t k = 0; k < K; ++k) a[size_t(m * lda + k)] = to_bf16(dist(gen));
           for (auto& x : w) x = to_bf16(dist(gen));
-          std::vector<float> bias(static_cast<size_t>(N)), out(static_cast<size_t>(M * N));
-          for (auto& x : bias) x = dist(gen);
-          for (auto& x : out) x = mode == 2 ? dist(gen) : 1e30f;  // 1e30: must be overwritten
-          const std::vector<float> init = out;
+          auto [bias, out, init] = make_out(gen, M, N, mode);
           for (int64_t n0 = 0; n0 < N; n0 += emul::kBpNR)
             emul::GemmBf16PackedColumns(out.data(), a.data(), lda, w.data(), mode ? bias.data() : nullptr, M, N,
                                         K, n0, std::min(emul::kBpNR, N - n0), mode == 2, bp);
-          for (int64_t m = 0; m < M; ++m)
-            for (int64_t n = 0; n < N; ++n) {
-              double s = 0, mag = 0;
-              if (mode) s += bias[size_t(n)], mag += std::fabs(bias[size_t(n)]);
-              if (mode == 2) s += init[size_t(m * N + n)], mag += std::fabs(init[size_t(m * N + n)]);
-              for (int64_t k = 0; k < K; ++k) {
-                const double t = from_bf16(a[size_t(m * lda + k)]) * from_bf16(w[size_t(n * K + k)]);
-                s += t, mag += std::fabs(t);
-              }
-              const double tol = double(K / 2 + 8) * 0x1p-24 * mag;
-              ASSERT_LE(std::fabs(out[size_t(m * N + n)] - s), tol)
-                  << "M=" << M << " N=" << N << " K=" << K << " mode=" << mode << " m=" << m << " n=" << n;
-            }
+          ExpectNaive(out, init, bias, mode, M, N, K, K / 2, [&](int64_t m, int64_t n, int64_t k) {
+            return from_bf16(a[size_t(m * lda + k)]) * from_bf16(w[size_t(n * K + k)]);
+          });
           ++cases;
         }
   std::free(bp);
   EXPECT_EQ(cases, 5 * 6 * 9 * 3);
+}
+
+// The F32 kernel (weights widened while packed, F32 activations): within a sequential F32 sum
+// over K (K + 8 ulps of Σ|terms|); K past one and two K blocks (128), odd, and < 16.
+TEST(Bf16GemmPackedEmul, F32KernelMatchesNaiveDouble) {
+  std::mt19937 gen(9);
+  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
+  float* bp = static_cast<float*>(std::aligned_alloc(64, emul::kFpKC * emul::kBpNR * 4));
+  int cases = 0;
+  for (int64_t M : {1, 5, 6, 7, 13})
+    for (int64_t N : {1, 15, 17, 64, 65, 130})
+      for (int64_t K : {1, 2, 3, 15, 17, 31, 33, 128, 129, 257, 450})
+        for (int mode = 0; mode < 3; ++mode) {  // 0: plain, 1: bias, 2: bias + accumulate
+          std::vector<float> a(size_t(M * K));
+          std::vector<uint16_t> w(size_t(N * K));
+          for (auto& x : a) x = dist(gen);
+          for (auto& x : w) x = to_bf16(dist(gen));
+          auto [bias, out, init] = make_out(gen, M, N, mode);
+          for (int64_t n0 = 0; n0 < N; n0 += emul::kBpNR)
+            emul::GemmF32PackedColumns(out.data(), a.data(), w.data(), mode ? bias.data() : nullptr, M, N, K, n0,
+                                       std::min(emul::kBpNR, N - n0), mode == 2, bp);
+          ExpectNaive(out, init, bias, mode, M, N, K, K, [&](int64_t m, int64_t n, int64_t k) {
+            return double(a[size_t(m * K + k)]) * from_bf16(w[size_t(n * K + k)]);
+          });
+          ++cases;
+        }
+  std::free(bp);
+  EXPECT_EQ(cases, 5 * 6 * 11 * 3);
 }
 
 }  // namespace

@@ -192,23 +192,29 @@ TEST(Matmul, GemvEveryTargetAndBatchSizeMatchesNaiveDouble) {
   }
 }
 
-// The bf16 GEMM (vdpbf16ps where the CPU has AVX512-BF16; widen + sgemm elsewhere) on every
-// target against the naive double product of the bf16-rounded activations and the bf16 weights,
-// element by element within F32 summation rounding (inner-product kernel: one rounding per
-// 32-element chunk, a lane sum and the bias: (K/32 + 8) ulps of Σ|terms|; the packed kernel
-// (Bf16Packed) sums the K/2 pairs in order: (K/2 + 8) ulps), on shapes that end mid-tile,
-// mid-chunk, mid-pair (odd K) and, for the packed kernel, past a K block (K > 192) and a 64-column
-// block; and against the sgemm path on the same activations.
+// The BF16 GEMM paths (Blas: the default; Bf16Dot: vdpbf16ps where the CPU has AVX512-BF16;
+// Bf16F32: F32 FMAs on AVX-512; widen + sgemm elsewhere) on every target against the naive double
+// product of the weights and the activations (bf16-rounded where the path rounds them), element
+// by element within F32 summation rounding: vdpbf16ps sums the K/2 pairs in order ((K/2 + 8)
+// ulps of Σ|terms|), the F32 kernel and sgemm the K terms (K + 8), on shapes that end mid-tile,
+// mid-pair (odd K), past a K block (K > 192) and a 64-column block; and against the sgemm path on
+// the same activations.
+const char* path_name(MatmulPath p) {
+  return p == MatmulPath::Blas ? "Blas" : p == MatmulPath::Bf16Dot ? "Bf16Dot" : "Bf16F32";
+}
 TEST(MatmulBf16Gemm, MatchesNaiveDoubleOfRoundedActivationsOnEveryTarget) {
   TargetGuard guard;
-  bool gemm_seen = false;
+  bool dot_seen = false, f32_seen = false;
   for (int64_t target : hwy::SupportedAndGeneratedTargets())
-   for (MatmulPath path : {MatmulPath::Blas, MatmulPath::Bf16Packed}) {
+   for (MatmulPath path : {MatmulPath::Blas, MatmulPath::Bf16Dot, MatmulPath::Bf16F32}) {
     hwy::SetSupportedTargetsForTest(target);
     SCOPED_TRACE(hwy::TargetName(target));
-    SCOPED_TRACE(path == MatmulPath::Blas ? "Blas" : "Bf16Packed");
-    const bool gemm = matmul_bf16_gemm();
-    gemm_seen |= gemm;
+    SCOPED_TRACE(path_name(path));
+    const Bf16Kernel kernel = matmul_bf16_kernel(path);
+    const bool gemm = kernel == Bf16Kernel::Dot;
+    if (path == MatmulPath::Blas) EXPECT_EQ(gemm, matmul_bf16_gemm());
+    dot_seen |= gemm;
+    f32_seen |= kernel == Bf16Kernel::F32;
     Rng rng(17);
     double worst_unrounded = 0.0;  // the same check without the rounding: must fail somewhere
     for (int64_t M : {1, 3, 7, 65, 130})
@@ -230,8 +236,7 @@ TEST(MatmulBf16Gemm, MatchesNaiveDoubleOfRoundedActivationsOnEveryTarget) {
                 ref_in += double(in[size_t(m * K + k)]) * wk;
                 mag += std::fabs(double(x[size_t(m * K + k)]) * wk);
               }
-              // (sgemm, the other targets' path, sums sequentially: K ulps)
-              const int64_t sums = !gemm ? K : path == MatmulPath::Bf16Packed ? K / 2 : K / 32;
+              const int64_t sums = gemm ? K / 2 : K;
               const double tol = double(sums + 8) * 0x1p-24 * mag, o = out[size_t(m * N + n)];
               ASSERT_LE(std::fabs(o - ref), tol) << "M=" << M << " N=" << N << " K=" << K << " m=" << m << " n=" << n;
               ASSERT_LE(std::fabs(port[size_t(m * N + n)] - o), 2e-6 * mag + 1e-30) << "vs sgemm, K=" << K;
@@ -240,13 +245,14 @@ TEST(MatmulBf16Gemm, MatchesNaiveDoubleOfRoundedActivationsOnEveryTarget) {
         }
     if (gemm) EXPECT_GT(worst_unrounded, 10.0) << "activations not rounded to bf16?";
   }
-  if (!gemm_seen && __builtin_cpu_supports("avx512bf16")) ADD_FAILURE() << "AVX512-BF16 CPU without the bf16 GEMM";
+  if (!dot_seen && __builtin_cpu_supports("avx512bf16")) ADD_FAILURE() << "AVX512-BF16 CPU without the bf16 GEMM";
+  if (!f32_seen && __builtin_cpu_supports("avx512bf16")) ADD_FAILURE() << "AVX-512 CPU without the F32 packed GEMM";
 }
 
-// Each output is one tile's sum: bit-identical for any thread count, for both bf16 GEMM kernels.
-// A non-finite activation makes its own output row non-finite and no other. Without AVX512-BF16
-// the path is widen + OpenBLAS sgemm, whose sums may split differently with the thread count
-// (seen on Zen 3), so there only the non-finite rows are checked.
+// Each output is one tile's sum: bit-identical for any thread count, for both packed kernels. A
+// non-finite activation makes its own output row non-finite and no other. Where the path is
+// widen + OpenBLAS sgemm, whose sums may split differently with the thread count (seen on Zen 3),
+// only the non-finite rows are checked.
 TEST(MatmulBf16Gemm, IndependentOfThreadCountNonFiniteStaysInItsRow) {
   Rng rng(19);
   const int64_t M = 70, N = 259, K = 333;
@@ -254,9 +260,10 @@ TEST(MatmulBf16Gemm, IndependentOfThreadCountNonFiniteStaysInItsRow) {
   std::vector<float> in = rng.vec(size_t(M * K));
   in[size_t(5 * K + 100)] = std::numeric_limits<float>::quiet_NaN();
   in[size_t(9 * K + 7)] = std::numeric_limits<float>::infinity();
-  for (MatmulPath path : {MatmulPath::Blas, MatmulPath::Bf16Packed}) {
+  for (MatmulPath path : {MatmulPath::Blas, MatmulPath::Bf16Dot, MatmulPath::Bf16F32}) {
+    SCOPED_TRACE(path_name(path));
     std::vector<float> a(size_t(M * N));
-    if (matmul_bf16_gemm()) {
+    if (matmul_bf16_kernel(path) != Bf16Kernel::Sgemm) {
       a = same_on_any_thread_count(path, w, in, M);
     } else {
       matmul_forward_path(path, a.data(), in.data(), w.view, nullptr, M);

@@ -70,16 +70,22 @@ def make_config(work, name="tiny-hymba.json", **edits):
 
 
 def bf16_gemm():
-    """Whether the engine's BF16 matmuls of more than 64 rows run the bf16 GEMM (rounding their
-    activations to bf16): Highway's AVX3_DL target (src/ops/matmul.cpp) plus AVX512-BF16."""
+    """Whether the engine's BF16 matmuls of more than 64 rows run the vdpbf16ps GEMM (rounding their
+    activations to bf16): Highway's AVX3_DL target (src/ops/matmul.cpp) plus AVX512-BF16, on AMD
+    CPUs or with HYMBA_BF16_GEMM=1 (src/ops/matmul.cpp, bf16_dot_wanted); HYMBA_BF16_GEMM=0 never."""
     need = {"avx512_bf16", "avx512_vnni", "avx512vbmi", "avx512_vbmi2", "avx512_bitalg",
             "avx512_vpopcntdq", "vaes", "vpclmulqdq"}
+    mode = os.environ.get("HYMBA_BF16_GEMM")
+    if mode == "0":
+        return False
     try:
         with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+            lines = f.read().splitlines()
     except OSError:
         return False
-    return need <= set(flags)
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+    amd = any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in lines)
+    return need <= set(flags) and (amd or mode == "1")
 
 
 def close_with_8bit_activations(got, want):
