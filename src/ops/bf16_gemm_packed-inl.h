@@ -1,17 +1,19 @@
 // Packed outer-product GEMMs for bf16 weights: out[M, N] (=|+=) a[M, K] · w[N, K]ᵀ (+ bias), with
 // AVX-512 BF16 vdpbf16ps on bf16-rounded activations, or with F32 FMAs on F32 activations (the
 // weights widened while packed) where vdpbf16ps is slow. Raw AVX-512 intrinsics; the includer
-// defines Dpbf16(acc, a, b) (vdpbf16ps) and the target attributes. Included once, in matmul.cpp's AVX3_DL section (and by the emulated test of
-// tests/ops/bf16_gemm_packed_emul.cpp), so no include guard.
+// defines Dpbf16(acc, a, b) (vdpbf16ps) and the target attributes. Included once, in matmul.cpp's
+// AVX3_DL section (and by the emulated test of tests/ops/bf16_gemm_packed_emul.cpp), so no include
+// guard.
 //
-// Why: the inner-product kernel (Bf16Tile) streams 6 weight rows from L2 per 24 vdpbf16ps and
-// reduces every output horizontally. Here a block of 64 weight rows x kBpKC of K is repacked as
-// pairs: word p·64 + n of the block = (w[n][2p], w[n][2p+1]), so one 64-byte load gives 16 output
-// columns x 2 k, exactly vdpbf16ps' operand, and the block (kBpKC/2 x 256 B = 24 KiB) stays in L1
-// for all M activation rows. A 6 x 64 register tile (24 accumulators, 4 weight vectors, one
-// broadcast activation pair) keeps the sums in F32 lanes that map to output columns: no
-// horizontal reduction, vector stores. Each output is summed by one thread in K order (across K
-// blocks through out[]), so the result does not depend on the thread count.
+// Why packed (BLIS-style): an inner-product kernel (removed 2026-12-08, 2-6% slower on Emerald
+// Rapids) streamed 6 weight rows from L2 per 24 vdpbf16ps and reduced every output horizontally.
+// Here a block of 64 weight rows x kBpKC of K is repacked as pairs: word p·64 + n of the block =
+// (w[n][2p], w[n][2p+1]), so one 64-byte load gives 16 output columns x 2 k, exactly vdpbf16ps'
+// operand, and the block (kBpKC/2 x 256 B = 24 KiB) stays in L1 for all M activation rows. A
+// 6 x 64 register tile (24 accumulators, 4 weight vectors, one broadcast activation pair) keeps
+// the sums in F32 lanes that map to output columns: no horizontal reduction, vector stores. Each
+// output is summed by one thread in K order (across K blocks through out[]), so the result does
+// not depend on the thread count.
 
 constexpr int kBpMR = 6;          // activation rows per register tile
 constexpr int64_t kBpNR = 64;     // output columns per register tile and per packed block
