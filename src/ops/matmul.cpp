@@ -501,17 +501,18 @@ HWY_INLINE void RowsQ(float* out, int64_t N, const QActs& a, const void* w, bool
 }
 
 #if HWY_TARGET == HWY_AVX3_DL
-// The GEMV on 512-bit vectors (AVX-512 VNNI): two blocks per vpdpbusd, half the instructions
-// per block of the 256-bit TileQ. The weights are the unsigned operand: q4_0's nibbles c, q8_0's
-// codes + 128 (one xor); the offsets return as an int32 init of -8·Σq (-128·Σq) per 4 codes
-// that the dot product accumulates onto, so the block sums are exactly the TileQ ones. A q4_0
-// pair of blocks loads as [qs_b | qs_b+1] and its high nibbles as the upper half, so the
-// activations of each pair are stored permuted alike: [b 0-15 | b+1 0-15 | b 16-31 | b+1 16-31].
+// The GEMV on 512-bit vectors (AVX-512 VNNI): vpdpbusd with the weights as the unsigned operand
+// (q4_0's nibbles c, q8_0's codes + 128, one xor); the offsets return as an int32 init of
+// -8·Σq (-128·Σq) per lane's codes that the dot product accumulates onto, so the block sums are
+// exactly the TileQ ones.
 HWY_INLINE __m512i Dpbusd512(__m512i acc, __m512i u, __m512i s) {
   asm("vpdpbusd %[s], %[u], %[acc]" : [acc] "+v"(acc) : [u] "v"(u), [s] "v"(s));  // see GDotU
   return acc;
 }
-// Per activation row: xp[K] (pairs of blocks, permuted for q4_0) and ip[KB / 2 · 16] (the inits).
+// Per activation row, per pair of blocks (b, b+1): q8: xp = the 64 codes, ip[16] = -128·Σ of
+// each int32 lane's 4 codes. q4: xp = [b 0-15 | b+1 0-15 | b 16-31 | b+1 16-31] (the codes
+// that low / high nibbles meet) and ip[8] = -8·Σ of the 8 codes each lane of TileQ4R512 sums.
+constexpr int64_t kIpQ8 = 16, kIpQ4 = 8;  // ip ints per pair
 HWY_INLINE void PrepActs512(int8_t* xp, int32_t* ip, const int8_t* q, int64_t M, int64_t K, bool q4) {
   const int64_t KP = K / kQ8Block / 2;
   const __m512i off = _mm512_set1_epi8(q4 ? 8 : char(0x80));
@@ -526,46 +527,40 @@ HWY_INLINE void PrepActs512(int8_t* xp, int32_t* ip, const int8_t* q, int64_t M,
         v = _mm512_loadu_si512(s);
       }
       _mm512_storeu_si512(xp + m * K + p * 64, v);
-      _mm512_storeu_si512(ip + (m * KP + p) * 16,
-                          _mm512_sub_epi32(_mm512_setzero_si512(), Dpbusd512(_mm512_setzero_si512(), off, v)));
+      const __m512i init = _mm512_sub_epi32(_mm512_setzero_si512(), Dpbusd512(_mm512_setzero_si512(), off, v));
+      if (q4)  // lane l: low-nibble codes 4l.. and high-nibble codes 4l.. of the same weights
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(ip + (m * KP + p) * kIpQ4),
+                            _mm256_add_epi32(_mm512_castsi512_si256(init), _mm512_extracti64x4_epi64(init, 1)));
+      else
+        _mm512_storeu_si512(ip + (m * KP + p) * kIpQ8, init);
     }
 }
 // The scales of blocks 2p, 2p+1 ([f0, f1] in the low lanes of v) spread over their lanes.
 HWY_INLINE __m512 Spread512(__m512i pat, __m128 v) { return _mm512_permutexvar_ps(pat, _mm512_castps128_ps512(v)); }
+HWY_INLINE __m512 LoadPair512(__m512i pat, const float* f) {
+  return Spread512(pat, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(f))));
+}
 
+// Q8: R weight rows × MC activation rows, two blocks per vpdpbusd.
 template <int R, int MC>
 HWY_INLINE void TileQ512(float* out, int64_t N, const QActs& a, const int8_t* xp, const int32_t* ip,
-                         const void* wp, bool q4, const float* sc, int64_t K, const float* bias, bool accumulate) {
+                         const int8_t* w, const float* sc, int64_t K, const float* bias, bool accumulate) {
   const int64_t KB = K / kQ8Block, KP = KB / 2;
-  const __m512i pat = q4 ? _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0)
-                         : _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i low4 = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(char(0x80));
+  const __m512i pat = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i flip = _mm512_set1_epi8(char(0x80));
   __m512 acc[R][MC];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < MC; ++j) acc[r][j] = _mm512_setzero_ps();
   for (int64_t p = 0; p < KP; ++p) {
     __m512 dx[MC];
-    for (int j = 0; j < MC; ++j)
-      dx[j] = Spread512(pat, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(a.d + j * KB + 2 * p))));
+    for (int j = 0; j < MC; ++j) dx[j] = LoadPair512(pat, a.d + j * KB + 2 * p);
     for (int r = 0; r < R; ++r) {
-      __m512i wv;
-      __m512 dw;
-      if (q4) {
-        const BlockQ4_0* blk = static_cast<const BlockQ4_0*>(wp) + r * KB + 2 * p;
-        _mm_prefetch(reinterpret_cast<const char*>(blk + R * KB), _MM_HINT_T0);
-        const __m256i y = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[0].qs))),
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk[1].qs)), 1);
-        wv = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(y), _mm256_srli_epi16(y, 4), 1), low4);
-        dw = Spread512(pat, _mm_cvtph_ps(_mm_cvtsi32_si128(int(uint32_t(blk[0].d) | uint32_t(blk[1].d) << 16))));
-      } else {
-        const int8_t* wr = static_cast<const int8_t*>(wp) + r * K + p * 64;
-        _mm_prefetch(reinterpret_cast<const char*>(wr + R * K), _MM_HINT_T0);
-        wv = _mm512_xor_si512(_mm512_loadu_si512(wr), flip);
-        dw = Spread512(pat, _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(sc + r * KB + 2 * p))));
-      }
+      const int8_t* wr = w + r * K + p * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(wr + R * K), _MM_HINT_T0);
+      const __m512i wv = _mm512_xor_si512(_mm512_loadu_si512(wr), flip);
+      const __m512 dw = LoadPair512(pat, sc + r * KB + 2 * p);
       for (int j = 0; j < MC; ++j) {
-        const __m512i s = Dpbusd512(_mm512_loadu_si512(ip + (j * KP + p) * 16), wv, _mm512_loadu_si512(xp + j * K + p * 64));
+        const __m512i s = Dpbusd512(_mm512_loadu_si512(ip + (j * KP + p) * kIpQ8), wv, _mm512_loadu_si512(xp + j * K + p * 64));
         acc[r][j] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dx[j]), _mm512_cvtepi32_ps(s), acc[r][j]);
       }
     }
@@ -573,23 +568,124 @@ HWY_INLINE void TileQ512(float* out, int64_t N, const QActs& a, const int8_t* xp
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < MC; ++j) {
       float s = _mm512_reduce_add_ps(acc[r][j]);
-      if (KB % 2) s += BlockTermScalar(a, wp, q4, sc, K, r, j, KB - 1);  // an odd last block
+      if (KB % 2) s += BlockTermScalar(a, w, false, sc, K, r, j, KB - 1);  // an odd last block
       StoreSum(out, N, r, j, s, bias, accumulate);
     }
 }
 
 template <int MC>
 HWY_INLINE void RowsQ512(float* out, int64_t N, const QActs& a, const int8_t* xp, const int32_t* ip, const void* w,
-                         bool q4, const float* sc, int64_t K, const float* bias, int64_t n0, int64_t n1, bool acc) {
+                         const float* sc, int64_t K, const float* bias, int64_t n0, int64_t n1, bool acc) {
   constexpr int R = MC == 1 ? 8 : 4;
   const int64_t KB = K / kQ8Block;
-  const size_t stride = q4 ? size_t(KB) * sizeof(BlockQ4_0) : size_t(K);
-  const char* wb = static_cast<const char*>(w);
+  const int8_t* wb = static_cast<const int8_t*>(w);
   int64_t n = n0;
   for (; n + R <= n1; n += R)
-    TileQ512<R, MC>(out + n, N, a, xp, ip, wb + n * stride, q4, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
+    TileQ512<R, MC>(out + n, N, a, xp, ip, wb + n * K, sc + n * KB, K, bias ? bias + n : nullptr, acc);
   for (; n < n1; ++n)
-    TileQ512<1, MC>(out + n, N, a, xp, ip, wb + n * stride, q4, sc ? sc + n * KB : nullptr, K, bias ? bias + n : nullptr, acc);
+    TileQ512<1, MC>(out + n, N, a, xp, ip, wb + n * K, sc + n * KB, K, bias ? bias + n : nullptr, acc);
+}
+
+// Q4_0 in the plain or the x8 layout alike: one vector holds a pair of blocks (b, b+1) of two
+// rows, [row r: qs_b | qs_b+1 | row r+1: qs_b | qs_b+1]; its low nibbles meet the broadcast
+// activations [b 0-15 | b+1 0-15], its high nibbles [b 16-31 | b+1 16-31], so each int32 lane
+// sums 4 low and 4 high products onto the init (lanes 0-3: block b of row r, 4-7: b+1, 8-15: the
+// same of row r+1). Per lane: convert, times d_w·d_x, FMA; a row's 8 lanes are summed at the
+// end. Every lane sees the same values from either layout, so the two give the same bits. The x8
+// tile is one contiguous stream whose 8 rows' scales come in one load (then one permute per two
+// rows); the plain one gathers each row's two blocks and scales.
+constexpr int64_t kQ4x8Prefetch512 = 2048;  // bytes ahead in the x8 tile's stream (1024: ~10% slower)
+HWY_INLINE __m512i Idx512(const int32_t (&v)[16]) { return _mm512_loadu_si512(v); }
+template <bool X8, int RP, int MC>
+HWY_INLINE void TileQ4R512(float* out, int64_t N, const QActs& a, const int8_t* xp, const int32_t* ip,
+                           const uint8_t* w, int64_t K, int nrows, const float* bias, bool accumulate) {
+  static_assert(!X8 || RP == 4, "an x8 tile is 8 rows");
+  const int64_t KB = K / kQ4Block, KP = KB / 2;
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  // dx per lane: [b x4 | b+1 x4 | b x4 | b+1 x4], the block pattern of both the lanes and the x8 scales.
+  const __m512i pat = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+  // x8: the 16 scales [rows 0-3 of b | rows 0-3 of b+1 | rows 4-7 of b | rows 4-7 of b+1] to
+  // the lanes of rows 2rp, 2rp+1; plain: the 4 gathered [r b, r b+1, r+1 b, r+1 b+1].
+  static constexpr int32_t kPerm[4][16] = {{0, 0, 0, 0, 4, 4, 4, 4, 1, 1, 1, 1, 5, 5, 5, 5},
+                                           {2, 2, 2, 2, 6, 6, 6, 6, 3, 3, 3, 3, 7, 7, 7, 7},
+                                           {8, 8, 8, 8, 12, 12, 12, 12, 9, 9, 9, 9, 13, 13, 13, 13},
+                                           {10, 10, 10, 10, 14, 14, 14, 14, 11, 11, 11, 11, 15, 15, 15, 15}};
+  static constexpr int32_t kSpread4[16] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3};
+  __m512i perm[RP];
+  for (int rp = 0; rp < RP; ++rp) perm[rp] = Idx512(X8 ? kPerm[rp] : kSpread4);
+  __m512 acc[RP][MC];
+  for (int rp = 0; rp < RP; ++rp)
+    for (int j = 0; j < MC; ++j) acc[rp][j] = _mm512_setzero_ps();
+  const auto* blocks = reinterpret_cast<const BlockQ4_0*>(w);
+  for (int64_t p = 0; p < KP; ++p) {
+    __m512i xlo[MC], xhi[MC], init[MC];
+    __m512 dx[MC];
+    for (int j = 0; j < MC; ++j) {
+      const int8_t* x = xp + j * K + p * 64;
+      xlo[j] = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x)));
+      xhi[j] = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + 32)));
+      init[j] = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(ip + (j * KP + p) * kIpQ4)));
+      dx[j] = LoadPair512(pat, a.d + j * KB + 2 * p);
+    }
+    __m512i wv[RP];
+    __m512 sd[RP][MC];  // d_w·d_x per lane
+    if constexpr (X8) {
+      const uint8_t* g = w + p * kQ4x8Step;
+      for (int64_t o = 0; o < kQ4x8Step; o += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(g + kQ4x8Prefetch512 + o), _MM_HINT_T0);
+      const __m512 f = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(g)));
+      for (int j = 0; j < MC; ++j) {
+        const __m512 fd = _mm512_mul_ps(f, dx[j]);
+        for (int rp = 0; rp < RP; ++rp) sd[rp][j] = _mm512_permutexvar_ps(perm[rp], fd);
+      }
+      for (int rp = 0; rp < RP; ++rp) wv[rp] = _mm512_loadu_si512(g + 4 * kQ4x8Rows + 64 * rp);
+    } else {
+      for (int rp = 0; rp < RP; ++rp) {
+        // rows 2rp and 2rp+1 (a missing last row: row 2rp again, its sums not stored)
+        const BlockQ4_0* A = blocks + 2 * rp * KB + 2 * p;
+        const BlockQ4_0* B = blocks + std::min(2 * rp + 1, nrows - 1) * KB + 2 * p;
+        _mm_prefetch(reinterpret_cast<const char*>(A + 2 * RP * KB), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(B + 2 * RP * KB), _MM_HINT_T0);
+        auto pair = [](const BlockQ4_0* b) HWY_ATTR {
+          return _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b[0].qs))),
+                                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(b[1].qs)), 1);
+        };
+        wv[rp] = _mm512_inserti64x4(_mm512_castsi256_si512(pair(A)), pair(B), 1);
+        const uint64_t d4 = uint64_t(A[0].d) | uint64_t(A[1].d) << 16 | uint64_t(B[0].d) << 32 | uint64_t(B[1].d) << 48;
+        const __m512 f = _mm512_permutexvar_ps(perm[rp], _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi64_si128(int64_t(d4)))));
+        for (int j = 0; j < MC; ++j) sd[rp][j] = _mm512_mul_ps(f, dx[j]);
+      }
+    }
+    for (int rp = 0; rp < RP; ++rp) {
+      const __m512i lo = _mm512_and_si512(wv[rp], low4), hi = _mm512_and_si512(_mm512_srli_epi16(wv[rp], 4), low4);
+      for (int j = 0; j < MC; ++j) {
+        const __m512i s = Dpbusd512(Dpbusd512(init[j], lo, xlo[j]), hi, xhi[j]);
+        acc[rp][j] = _mm512_fmadd_ps(sd[rp][j], _mm512_cvtepi32_ps(s), acc[rp][j]);
+      }
+    }
+  }
+  for (int rp = 0; rp < RP; ++rp)
+    for (int h = 0; h < 2 && 2 * rp + h < nrows; ++h)
+      for (int j = 0; j < MC; ++j) {
+        const __m256 v = h ? _mm512_extractf32x8_ps(acc[rp][j], 1) : _mm512_castps512_ps256(acc[rp][j]);
+        float s = HSum(v);
+        if (!X8 && KB % 2) s += BlockTermScalar(a, w, true, nullptr, K, 2 * rp + h, j, KB - 1);  // an odd last block
+        StoreSum(out, N, 2 * rp + h, j, s, bias, accumulate);
+      }
+}
+
+// Rows [n0, n1) in tiles of 8 (x8: n0, n1 multiples of 8), the plain layout's rest in pairs.
+template <bool X8, int MC>
+HWY_INLINE void RowsQ4R512(float* out, int64_t N, const QActs& a, const int8_t* xp, const int32_t* ip, const void* w,
+                           int64_t K, const float* bias, int64_t n0, int64_t n1, bool acc) {
+  const int64_t row_bytes = K / kQ4Block * int64_t(sizeof(BlockQ4_0));  // an x8 tile: 8 rows' bytes
+  const uint8_t* wb = static_cast<const uint8_t*>(w);
+  int64_t n = n0;
+  for (; n + 8 <= n1; n += 8)
+    TileQ4R512<X8, 4, MC>(out + n, N, a, xp, ip, wb + n * row_bytes, K, 8, bias ? bias + n : nullptr, acc);
+  for (; n < n1; n += 2)
+    TileQ4R512<false, 1, MC>(out + n, N, a, xp, ip, wb + n * row_bytes, K, int(std::min<int64_t>(2, n1 - n)),
+                             bias ? bias + n : nullptr, acc);
 }
 #endif
 
@@ -600,6 +696,38 @@ void GemvQRange(float* out, const QActs& a, const void* w, int dtype, const floa
   const bool q4 = DType(dtype) == DType::Q4_0;
   const int64_t KB = K / kQ8Block;
   constexpr int64_t kBlock = 32;
+#if HWY_TARGET == HWY_AVX3_DL
+  {  // each thread prepares its own copy of the permuted activations (M·K bytes, cheap)
+    static thread_local std::vector<int8_t> xp;
+    static thread_local std::vector<int32_t> ip;
+    if (xp.size() < size_t(M * K)) xp.resize(size_t(M * K));
+    if (ip.size() < size_t(M * (KB / 2) * kIpQ8)) ip.resize(size_t(M * (KB / 2) * kIpQ8));
+    PrepActs512(xp.data(), ip.data(), a.q, M, K, q4);
+    const int64_t ipr = (KB / 2) * (q4 ? kIpQ4 : kIpQ8);
+    for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
+      const int64_t b1 = std::min(n1, b0 + kBlock);
+      for (int64_t m = 0; m < M;) {
+        const int64_t mc = M - m >= 2 ? 2 : 1;
+        const QActs am{a.q + m * K, a.d + m * KB, nullptr};
+        const int8_t* x = xp.data() + m * K;
+        const int32_t* i = ip.data() + m * ipr;
+        float* o = out + m * N;
+        if (!q4) {
+          if (mc == 2) RowsQ512<2>(o, N, am, x, i, w, sc, K, bias, b0, b1, acc);
+          else RowsQ512<1>(o, N, am, x, i, w, sc, K, bias, b0, b1, acc);
+        } else if (x8) {
+          if (mc == 2) RowsQ4R512<true, 2>(o, N, am, x, i, w, K, bias, b0, b1, acc);
+          else RowsQ4R512<true, 1>(o, N, am, x, i, w, K, bias, b0, b1, acc);
+        } else {
+          if (mc == 2) RowsQ4R512<false, 2>(o, N, am, x, i, w, K, bias, b0, b1, acc);
+          else RowsQ4R512<false, 1>(o, N, am, x, i, w, K, bias, b0, b1, acc);
+        }
+        m += mc;
+      }
+    }
+    return;
+  }
+#endif
   if (x8) {
 #if HWY_TARGET == HWY_AVX2 || HWY_TARGET == HWY_AVX3
     for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
@@ -609,7 +737,7 @@ void GemvQRange(float* out, const QActs& a, const void* w, int dtype, const floa
       for (; m + 2 <= M; m += 2) RowsQ4x8<2>(out + m * N, N, at(m), w, K, bias, b0, b1, acc);
       if (m < M) RowsQ4x8<1>(out + m * N, N, at(m), w, K, bias, b0, b1, acc);
     }
-#else  // the portable block sums (no pairs here: VNNI's and the scalar targets' activations)
+#else  // the portable block sums (no pairs here: the scalar targets' activations)
     for (int64_t n = n0; n < n1; ++n)
       for (int64_t j = 0; j < M; ++j) {
         float s = 0.0f;
@@ -619,25 +747,6 @@ void GemvQRange(float* out, const QActs& a, const void* w, int dtype, const floa
 #endif
     return;
   }
-#if HWY_TARGET == HWY_AVX3_DL
-  {  // each thread prepares its own copy of the permuted activations (M·K bytes, cheap)
-    static thread_local std::vector<int8_t> xp;
-    static thread_local std::vector<int32_t> ip;
-    if (xp.size() < size_t(M * K)) xp.resize(size_t(M * K));
-    if (ip.size() < size_t(M * (KB / 2) * 16)) ip.resize(size_t(M * (KB / 2) * 16));
-    PrepActs512(xp.data(), ip.data(), a.q, M, K, q4);
-    const int64_t ipr = (KB / 2) * 16;
-    for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
-      const int64_t b1 = std::min(n1, b0 + kBlock);
-      int64_t m = 0;
-      auto at = [&](int64_t m) { return QActs{a.q + m * K, a.d + m * KB, nullptr}; };
-      for (; m + 2 <= M; m += 2)
-        RowsQ512<2>(out + m * N, N, at(m), xp.data() + m * K, ip.data() + m * ipr, w, q4, sc, K, bias, b0, b1, acc);
-      if (m < M) RowsQ512<1>(out + m * N, N, at(m), xp.data() + m * K, ip.data() + m * ipr, w, q4, sc, K, bias, b0, b1, acc);
-    }
-    return;
-  }
-#endif
   for (int64_t b0 = n0; b0 < n1; b0 += kBlock) {
     const int64_t b1 = std::min(n1, b0 + kBlock);
     int64_t m = 0;
@@ -1200,7 +1309,8 @@ int64_t GemvMaxM(bool quantized, bool bf16) {
   return 64;
 }
 
-// Where the decode GEMV has its fast x8 kernel (TileQ4x8) and the loader should repack Q4_0.
+// Where the decode GEMV is faster on the x8 layout (AVX2's TileQ4x8, AVX3_DL's TileQ4R512) and
+// the loader should repack Q4_0.
 bool Q4x8Preferred() { return HWY_TARGET == HWY_AVX2; }
 
 template <typename T>
