@@ -64,9 +64,9 @@ Bf16Kernel matmul_bf16_kernel(MatmulPath path);
 // True where the Blas path of BF16 weights is the vdpbf16ps GEMM, i.e. rounds its activations to
 // bf16 (see above).
 bool matmul_bf16_gemm();
-// True where the dispatched target's decode GEMV has its fast kernel for Q4_0 in the x8 layout
-// (AVX2). Every path reads the x8 layout on every target (same results as the plain layout);
-// elsewhere it is merely slower than the plain one.
+// True where the dispatched target's decode GEMV is faster on Q4_0 in the x8 layout than on the
+// plain one (AVX2; AVX3_DL's 512-bit kernel reads both at the same rate, measured on an Emerald
+// Rapids). Every path reads the x8 layout on every target, with the plain layout's bits.
 bool matmul_q4_0x8_preferred();
 
 }  // namespace hymba
