@@ -1309,8 +1309,8 @@ int64_t GemvMaxM(bool quantized, bool bf16) {
   return 64;
 }
 
-// Where the decode GEMV is faster on the x8 layout (AVX2's TileQ4x8, AVX3_DL's TileQ4R512) and
-// the loader should repack Q4_0.
+// Where the decode GEMV is faster on the x8 layout (AVX2's TileQ4x8; AVX3_DL's TileQ4R512 reads
+// both layouts at the same rate) and the loader should repack Q4_0.
 bool Q4x8Preferred() { return HWY_TARGET == HWY_AVX2; }
 
 template <typename T>
@@ -1517,12 +1517,16 @@ bool bf16_dot_wanted() {
   }();
   return dot;
 }
+// The path's choice: Bf16Dot / Bf16F32 force a kernel, the others take bf16_dot_wanted().
+bool bf16_dot_for(MatmulPath path) {
+  return path == MatmulPath::Bf16Dot || (path != MatmulPath::Bf16F32 && bf16_dot_wanted());
+}
 
 void blas(float* out, const float* in, const MatView& W, const float* bias, int64_t M, bool acc,
           MatmulPath path) {
   const int64_t N = W.rows, K = W.cols;
   if (W.dtype == DType::BF16 && path != MatmulPath::Sgemm) {
-    const bool dot = path == MatmulPath::Bf16Dot || (path != MatmulPath::Bf16F32 && bf16_dot_wanted());
+    const bool dot = bf16_dot_for(path);
     if (HWY_DYNAMIC_DISPATCH(GemmBF16)(out, in, W.data, bias, M, N, K, acc, num_threads(), dot)) return;
   }
   if (quantized(W.dtype)) {  // int8 GEMM on the 8-bit activations of the GEMV path: one result
@@ -1574,7 +1578,7 @@ bool matmul_q4_0x8_preferred() { return HWY_DYNAMIC_DISPATCH(Q4x8Preferred)(); }
 
 Bf16Kernel matmul_bf16_kernel(MatmulPath path) {
   if (path == MatmulPath::Sgemm) return Bf16Kernel::Sgemm;
-  const bool dot = path == MatmulPath::Bf16Dot || (path != MatmulPath::Bf16F32 && bf16_dot_wanted());
+  const bool dot = bf16_dot_for(path);
   float out = 0.0f;
   const float in[2] = {1.0f, 1.0f};
   const uint16_t w[2] = {0x3f80, 0x3f80};  // 1.0 in bf16
